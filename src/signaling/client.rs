@@ -1,0 +1,710 @@
+//! The gateway's side of the signaling protocol (PROTOCOL.md §2), as a sans-IO state machine.
+//!
+//! The driver owns the WebSocket; this machine decides when to connect, what to send and when a
+//! connection is dead. Inputs carry `now`; outputs are drained with [`SignalingClient::poll_output`]
+//! and the next deadline is [`SignalingClient::poll_timeout`].
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::backoff::Backoff;
+
+/// The close code the signaling server uses when our Remote ID registered from another socket.
+pub const CLOSE_REPLACED: u16 = 4000;
+/// How long the signaling server waits for `session-ready` before it falls back.
+pub const SESSION_READY_WINDOW: Duration = Duration::from_secs(10);
+/// A connection attempt (DNS, TCP, TLS, WebSocket handshake) that takes longer is abandoned.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pending `session-ready` replies tracked at once.
+const MAX_PENDING_READY: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub remote_id: String,
+    pub ping_interval: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Open a new connection to the signaling server (none is open now).
+    Connect,
+    /// Send a text frame.
+    Send(String),
+    /// Send a WebSocket ping.
+    Ping,
+    /// Drop the connection (dead or timed out). No `handle_closed` needs to follow.
+    Disconnect,
+    /// Something for the gateway.
+    Event(Event),
+}
+
+/// What the gateway is told.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Registration confirmed: the gateway is reachable.
+    Registered { remote_id: String },
+    /// The connection is gone; every relayed session is unreachable until we register again.
+    Lost,
+    /// A client wants a session: reply with [`SignalingClient::session_ready`].
+    ClientConnected { session_id: String },
+    /// An SDP offer (a second one on a session is an ICE restart).
+    Offer { session_id: String, sdp: String },
+    /// A remote ICE candidate, the `data` object as received.
+    RemoteCandidate {
+        session_id: String,
+        candidate: Value,
+    },
+    /// The client's signaling socket closed.
+    ClientDisconnected { session_id: String },
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting to (re)connect at `at`.
+    Waiting { at: Instant },
+    /// The driver is connecting; abandon at `deadline`.
+    Connecting { deadline: Instant },
+    /// The WebSocket is open.
+    Open {
+        registered: bool,
+        /// When the last frame of any kind arrived.
+        last_rx: Instant,
+        next_ping: Instant,
+    },
+}
+
+/// Why a `session-ready` was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyError {
+    /// The signaling connection is not registered.
+    NotConnected,
+    /// No `client-connected` is waiting for this session.
+    UnknownSession,
+    /// The 10 s window has passed: the server already answered the client itself.
+    TooLate,
+}
+
+pub struct SignalingClient {
+    config: ClientConfig,
+    ice_servers: Value,
+    state: State,
+    backoff: Backoff,
+    out: VecDeque<Output>,
+    /// `client-connected` sessions waiting for `session-ready`, with their deadline.
+    pending_ready: HashMap<String, Instant>,
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+impl SignalingClient {
+    /// A client that connects at once (at `now`).
+    pub fn new(
+        now: Instant,
+        config: ClientConfig,
+        ice_servers: Value,
+        backoff: Backoff,
+    ) -> SignalingClient {
+        SignalingClient {
+            config,
+            ice_servers,
+            state: State::Waiting { at: now },
+            backoff,
+            out: VecDeque::new(),
+            pending_ready: HashMap::new(),
+        }
+    }
+
+    pub fn remote_id(&self) -> &str {
+        &self.config.remote_id
+    }
+
+    pub fn is_registered(&self) -> bool {
+        matches!(
+            self.state,
+            State::Open {
+                registered: true,
+                ..
+            }
+        )
+    }
+
+    /// Replace the ICE server list; sent again at once if registered (the server then only
+    /// updates it).
+    pub fn set_ice_servers(&mut self, ice_servers: Value) {
+        self.ice_servers = ice_servers;
+        if matches!(self.state, State::Open { .. }) {
+            self.send_register();
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The next moment [`SignalingClient::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Instant {
+        let state_deadline = match self.state {
+            State::Waiting { at } => at,
+            State::Connecting { deadline } => deadline,
+            State::Open {
+                last_rx, next_ping, ..
+            } => next_ping.min(last_rx + self.dead_after()),
+        };
+        self.pending_ready
+            .values()
+            .copied()
+            .fold(state_deadline, Instant::min)
+    }
+
+    fn dead_after(&self) -> Duration {
+        self.config.ping_interval * 2
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Waiting { at } if now >= at => {
+                self.state = State::Connecting {
+                    deadline: now + self.config.connect_timeout,
+                };
+                self.out.push_back(Output::Connect);
+            }
+            State::Connecting { deadline } if now >= deadline => {
+                log::warn!(
+                    "signaling: no connection after {:?}, giving up on this attempt",
+                    self.config.connect_timeout
+                );
+                self.out.push_back(Output::Disconnect);
+                self.lost(now, None);
+            }
+            State::Open {
+                last_rx,
+                ref mut next_ping,
+                ..
+            } => {
+                if now >= last_rx + self.config.ping_interval * 2 {
+                    log::warn!(
+                        "signaling: nothing received for {:?}, the connection is dead; reconnecting",
+                        now - last_rx
+                    );
+                    self.out.push_back(Output::Disconnect);
+                    self.lost(now, None);
+                } else if now >= *next_ping {
+                    *next_ping = now + self.config.ping_interval;
+                    self.out.push_back(Output::Ping);
+                }
+            }
+            _ => {}
+        }
+        let before = self.pending_ready.len();
+        self.pending_ready.retain(|session, deadline| {
+            let keep = now < *deadline;
+            if !keep {
+                log::warn!("signaling: session {session} got no session-ready within {SESSION_READY_WINDOW:?}");
+            }
+            keep
+        });
+        if before != self.pending_ready.len() {
+            log::debug!(
+                "signaling: {} sessions still waiting for session-ready",
+                self.pending_ready.len()
+            );
+        }
+    }
+
+    /// The WebSocket handshake completed.
+    pub fn handle_open(&mut self, now: Instant) {
+        if !matches!(self.state, State::Connecting { .. }) {
+            log::debug!("signaling: unexpected open in state {:?}", self.state);
+        }
+        self.state = State::Open {
+            registered: false,
+            last_rx: now,
+            next_ping: now + self.config.ping_interval,
+        };
+        self.send_register();
+    }
+
+    fn send_register(&mut self) {
+        let msg = json!({
+            "type": "register-server",
+            "remoteId": self.config.remote_id,
+            "iceServers": self.ice_servers,
+        });
+        self.out.push_back(Output::Send(msg.to_string()));
+    }
+
+    /// A frame other than text arrived (ping, pong, binary): the connection is alive.
+    pub fn handle_frame(&mut self, now: Instant) {
+        if let State::Open {
+            ref mut last_rx, ..
+        } = self.state
+        {
+            *last_rx = now;
+        }
+    }
+
+    /// The connection attempt failed or the open connection closed (`code` from the close
+    /// frame, if any).
+    pub fn handle_closed(&mut self, now: Instant, code: Option<u16>, reason: &str) {
+        if matches!(self.state, State::Waiting { .. }) {
+            return;
+        }
+        match code {
+            Some(c) => {
+                log::warn!("signaling: connection closed by the server (code {c} {reason:?})")
+            }
+            None if reason.is_empty() => log::warn!("signaling: connection lost"),
+            None => log::warn!("signaling: connection failed: {reason}"),
+        }
+        self.lost(now, code);
+    }
+
+    fn lost(&mut self, now: Instant, code: Option<u16>) {
+        let was_registered = self.is_registered();
+        let was_open = matches!(self.state, State::Open { .. });
+        let delay = if code == Some(CLOSE_REPLACED) {
+            let d = self.backoff.replaced_delay();
+            log::warn!(
+                "signaling: another gateway registered Remote ID {} and replaced this one (close 4000). \
+                 Two gateways with one ID evict each other: stop the other one or give this one its own \
+                 data folder. Retrying in {:.0} s, backing off further each time this repeats.",
+                self.config.remote_id,
+                d.as_secs_f64()
+            );
+            d
+        } else {
+            if was_registered {
+                self.backoff.reset_replaced();
+            }
+            let d = self.backoff.next_delay();
+            log::info!("signaling: reconnecting in {:.1} s", d.as_secs_f64());
+            d
+        };
+        self.state = State::Waiting { at: now + delay };
+        self.pending_ready.clear();
+        if was_open {
+            self.out.push_back(Output::Event(Event::Lost));
+        }
+    }
+
+    /// A text frame arrived.
+    pub fn handle_text(&mut self, now: Instant, frame: &str) {
+        self.handle_frame(now);
+        if !matches!(self.state, State::Open { .. }) {
+            return;
+        }
+        let msg: Value = match serde_json::from_str(frame) {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn!(
+                    "signaling: ignoring a message that is not JSON ({e}): {:.120}",
+                    frame
+                );
+                return;
+            }
+        };
+        let Some(kind) = msg.get("type").and_then(Value::as_str) else {
+            log::warn!(
+                "signaling: ignoring a message without \"type\": {:.120}",
+                frame
+            );
+            return;
+        };
+        let session = text(&msg, "sessionId");
+        match (kind, session) {
+            ("registered", _) => self.on_registered(&msg),
+            ("error", _) => {
+                let error = text(&msg, "error")
+                    .or_else(|| text(&msg, "message"))
+                    .unwrap_or_else(|| "(no text)".into());
+                log::warn!("signaling server error: {error}");
+            }
+            ("ping", _) => self
+                .out
+                .push_back(Output::Send(r#"{"type":"pong"}"#.into())),
+            ("pong", _) => {}
+            ("client-connected", Some(session_id)) => {
+                if self.pending_ready.len() >= MAX_PENDING_READY {
+                    log::warn!("signaling: too many sessions waiting for session-ready; ignoring {session_id}");
+                    return;
+                }
+                self.pending_ready
+                    .insert(session_id.clone(), now + SESSION_READY_WINDOW);
+                self.event(Event::ClientConnected { session_id });
+            }
+            ("offer", Some(session_id)) => match msg.get("data").and_then(|d| text(d, "sdp")) {
+                Some(sdp) => self.event(Event::Offer { session_id, sdp }),
+                None => log::warn!("signaling: offer for {session_id} without data.sdp; ignored"),
+            },
+            ("ice-candidate", Some(session_id)) => match msg.get("data") {
+                Some(candidate @ Value::Object(_)) => self.event(Event::RemoteCandidate {
+                    session_id,
+                    candidate: candidate.clone(),
+                }),
+                _ => log::warn!("signaling: ice-candidate for {session_id} without data; ignored"),
+            },
+            ("client-disconnected", Some(session_id)) => {
+                self.pending_ready.remove(&session_id);
+                self.event(Event::ClientDisconnected { session_id });
+            }
+            ("client-connected" | "offer" | "ice-candidate" | "client-disconnected", None) => {
+                log::warn!("signaling: {kind} without sessionId; ignored");
+            }
+            (other, _) => log::debug!("signaling: ignoring unknown message type {other:?}"),
+        }
+    }
+
+    fn on_registered(&mut self, msg: &Value) {
+        let id = text(msg, "remoteId").unwrap_or_default();
+        if !id.is_empty() && !id.eq_ignore_ascii_case(&self.config.remote_id) {
+            log::warn!(
+                "signaling: registered under {id}, not the requested {}",
+                self.config.remote_id
+            );
+        }
+        if let State::Open {
+            ref mut registered, ..
+        } = self.state
+        {
+            let first = !*registered;
+            *registered = true;
+            if first {
+                self.backoff.reset();
+                self.event(Event::Registered {
+                    remote_id: if id.is_empty() {
+                        self.config.remote_id.clone()
+                    } else {
+                        id
+                    },
+                });
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn send_if_open(&mut self, msg: Value) -> bool {
+        if matches!(self.state, State::Open { .. }) {
+            self.out.push_back(Output::Send(msg.to_string()));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reply to `client-connected` with the session's fresh ICE servers.
+    pub fn session_ready(
+        &mut self,
+        now: Instant,
+        session_id: &str,
+        ice_servers: &Value,
+    ) -> Result<(), ReadyError> {
+        if !self.is_registered() {
+            return Err(ReadyError::NotConnected);
+        }
+        let deadline = self
+            .pending_ready
+            .remove(session_id)
+            .ok_or(ReadyError::UnknownSession)?;
+        if now >= deadline {
+            log::warn!("signaling: session-ready for {session_id} is too late; not sent");
+            return Err(ReadyError::TooLate);
+        }
+        self.send_if_open(
+            json!({"type": "session-ready", "sessionId": session_id, "iceServers": ice_servers}),
+        );
+        Ok(())
+    }
+
+    /// Send the SDP answer for a session. False if not connected.
+    pub fn send_answer(&mut self, session_id: &str, sdp: &str) -> bool {
+        self.send_if_open(json!({
+            "type": "answer",
+            "sessionId": session_id,
+            "data": {"type": "answer", "sdp": sdp},
+        }))
+    }
+
+    /// Send one local ICE candidate (`candidate` holds `candidate`, `sdpMid`, `sdpMLineIndex`).
+    pub fn send_candidate(&mut self, session_id: &str, candidate: Value) -> bool {
+        self.send_if_open(
+            json!({"type": "ice-candidate", "sessionId": session_id, "data": candidate}),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::Jitter;
+
+    const ID: &str = "QCPJJTJMI3IDBNURU6XJJENRYU";
+
+    fn client(now: Instant) -> SignalingClient {
+        SignalingClient::new(
+            now,
+            ClientConfig {
+                remote_id: ID.into(),
+                ping_interval: Duration::from_secs(35),
+                connect_timeout: CONNECT_TIMEOUT,
+            },
+            json!([{"urls": "stun:stun.l.google.com:19302"}]),
+            Backoff::new(
+                Duration::from_secs(10),
+                Duration::from_secs(300),
+                Jitter::seeded(3),
+            ),
+        )
+    }
+
+    fn drain(c: &mut SignalingClient) -> Vec<Output> {
+        std::iter::from_fn(|| c.poll_output()).collect()
+    }
+
+    fn sent_json(outputs: &[Output]) -> Vec<Value> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send(s) => Some(serde_json::from_str(s).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Connect and register; returns the client and the current time.
+    fn registered() -> (SignalingClient, Instant) {
+        let t0 = Instant::now();
+        let mut c = client(t0);
+        c.handle_timeout(t0);
+        assert_eq!(drain(&mut c), vec![Output::Connect]);
+        c.handle_open(t0);
+        let out = drain(&mut c);
+        let sent = sent_json(&out);
+        assert_eq!(sent[0]["type"], "register-server");
+        assert_eq!(sent[0]["remoteId"], ID);
+        assert_eq!(
+            sent[0]["iceServers"][0]["urls"],
+            "stun:stun.l.google.com:19302"
+        );
+        assert!(!c.is_registered(), "connected only on `registered`");
+        c.handle_text(
+            t0,
+            &json!({"type": "registered", "remoteId": ID}).to_string(),
+        );
+        assert_eq!(
+            drain(&mut c),
+            vec![Output::Event(Event::Registered {
+                remote_id: ID.into()
+            })]
+        );
+        assert!(c.is_registered());
+        (c, t0)
+    }
+
+    /// Lose the connection and return the delay until the client asks to connect again.
+    fn delay_until_connect(c: &mut SignalingClient, now: Instant) -> Duration {
+        let at = c.poll_timeout();
+        c.handle_timeout(at);
+        assert!(drain(c).contains(&Output::Connect));
+        at - now
+    }
+
+    #[test]
+    fn backoff_schedule_and_reset_on_registration() {
+        let (mut c, mut now) = registered();
+        let mut delays = vec![];
+        for _ in 0..7 {
+            c.handle_closed(now, None, "refused");
+            drain(&mut c);
+            let d = delay_until_connect(&mut c, now);
+            delays.push(d.as_secs_f64());
+            now += d;
+        }
+        let bases = [10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0];
+        for (d, base) in delays.iter().zip(bases) {
+            assert!(
+                *d >= base * 0.8 && *d <= (base * 1.2_f64).min(300.0),
+                "{delays:?}"
+            );
+        }
+        // Registered again: the next loss starts from 10 s.
+        c.handle_open(now);
+        c.handle_text(
+            now,
+            r#"{"type":"registered","remoteId":"QCPJJTJMI3IDBNURU6XJJENRYU"}"#,
+        );
+        drain(&mut c);
+        c.handle_closed(now, None, "");
+        let out = drain(&mut c);
+        assert!(out.contains(&Output::Event(Event::Lost)));
+        let d = delay_until_connect(&mut c, now).as_secs_f64();
+        assert!((8.0..=12.0).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn replaced_backs_off_long_but_retries() {
+        let (mut c, now) = registered();
+        c.handle_closed(now, Some(CLOSE_REPLACED), "Replaced by new connection");
+        drain(&mut c);
+        let d = delay_until_connect(&mut c, now).as_secs_f64();
+        assert!((240.0..=360.0).contains(&d), "{d}");
+        // Evicted again right after registering: the wait grows.
+        let now = now + Duration::from_secs_f64(d);
+        c.handle_open(now);
+        c.handle_text(now, r#"{"type":"registered"}"#);
+        c.handle_closed(now, Some(CLOSE_REPLACED), "");
+        drain(&mut c);
+        let d2 = delay_until_connect(&mut c, now).as_secs_f64();
+        assert!((480.0..=720.0).contains(&d2), "{d2}");
+    }
+
+    #[test]
+    fn heartbeat_pings_and_detects_dead_socket() {
+        let (mut c, t0) = registered();
+        let t = c.poll_timeout();
+        assert_eq!(t - t0, Duration::from_secs(35));
+        c.handle_timeout(t);
+        assert_eq!(drain(&mut c), vec![Output::Ping]);
+        // A pong keeps it alive.
+        c.handle_frame(t + Duration::from_millis(20));
+        let t2 = c.poll_timeout();
+        c.handle_timeout(t2);
+        assert_eq!(drain(&mut c), vec![Output::Ping]);
+        // Silence: pings keep going out, and the socket is declared dead at last_rx + 70 s.
+        let last_rx = t + Duration::from_millis(20);
+        let (dead, out) = loop {
+            let at = c.poll_timeout();
+            c.handle_timeout(at);
+            let out = drain(&mut c);
+            if out != vec![Output::Ping] {
+                break (at, out);
+            }
+            assert!(at < last_rx + Duration::from_secs(70));
+        };
+        assert_eq!(dead, last_rx + Duration::from_secs(70));
+        assert_eq!(out[0], Output::Disconnect);
+        assert!(out.contains(&Output::Event(Event::Lost)));
+        assert!(!c.is_registered());
+    }
+
+    #[test]
+    fn connect_attempt_times_out() {
+        let t0 = Instant::now();
+        let mut c = client(t0);
+        c.handle_timeout(t0);
+        drain(&mut c);
+        assert_eq!(c.poll_timeout(), t0 + CONNECT_TIMEOUT);
+        c.handle_timeout(t0 + CONNECT_TIMEOUT);
+        assert_eq!(drain(&mut c), vec![Output::Disconnect]);
+        assert!(c.poll_timeout() > t0 + CONNECT_TIMEOUT);
+    }
+
+    #[test]
+    fn session_ready_within_the_window_only() {
+        let (mut c, t0) = registered();
+        let ice = json!([{"urls": "stun:x:3478"}]);
+        c.handle_text(t0, r#"{"type":"client-connected","sessionId":"abc"}"#);
+        assert_eq!(
+            drain(&mut c),
+            vec![Output::Event(Event::ClientConnected {
+                session_id: "abc".into()
+            })]
+        );
+        c.session_ready(t0, "abc", &ice).unwrap();
+        let sent = sent_json(&drain(&mut c));
+        assert_eq!(
+            sent[0],
+            json!({"type":"session-ready","sessionId":"abc","iceServers":ice})
+        );
+        assert_eq!(
+            c.session_ready(t0, "abc", &ice),
+            Err(ReadyError::UnknownSession)
+        );
+
+        c.handle_text(t0, r#"{"type":"client-connected","sessionId":"late"}"#);
+        drain(&mut c);
+        assert_eq!(c.poll_timeout(), t0 + SESSION_READY_WINDOW);
+        assert_eq!(
+            c.session_ready(t0 + SESSION_READY_WINDOW, "late", &ice),
+            Err(ReadyError::TooLate)
+        );
+        assert!(drain(&mut c).is_empty(), "a late session-ready is not sent");
+    }
+
+    #[test]
+    fn relays_offers_candidates_and_disconnects() {
+        let (mut c, t0) = registered();
+        c.handle_text(
+            t0,
+            r#"{"type":"offer","sessionId":"s1","remoteId":"X","data":{"type":"offer","sdp":"v=0"}}"#,
+        );
+        c.handle_text(
+            t0,
+            r#"{"type":"ice-candidate","sessionId":"s1","data":{"candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0"}}"#,
+        );
+        c.handle_text(t0, r#"{"type":"client-disconnected","sessionId":"s1"}"#);
+        let out = drain(&mut c);
+        assert_eq!(
+            out[0],
+            Output::Event(Event::Offer {
+                session_id: "s1".into(),
+                sdp: "v=0".into()
+            })
+        );
+        assert!(
+            matches!(&out[1], Output::Event(Event::RemoteCandidate { session_id, candidate })
+            if session_id == "s1" && candidate["sdpMid"] == "0")
+        );
+        assert_eq!(
+            out[2],
+            Output::Event(Event::ClientDisconnected {
+                session_id: "s1".into()
+            })
+        );
+        assert!(c.send_answer("s1", "v=0 answer"));
+        assert!(c.send_candidate(
+            "s1",
+            json!({"candidate":"candidate:x","sdpMid":"0","sdpMLineIndex":0})
+        ));
+        let sent = sent_json(&drain(&mut c));
+        assert_eq!(sent[0]["data"], json!({"type":"answer","sdp":"v=0 answer"}));
+        assert_eq!(sent[1]["data"]["sdpMLineIndex"], 0);
+    }
+
+    #[test]
+    fn bad_input_is_ignored_without_panic() {
+        let (mut c, t0) = registered();
+        for bad in [
+            "",
+            "not json",
+            "[1,2]",
+            "{}",
+            r#"{"type":42}"#,
+            r#"{"type":"offer"}"#,
+            r#"{"type":"offer","sessionId":"s","data":"x"}"#,
+            r#"{"type":"ice-candidate","sessionId":"s","data":null}"#,
+            r#"{"type":"client-connected","sessionId":7}"#,
+            r#"{"type":"something-new","sessionId":"s"}"#,
+            r#"{"type":"error"}"#,
+            r#"{"type":"error","message":"Server not found"}"#,
+            "\u{0}\u{ffff}",
+        ] {
+            c.handle_text(t0, bad);
+        }
+        assert!(drain(&mut c).is_empty());
+        assert!(c.is_registered());
+        c.handle_text(t0, r#"{"type":"ping"}"#);
+        assert_eq!(
+            drain(&mut c),
+            vec![Output::Send(r#"{"type":"pong"}"#.into())]
+        );
+    }
+}

@@ -1,0 +1,3 @@
+//! The signaling protocol (PROTOCOL.md §2).
+
+pub mod client;
