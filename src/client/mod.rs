@@ -1,0 +1,357 @@
+//! The remote side, as the MA web app plays it (sans-IO): connect through signaling, offer an
+//! `ma-api` channel, trickle ICE, pin the answer's fingerprint to the Remote ID, reassemble
+//! `__chunk__` frames. Used by the `connect` diagnostic command, the tests and the benchmarks.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::channel::ChannelId;
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+
+use crate::chunk::{Reassembler, ReassemblyLimits};
+use crate::identity;
+
+/// What the client's driver must do, or what it is told.
+#[derive(Debug)]
+pub enum ClientOutput {
+    /// Send this text on the signaling socket.
+    Signal(String),
+    /// Send a datagram from the client's UDP socket.
+    Transmit {
+        destination: SocketAddr,
+        contents: Vec<u8>,
+    },
+    /// Something happened.
+    Event(ClientEvent),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// The signaling server gave us a session.
+    SessionAssigned { session_id: String },
+    /// The answer arrived and its fingerprint matches the Remote ID.
+    Answered,
+    /// ICE and DTLS are up.
+    Connected,
+    /// The `ma-api` channel is open.
+    ChannelOpen,
+    /// A complete text message from MA (chunks reassembled).
+    Text(String),
+    /// A binary message.
+    Binary(Vec<u8>),
+    /// The connection failed or closed for good.
+    Failed(String),
+}
+
+/// Timestamps of each step, for the diagnostic report.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub started: Option<Instant>,
+    pub session_assigned: Option<Instant>,
+    pub answered: Option<Instant>,
+    pub connected: Option<Instant>,
+    pub channel_open: Option<Instant>,
+    pub first_message: Option<Instant>,
+}
+
+pub struct RemoteClient {
+    remote_id: String,
+    local_addr: SocketAddr,
+    label: String,
+    rtc: Rtc,
+    pending: Option<SdpPendingOffer>,
+    channel: Option<ChannelId>,
+    session_id: Option<String>,
+    reassembler: Reassembler,
+    out: VecDeque<ClientOutput>,
+    failed: bool,
+    pub timings: Timings,
+}
+
+impl RemoteClient {
+    /// A client for `remote_id` whose UDP socket is bound at `local_addr` (an address the
+    /// gateway can reach: on loopback tests, 127.0.0.1).
+    pub fn new(now: Instant, remote_id: &str, local_addr: SocketAddr) -> RemoteClient {
+        let rtc = Rtc::builder()
+            .set_sctp_max_buffered_amount(512 * 1024)
+            .build(now);
+        RemoteClient {
+            remote_id: remote_id.trim().to_string(),
+            local_addr,
+            label: "ma-api".into(),
+            rtc,
+            pending: None,
+            channel: None,
+            session_id: None,
+            reassembler: Reassembler::new(ReassemblyLimits::default()),
+            out: VecDeque::new(),
+            failed: false,
+            timings: Timings {
+                started: Some(now),
+                ..Timings::default()
+            },
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<ClientOutput> {
+        self.out.pop_front()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.channel.is_some() && !self.failed
+    }
+
+    pub fn session_id(&self) -> Option<&str> {
+        self.session_id.as_deref()
+    }
+
+    fn fail(&mut self, why: String) {
+        if !self.failed {
+            self.failed = true;
+            self.out
+                .push_back(ClientOutput::Event(ClientEvent::Failed(why)));
+        }
+    }
+
+    /// The signaling socket is open: ask for a session.
+    pub fn signaling_open(&mut self) {
+        self.out.push_back(ClientOutput::Signal(
+            json!({"type": "connect-request", "remoteId": self.remote_id}).to_string(),
+        ));
+    }
+
+    /// A text frame from the signaling server.
+    pub fn signaling_text(&mut self, now: Instant, text: &str) {
+        let Ok(msg) = serde_json::from_str::<Value>(text) else {
+            log::warn!("signaling sent something that is not JSON: {text:.100}");
+            return;
+        };
+        match msg.get("type").and_then(Value::as_str) {
+            Some("connected") => self.on_connected(now, &msg),
+            Some("answer") => {
+                let sdp = msg
+                    .pointer("/data/sdp")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                self.on_answer(now, sdp);
+            }
+            Some("ice-candidate") => {
+                if let Some(c) = msg.pointer("/data/candidate").and_then(Value::as_str) {
+                    self.on_candidate(c);
+                }
+            }
+            Some("error") => {
+                let e = msg
+                    .get("error")
+                    .or_else(|| msg.get("message"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("(no text)");
+                self.fail(format!("signaling error: {e}"));
+            }
+            Some("peer-disconnected") => self.fail("the gateway left the signaling server".into()),
+            Some("ping") => self
+                .out
+                .push_back(ClientOutput::Signal(r#"{"type":"pong"}"#.into())),
+            _ => log::debug!("signaling: ignoring {text:.100}"),
+        }
+        self.drain(now);
+    }
+
+    fn on_connected(&mut self, now: Instant, msg: &Value) {
+        let Some(sid) = msg.get("sessionId").and_then(Value::as_str) else {
+            return self.fail("`connected` without sessionId".into());
+        };
+        self.session_id = Some(sid.to_string());
+        self.timings.session_assigned = Some(now);
+        self.out
+            .push_back(ClientOutput::Event(ClientEvent::SessionAssigned {
+                session_id: sid.to_string(),
+            }));
+        let candidate = match Candidate::host(self.local_addr, "udp") {
+            Ok(c) => c,
+            Err(e) => return self.fail(format!("bad local address {}: {e}", self.local_addr)),
+        };
+        let local = self
+            .rtc
+            .add_local_candidate(candidate)
+            .map(|c| c.to_sdp_string());
+        let mut api = self.rtc.sdp_api();
+        self.channel = None;
+        let _cid = api.add_channel(self.label.clone());
+        let Some((offer, pending)) = api.apply() else {
+            return self.fail("str0m produced no offer".into());
+        };
+        self.pending = Some(pending);
+        self.out.push_back(ClientOutput::Signal(
+            json!({"type": "offer", "sessionId": sid, "data": {"type": "offer", "sdp": offer.to_sdp_string()}})
+                .to_string(),
+        ));
+        // Trickle our candidate too (it is also in the offer), as browsers do.
+        if let Some(c) = local {
+            self.out.push_back(ClientOutput::Signal(
+                json!({"type": "ice-candidate", "sessionId": sid,
+                       "data": {"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0}})
+                .to_string(),
+            ));
+        }
+    }
+
+    fn on_answer(&mut self, now: Instant, sdp: &str) {
+        // Pin check first, exactly as the web app does: a mismatch is never retried.
+        if let Err(e) = identity::verify_answer_fingerprint(sdp, &self.remote_id) {
+            return self.fail(format!(
+                "the gateway's certificate does not match Remote ID {}: {e}",
+                self.remote_id
+            ));
+        }
+        let Some(pending) = self.pending.take() else {
+            log::debug!("an answer without a pending offer; ignored");
+            return;
+        };
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => return self.fail(format!("unparsable answer: {e}")),
+        };
+        if let Err(e) = self.rtc.sdp_api().accept_answer(pending, answer) {
+            return self.fail(format!("answer refused: {e}"));
+        }
+        self.timings.answered = Some(now);
+        self.out
+            .push_back(ClientOutput::Event(ClientEvent::Answered));
+    }
+
+    fn on_candidate(&mut self, candidate: &str) {
+        if candidate.is_empty() {
+            return;
+        }
+        let text = if candidate.starts_with("candidate:") {
+            candidate.to_string()
+        } else {
+            format!("candidate:{candidate}")
+        };
+        match Candidate::from_sdp_string(&text) {
+            Ok(c) => self.rtc.add_remote_candidate(c),
+            Err(e) => log::warn!("gateway candidate {candidate:?} refused: {e}"),
+        }
+    }
+
+    /// A datagram for the client's socket.
+    pub fn datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        let Ok(receive) = Receive::new(Protocol::Udp, source, self.local_addr, bytes) else {
+            return;
+        };
+        if let Err(e) = self.rtc.handle_input(Input::Receive(now, receive)) {
+            self.fail(format!("WebRTC error: {e}"));
+        }
+        self.drain(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            self.fail(format!("WebRTC error: {e}"));
+        }
+        self.drain(now);
+    }
+
+    /// Send a text message on `ma-api`. `Ok(false)`: the send budget is full, try later.
+    pub fn send_text(&mut self, now: Instant, text: &str) -> Result<bool, String> {
+        self.send(now, false, text.as_bytes())
+    }
+
+    /// Send a binary message on `ma-api`.
+    pub fn send(&mut self, now: Instant, binary: bool, data: &[u8]) -> Result<bool, String> {
+        let id = self.channel.ok_or("the channel is not open")?;
+        let mut ch = self.rtc.channel(id).ok_or("the channel is gone")?;
+        let accepted = ch.write(binary, data).map_err(|e| e.to_string())?;
+        self.drain(now);
+        Ok(accepted)
+    }
+
+    /// Close the connection politely.
+    pub fn close(&mut self, now: Instant) {
+        self.rtc.disconnect();
+        self.drain(now);
+    }
+
+    fn drain(&mut self, now: Instant) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(_)) => return,
+                Ok(Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit {
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }),
+                Ok(Output::Event(e)) => self.event(now, e),
+                Err(e) => {
+                    self.fail(format!("WebRTC error: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// When the client must be woken to drive timers.
+    pub fn poll_timeout(&mut self, now: Instant) -> Instant {
+        // str0m reports its timeout through poll_output; query it without losing outputs.
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return t,
+                Ok(Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit {
+                    destination: t.destination,
+                    contents: t.contents.into(),
+                }),
+                Ok(Output::Event(e)) => self.event(now, e),
+                Err(_) => return now + Duration::from_millis(100),
+            }
+        }
+    }
+
+    fn event(&mut self, now: Instant, e: Event) {
+        match e {
+            Event::Connected => {
+                self.timings.connected = Some(now);
+                self.out
+                    .push_back(ClientOutput::Event(ClientEvent::Connected));
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.fail("ICE disconnected".into())
+            }
+            Event::ChannelOpen(id, label) if label == self.label => {
+                self.channel = Some(id);
+                self.timings.channel_open = Some(now);
+                self.out
+                    .push_back(ClientOutput::Event(ClientEvent::ChannelOpen));
+            }
+            Event::ChannelData(d) if Some(d.id) == self.channel => {
+                if self.timings.first_message.is_none() {
+                    self.timings.first_message = Some(now);
+                }
+                if d.binary {
+                    self.out
+                        .push_back(ClientOutput::Event(ClientEvent::Binary(d.data)));
+                    return;
+                }
+                let text = match String::from_utf8(d.data) {
+                    Ok(t) => t,
+                    Err(_) => return self.fail("MA sent a text message with invalid UTF-8".into()),
+                };
+                match self.reassembler.push(text) {
+                    Ok(Some(text)) => self
+                        .out
+                        .push_back(ClientOutput::Event(ClientEvent::Text(text))),
+                    Ok(None) => {}
+                    Err(e) => self.fail(format!("bad __chunk__ frames: {e:?}")),
+                }
+            }
+            Event::ChannelClose(id) if Some(id) == self.channel => {
+                self.channel = None;
+                self.fail("the gateway closed the ma-api channel".into());
+            }
+            _ => {}
+        }
+    }
+}

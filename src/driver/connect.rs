@@ -1,0 +1,391 @@
+//! A blocking driver for [`RemoteClient`]: its own small mio loop (signaling WebSocket + one
+//! UDP socket), run in the caller's thread. The `connect` command, the tests and the
+//! benchmarks use it to play the remote client.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
+
+use crate::client::{ClientEvent, ClientOutput, RemoteClient, Timings};
+use crate::config::{ConnectArgs, GatewayConfig, WsUrl};
+use crate::net::resolve::Resolver;
+use crate::net::udp;
+use crate::net::ws_client::{Progress, WsClient};
+
+const WAKER: Token = Token(0);
+const SIGNALING: Token = Token(1);
+const UDP: Token = Token(2);
+
+/// A connected remote client: the `ma-api` channel is open.
+pub struct Connection {
+    poll: Poll,
+    events: Events,
+    resolver: Resolver,
+    ws: WsClient,
+    ws_open: bool,
+    udp: UdpSocket,
+    udp_queue: udp::SendQueue,
+    client: RemoteClient,
+    inbox: VecDeque<ClientEvent>,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    /// Connect to `remote_id` through the signaling server at `signaling`, with the client's
+    /// UDP socket bound at `bind`; returns once the `ma-api` channel is open.
+    pub fn open(
+        signaling: &WsUrl,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        remote_id: &str,
+        bind: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Connection, String> {
+        let deadline = Instant::now() + timeout;
+        let poll = Poll::new().map_err(|e| e.to_string())?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?);
+        let mut resolver = Resolver::new(waker);
+        let mut udp_socket = udp::bind(bind).map_err(|e| format!("cannot bind UDP {bind}: {e}"))?;
+        poll.registry()
+            .register(
+                &mut udp_socket,
+                UDP,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| e.to_string())?;
+        let bound = udp_socket.local_addr().map_err(|e| e.to_string())?;
+        let local = udp::host_addresses(bound, None)[0];
+        let ws = WsClient::start(
+            signaling,
+            tls,
+            WebSocketConfig::default(),
+            SIGNALING,
+            &mut resolver,
+        );
+        let client = RemoteClient::new(Instant::now(), remote_id, local);
+        let mut conn = Connection {
+            poll,
+            events: Events::with_capacity(64),
+            resolver,
+            ws,
+            ws_open: false,
+            udp: udp_socket,
+            udp_queue: udp::SendQueue::default(),
+            client,
+            inbox: VecDeque::new(),
+            buf: vec![0; 65536],
+        };
+        while !conn.client.is_open() {
+            conn.turn(deadline)?;
+        }
+        Ok(conn)
+    }
+
+    pub fn timings(&self) -> &Timings {
+        &self.client.timings
+    }
+
+    pub fn session_id(&self) -> Option<&str> {
+        self.client.session_id()
+    }
+
+    /// The next message from MA (text or binary), waiting up to `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> Result<ClientEvent, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Some(e) = self.inbox.pop_front() {
+                match e {
+                    ClientEvent::Text(_) | ClientEvent::Binary(_) => return Ok(e),
+                    ClientEvent::Failed(why) => return Err(why),
+                    _ => {}
+                }
+            }
+            self.turn(deadline)?;
+        }
+    }
+
+    /// The next text message from MA.
+    pub fn recv_text(&mut self, timeout: Duration) -> Result<String, String> {
+        match self.recv(timeout)? {
+            ClientEvent::Text(t) => Ok(t),
+            other => Err(format!("expected text, got {other:?}")),
+        }
+    }
+
+    /// Send a message, waiting for send budget if the channel is backed up.
+    pub fn send(&mut self, binary: bool, data: &[u8], timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.client.send(Instant::now(), binary, data)? {
+                self.pump();
+                return Ok(());
+            }
+            self.turn(deadline)?;
+        }
+    }
+
+    pub fn send_text(&mut self, text: &str, timeout: Duration) -> Result<(), String> {
+        self.send(false, text.as_bytes(), timeout)
+    }
+
+    /// Close politely and let the goodbye packets out.
+    pub fn close(mut self) {
+        self.client.close(Instant::now());
+        self.pump();
+        if let Some(ws) = self.ws.socket() {
+            let _ = ws.close(None);
+            let _ = ws.flush();
+        }
+    }
+
+    /// One turn of the loop: wait for I/O or the next timer (at most until `deadline`).
+    fn turn(&mut self, deadline: Instant) -> Result<(), String> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(self.stuck());
+        }
+        let wake = self.client.poll_timeout(now).min(deadline);
+        self.pump();
+        let wait = wake.saturating_duration_since(Instant::now());
+        match self.poll.poll(&mut self.events, Some(wait)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let tokens: Vec<Token> = self.events.iter().map(|e| e.token()).collect();
+        for token in tokens {
+            match token {
+                WAKER => {
+                    for (id, answer) in self.resolver.poll() {
+                        if self.ws.lookup() == Some(id) {
+                            let p = self.ws.on_resolved(self.poll.registry(), answer);
+                            self.ws_progress(p)?;
+                        }
+                    }
+                }
+                SIGNALING => {
+                    let p = self.ws.on_ready(self.poll.registry());
+                    self.ws_progress(p)?;
+                }
+                UDP => {
+                    self.udp_queue.flush(&self.udp);
+                    loop {
+                        match self.udp.recv_from(&mut self.buf) {
+                            Ok((n, src)) => {
+                                self.client.datagram(Instant::now(), src, &self.buf[..n])
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(e) => log::debug!("client UDP error: {e}"),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.client.handle_timeout(Instant::now());
+        self.pump();
+        if let Some(ClientEvent::Failed(why)) = self
+            .inbox
+            .iter()
+            .find(|e| matches!(e, ClientEvent::Failed(_)))
+        {
+            return Err(why.clone());
+        }
+        Ok(())
+    }
+
+    fn stuck(&self) -> String {
+        let t = &self.client.timings;
+        let step = if t.session_assigned.is_none() {
+            "waiting for the signaling server to assign a session (is the gateway registered?)"
+        } else if t.answered.is_none() {
+            "waiting for the gateway's answer"
+        } else if t.connected.is_none() {
+            "waiting for ICE/DTLS to connect (no UDP path between client and gateway?)"
+        } else if t.channel_open.is_none() {
+            "waiting for the ma-api channel to open"
+        } else {
+            "waiting for a message from MA"
+        };
+        format!("timed out {step}")
+    }
+
+    fn ws_progress(&mut self, p: Progress) -> Result<(), String> {
+        match p {
+            Progress::Failed(why) => return Err(why),
+            Progress::Pending => return Ok(()),
+            Progress::Opened => {
+                self.ws_open = true;
+                self.client.signaling_open();
+            }
+            Progress::Open => {}
+        }
+        loop {
+            let Some(ws) = self.ws.socket() else {
+                return Ok(());
+            };
+            match ws.read() {
+                Ok(Message::Text(t)) => self.client.signaling_text(Instant::now(), t.as_str()),
+                Ok(Message::Close(_)) => {
+                    return Err("the signaling server closed the connection".into())
+                }
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(format!("signaling: {e}")),
+            }
+        }
+        self.pump();
+        Ok(())
+    }
+
+    /// Carry out the client's outputs.
+    fn pump(&mut self) {
+        let mut wrote = false;
+        while let Some(o) = self.client.poll_output() {
+            match o {
+                ClientOutput::Signal(text) => {
+                    if let Some(ws) = self.ws.socket() {
+                        let _ = ws.write(Message::text(text));
+                        wrote = true;
+                    }
+                }
+                ClientOutput::Transmit {
+                    destination,
+                    contents,
+                } => self.udp_queue.send(&self.udp, destination, contents),
+                ClientOutput::Event(e) => self.inbox.push_back(e),
+            }
+        }
+        if wrote {
+            if let Some(ws) = self.ws.socket() {
+                let _ = ws.flush();
+            }
+        }
+    }
+}
+
+fn ms(from: Option<Instant>, to: Option<Instant>) -> String {
+    match (from, to) {
+        (Some(a), Some(b)) => format!("{:.1} ms", (b - a).as_secs_f64() * 1000.0),
+        _ => "-".into(),
+    }
+}
+
+/// The `connect` command: connect like the web app, print each step's timing, MA's first
+/// message and echo round trips. Exit code 0 when MA answered, 1 otherwise.
+pub fn run(gateway: &GatewayConfig, args: &ConnectArgs) -> i32 {
+    let mut out = io::stdout().lock();
+    let tls = if gateway.signaling_url.tls {
+        match crate::net::tls::client_config(gateway.signaling_ca_file.as_deref()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("ma-webrtc-gateway: {e}");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    let _ = writeln!(
+        out,
+        "connecting to {} via {}",
+        args.remote_id,
+        gateway.signaling_url.to_url()
+    );
+    let mut conn = match Connection::open(
+        &gateway.signaling_url,
+        tls,
+        &args.remote_id,
+        args.bind,
+        args.timeout,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(out, "FAILED: {e}");
+            return 1;
+        }
+    };
+    let first = match conn.recv_text(args.timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(out, "FAILED: no message from MA: {e}");
+            return 1;
+        }
+    };
+    let t = conn.timings().clone();
+    let _ = writeln!(out, "session {}", conn.session_id().unwrap_or("-"));
+    let _ = writeln!(
+        out,
+        "  connect-request -> connected   {}",
+        ms(t.started, t.session_assigned)
+    );
+    let _ = writeln!(
+        out,
+        "  connected -> answer (pinned)   {}",
+        ms(t.session_assigned, t.answered)
+    );
+    let _ = writeln!(
+        out,
+        "  answer -> ICE/DTLS up          {}",
+        ms(t.answered, t.connected)
+    );
+    let _ = writeln!(
+        out,
+        "  ICE/DTLS up -> channel open    {}",
+        ms(t.connected, t.channel_open)
+    );
+    let _ = writeln!(
+        out,
+        "  channel open -> first message  {}",
+        ms(t.channel_open, t.first_message)
+    );
+    let _ = writeln!(
+        out,
+        "  total                          {}",
+        ms(t.started, t.first_message)
+    );
+    let _ = writeln!(out, "first message from MA: {first}");
+    let mut rtts = Vec::new();
+    for i in 0..args.echo {
+        let id = format!("diag-{i}");
+        let msg = serde_json::json!({"message_id": id, "command": "info"}).to_string();
+        let t0 = Instant::now();
+        if let Err(e) = conn.send_text(&msg, args.timeout) {
+            let _ = writeln!(out, "FAILED: send: {e}");
+            return 1;
+        }
+        // MA answers every command with its message_id (an error before login is an answer too).
+        loop {
+            match conn.recv_text(args.timeout) {
+                Ok(reply) if reply.contains(&format!("\"{id}\"")) => break,
+                Ok(_) => continue,
+                Err(e) => {
+                    let _ = writeln!(out, "FAILED: no answer to {id}: {e}");
+                    return 1;
+                }
+            }
+        }
+        rtts.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    if !rtts.is_empty() {
+        rtts.sort_by(f64::total_cmp);
+        let p = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+        let _ = writeln!(
+            out,
+            "echo round trip over {} messages: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            rtts.len(),
+            p(0.5),
+            p(0.99),
+            rtts[rtts.len() - 1]
+        );
+    }
+    conn.close();
+    let _ = writeln!(out, "OK");
+    0
+}

@@ -1,0 +1,97 @@
+//! The process entry point and the mio drivers.
+//!
+//! A driver owns the `Poll`, the sockets and the clock, and only moves bytes and events between
+//! them and the sans-IO state machines.
+
+pub mod connect;
+pub mod gateway;
+
+use std::io::Write;
+
+use clap::Parser;
+
+use crate::config::{Cli, Command, GatewayConfig};
+use crate::identity::{self, Identity};
+
+/// Exit code for configuration errors (also clap's).
+pub const EXIT_CONFIG: i32 = 2;
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+}
+
+/// Parse the command line and run the chosen command; returns the process exit code.
+pub fn main_entry() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    init_logging();
+    let gateway = match GatewayConfig::from_args(&cli.gateway) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ma-webrtc-gateway: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    match cli.command {
+        None | Some(Command::Run) => gateway::run(gateway),
+        Some(Command::Id) => print_id(&gateway),
+        Some(Command::Signal(args)) => crate::signal::run(&args),
+        Some(Command::Connect(args)) => connect::run(&gateway, &args),
+    }
+}
+
+/// Load (or create) the identity, applying the `MA_REMOTE_ID` override; exits on failure.
+pub fn load_identity(config: &GatewayConfig) -> Result<(Identity, String), String> {
+    let (id, loaded) = Identity::load_or_create(&config.data_dir).map_err(|e| {
+        format!(
+            "cannot load or create the identity in {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
+    if let identity::Loaded::Created { reason } = &loaded {
+        log::info!(
+            "created a new identity in {} ({reason})",
+            config.data_dir.display()
+        );
+    }
+    let remote_id = match &config.remote_id {
+        Some(over) if *over != id.remote_id => {
+            log::warn!(
+                "MA_REMOTE_ID={over} overrides the certificate's Remote ID {}: clients that pin the \
+                 certificate (the current web and mobile apps) will refuse this gateway",
+                id.remote_id
+            );
+            over.clone()
+        }
+        _ => id.remote_id.clone(),
+    };
+    Ok((id, remote_id))
+}
+
+fn print_id(config: &GatewayConfig) -> i32 {
+    let (id, remote_id) = match load_identity(config) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ma-webrtc-gateway: {e}");
+            return 1;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "Remote ID:   {remote_id}");
+    let _ = writeln!(
+        out,
+        "Display:     {}",
+        identity::display_remote_id(&remote_id)
+    );
+    let _ = writeln!(out, "Link:        {}", identity::app_link(&remote_id));
+    let _ = writeln!(out, "Fingerprint: sha-256 {}", id.fingerprint_colon_hex());
+    let _ = writeln!(out, "Data folder: {}", config.data_dir.display());
+    0
+}

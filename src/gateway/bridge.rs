@@ -1,0 +1,227 @@
+//! One data channel bridged to a local WebSocket: the queues in both directions and the rules
+//! for moving messages through them without loss, reordering or unbounded memory.
+//!
+//! - client → local: messages that arrive before the local socket is open wait in `to_local`
+//!   (bounded); once open they go straight to the driver.
+//! - local → client: messages go to the data channel at once if the peer's send budget takes
+//!   them; otherwise they wait in `to_peer` (bounded). While `to_peer` is high the driver stops
+//!   reading the local socket; it resumes when the queue drains.
+
+use str0m::channel::ChannelId;
+use tungstenite::{Message, Utf8Bytes};
+
+use super::channels::ChannelKind;
+use super::queue::{ByteQueue, ByteSize, Frame, Full};
+use crate::chunk::{ChunkFrames, Chunker, Frames};
+use crate::webrtc::session::{PeerSession, SessionError};
+
+/// Identifies a bridge's local socket to the driver.
+pub type BridgeId = u64;
+
+/// A message waiting for the peer's send budget.
+#[derive(Debug)]
+pub enum Outgoing {
+    Frame(Frame),
+    /// A large text cut into `__chunk__` frames, produced one at a time.
+    Chunks(ChunkFrames<Utf8Bytes>),
+}
+
+impl ByteSize for Outgoing {
+    fn size(&self) -> usize {
+        match self {
+            Outgoing::Frame(f) => f.size(),
+            Outgoing::Chunks(c) => c.message().len(),
+        }
+    }
+}
+
+/// Result of trying to move queued messages to the peer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flush {
+    /// Everything went out.
+    Done,
+    /// The send budget is full: retry on the session's `Writable` event.
+    Blocked,
+    /// The channel or session is gone.
+    Closed(String),
+}
+
+#[derive(Debug)]
+pub struct Bridge {
+    pub kind: ChannelKind,
+    pub channel: ChannelId,
+    /// The local WebSocket's id (none for channels the gateway serves itself).
+    pub local: Option<BridgeId>,
+    pub local_open: bool,
+    to_local: ByteQueue<Message>,
+    to_peer: ByteQueue<Outgoing>,
+    /// A frame taken from `Outgoing::Chunks` that did not fit yet.
+    stalled_chunk: Option<String>,
+    /// The driver was told to stop reading the local socket.
+    pub read_paused: bool,
+    /// First text message seen on this bridge (for Sendspin's auth `client_id`).
+    pub saw_text: bool,
+}
+
+impl Bridge {
+    pub fn new(
+        kind: ChannelKind,
+        channel: ChannelId,
+        local: Option<BridgeId>,
+        limits: &Limits,
+    ) -> Bridge {
+        Bridge {
+            kind,
+            channel,
+            local,
+            local_open: false,
+            to_local: ByteQueue::new(limits.to_local),
+            to_peer: ByteQueue::new(limits.to_peer),
+            stalled_chunk: None,
+            read_paused: false,
+            saw_text: false,
+        }
+    }
+
+    /// A message from the client for the local socket: `Some` to send now, `None` if it was
+    /// queued until the socket opens. `Err` when the queue is full (the client floods).
+    pub fn from_peer(&mut self, msg: Message) -> Result<Option<Message>, Full> {
+        if self.local_open {
+            Ok(Some(msg))
+        } else {
+            self.to_local.push(msg).map(|()| None)
+        }
+    }
+
+    /// The local socket opened: everything queued for it, in order.
+    pub fn local_opened(&mut self) -> Vec<Message> {
+        self.local_open = true;
+        std::iter::from_fn(|| self.to_local.pop()).collect()
+    }
+
+    /// A message from the local socket for the client. Text on the API channel is chunked when
+    /// it exceeds `limit`. Returns `Err(Full)` if the queue overflows (the driver should have
+    /// paused reading before that).
+    pub fn from_local(
+        &mut self,
+        msg: Message,
+        chunker: &mut Chunker,
+        limit: usize,
+    ) -> Result<(), Full> {
+        let out = match msg {
+            Message::Text(text) => {
+                if self.kind == ChannelKind::Api {
+                    match chunker.frame(text, limit) {
+                        Ok(Frames::Whole(text)) => Outgoing::Frame(Frame {
+                            binary: false,
+                            data: text.into(),
+                        }),
+                        Ok(Frames::Chunked(frames)) => Outgoing::Chunks(frames),
+                        Err(e) => {
+                            log::warn!("cannot chunk a message for the client: {e:?}; dropped");
+                            return Ok(());
+                        }
+                    }
+                } else {
+                    Outgoing::Frame(Frame {
+                        binary: false,
+                        data: text.into(),
+                    })
+                }
+            }
+            Message::Binary(data) => Outgoing::Frame(Frame { binary: true, data }),
+            _ => return Ok(()),
+        };
+        self.to_peer.push(out)
+    }
+
+    /// Whether the driver should stop reading the local socket.
+    pub fn peer_queue_high(&self) -> bool {
+        self.to_peer.is_high()
+    }
+
+    pub fn has_queued_for_peer(&self) -> bool {
+        !self.to_peer.is_empty() || self.stalled_chunk.is_some()
+    }
+
+    /// Move queued messages into the data channel while the send budget takes them.
+    pub fn flush_to_peer(&mut self, peer: &mut PeerSession) -> Flush {
+        loop {
+            if let Some(frame) = self.stalled_chunk.take() {
+                match write(peer, self.channel, false, frame.as_bytes()) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.stalled_chunk = Some(frame);
+                        return Flush::Blocked;
+                    }
+                    Err(e) => return Flush::Closed(e),
+                }
+            }
+            let Some(item) = self.to_peer.pop() else {
+                return Flush::Done;
+            };
+            match item {
+                Outgoing::Frame(frame) => {
+                    match write(peer, self.channel, frame.binary, &frame.data) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.to_peer.push_front(Outgoing::Frame(frame));
+                            return Flush::Blocked;
+                        }
+                        Err(e) => return Flush::Closed(e),
+                    }
+                }
+                Outgoing::Chunks(mut frames) => {
+                    // Take one frame; the rest of the message stays at the front of the queue.
+                    if let Some(next) = frames.next() {
+                        self.stalled_chunk = Some(next);
+                        if frames.len() > 0 {
+                            self.to_peer.push_front(Outgoing::Chunks(frames));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Write one message; `Ok(false)` when the budget is full. A message that can never be sent
+/// (over the peer's limit) is dropped with a warning rather than wedging the channel.
+fn write(
+    peer: &mut PeerSession,
+    channel: ChannelId,
+    binary: bool,
+    data: &[u8],
+) -> Result<bool, String> {
+    if data.is_empty() {
+        // str0m cannot send an empty message (it would stall the ordered stream).
+        log::debug!("dropping an empty message for the client");
+        return Ok(true);
+    }
+    match peer.write(channel, binary, data) {
+        Ok(accepted) => Ok(accepted),
+        Err(SessionError::MessageTooLarge { len, max }) => {
+            log::warn!("dropping a {len}-byte message: the client accepts at most {max} bytes");
+            Ok(true)
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Queue bounds of a bridge.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes from the client held until the local socket opens.
+    pub to_local: usize,
+    /// Bytes from the local socket held while the data channel is backed up.
+    pub to_peer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            to_local: 4 * 1024 * 1024,
+            to_peer: 8 * 1024 * 1024,
+        }
+    }
+}

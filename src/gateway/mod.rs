@@ -1,0 +1,719 @@
+//! The gateway core (sans-IO): remote sessions, their data channels and the bridges to local
+//! services.
+//!
+//! Inputs are signaling events, UDP datagrams, local WebSocket events and `now`; outputs are
+//! drained with [`Gateway::poll_output`]: signaling replies, datagrams to send, and local
+//! WebSocket actions for the driver. Nothing here touches a socket or the clock.
+
+pub mod bridge;
+pub mod channels;
+pub mod queue;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use str0m::channel::ChannelId;
+use str0m::config::DtlsCert;
+use tungstenite::Message;
+
+use self::bridge::{Bridge, BridgeId, Flush, Limits};
+use self::channels::ChannelKind;
+use crate::chunk::{self, Chunker};
+use crate::config::WsUrl;
+use crate::webrtc::router::{Route, Router};
+use crate::webrtc::session::{PeerSession, SessionConfig, SessionEvent, SessionOutput, Transmit};
+use crate::webrtc::stun_gather::{GatherConfig, GatherEvent, GatherOutput, StunGatherer};
+
+/// Identifies a session inside the gateway (the signaling session id is a string).
+pub type SessionKey = u64;
+
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// MA's WebSocket API; `?webrtc_session_id=<id>` is appended per session.
+    pub local_ws_url: WsUrl,
+    pub sendspin_url: WsUrl,
+    pub live_announcement_url: WsUrl,
+    pub max_sessions: usize,
+    /// A session that gets no offer this long after `client-connected` is closed.
+    pub offer_timeout: Duration,
+    pub session: SessionConfig,
+    pub limits: Limits,
+}
+
+impl CoreConfig {
+    /// Defaults for everything but the URLs.
+    pub fn new(local_ws_url: WsUrl, sendspin_url: WsUrl, max_sessions: usize) -> CoreConfig {
+        let mut live = local_ws_url.clone();
+        live.path_and_query = "/live_announcement".into();
+        CoreConfig {
+            local_ws_url,
+            sendspin_url,
+            live_announcement_url: live,
+            max_sessions,
+            offer_timeout: Duration::from_secs(30),
+            session: SessionConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Reply `session-ready` for this signaling session.
+    SessionReady { session_id: String },
+    /// Send the SDP answer.
+    Answer { session_id: String, sdp: String },
+    /// Trickle one local candidate.
+    Candidate {
+        session_id: String,
+        candidate: Value,
+    },
+    /// Send a datagram from the shared UDP socket.
+    Transmit(Transmit),
+    /// Open a local WebSocket for a bridge.
+    OpenWs { bridge: BridgeId, url: WsUrl },
+    /// Send on a bridge's local WebSocket.
+    WsSend { bridge: BridgeId, msg: Message },
+    /// Close a bridge's local WebSocket and forget it.
+    CloseWs { bridge: BridgeId },
+    /// Reading the bridge's socket is allowed again: read what the kernel holds.
+    ResumeWsRead { bridge: BridgeId },
+    /// A Sendspin client identified itself: this session's player.
+    SendspinPlayer {
+        session_id: String,
+        client_id: String,
+    },
+}
+
+struct Session {
+    id: String,
+    peer: PeerSession,
+    created: Instant,
+    got_offer: bool,
+    bridges: HashMap<ChannelId, Bridge>,
+    /// Local candidates already given to this session (advertised address).
+    candidates: Vec<SocketAddr>,
+}
+
+pub struct Gateway {
+    cfg: CoreConfig,
+    cert: DtlsCert,
+    sessions: HashMap<SessionKey, Session>,
+    by_id: HashMap<String, SessionKey>,
+    bridges: HashMap<BridgeId, (SessionKey, ChannelId)>,
+    router: Router<SessionKey>,
+    gatherer: StunGatherer,
+    chunker: Chunker,
+    /// Advertised host candidates (address we receive on).
+    hosts: Vec<SocketAddr>,
+    /// Server-reflexive candidates: (mapped address, base).
+    reflexive: Vec<(SocketAddr, SocketAddr)>,
+    next_key: SessionKey,
+    next_bridge: BridgeId,
+    out: VecDeque<Output>,
+}
+
+impl Gateway {
+    pub fn new(cfg: CoreConfig, cert: DtlsCert) -> Gateway {
+        Gateway {
+            cfg,
+            cert,
+            sessions: HashMap::new(),
+            by_id: HashMap::new(),
+            bridges: HashMap::new(),
+            router: Router::new(),
+            gatherer: StunGatherer::new(GatherConfig::default()),
+            // Slices of 65 535 bytes (a multiple of 3) keep base64 padding out of the middle of
+            // the joined payload, which clients that decode all parts at once need.
+            chunker: Chunker::with_slice_size(65_535),
+            hosts: Vec::new(),
+            reflexive: Vec::new(),
+            next_key: 1,
+            next_bridge: 1,
+            out: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The next moment [`Gateway::handle_timeout`] must run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sessions = self.sessions.values().map(|s| {
+            let t = s.peer.next_timeout();
+            if s.got_offer {
+                t
+            } else {
+                t.min(s.created + self.cfg.offer_timeout)
+            }
+        });
+        sessions.chain(self.gatherer.poll_timeout()).min()
+    }
+
+    /// Add a host candidate (an address the UDP socket receives on); given to every session.
+    pub fn add_host_candidate(&mut self, addr: SocketAddr) {
+        if !self.hosts.contains(&addr) {
+            self.hosts.push(addr);
+            let keys: Vec<_> = self.sessions.keys().copied().collect();
+            for key in keys {
+                self.offer_candidates(key);
+            }
+        }
+    }
+
+    /// Start a server-reflexive discovery with a (resolved) STUN server.
+    pub fn gather_from(&mut self, now: Instant, server: SocketAddr) {
+        if let Err(e) = self.gatherer.start(now, server) {
+            log::debug!("STUN gathering with {server} not started: {e}");
+        }
+        self.drain_gatherer();
+    }
+
+    fn drain_gatherer(&mut self) {
+        while let Some(o) = self.gatherer.poll_output() {
+            match o {
+                GatherOutput::Transmit {
+                    destination,
+                    contents,
+                } => self.out.push_back(Output::Transmit(Transmit {
+                    source: self.hosts.first().copied().unwrap_or(destination),
+                    destination,
+                    contents,
+                })),
+                GatherOutput::Event(GatherEvent::Mapped { server, mapped }) => {
+                    let Some(base) = self.local_addr_for(server) else {
+                        continue;
+                    };
+                    if mapped == base || self.reflexive.iter().any(|(m, _)| *m == mapped) {
+                        continue;
+                    }
+                    log::info!("public address {mapped} (seen by STUN server {server})");
+                    self.reflexive.push((mapped, base));
+                    let keys: Vec<_> = self.sessions.keys().copied().collect();
+                    for key in keys {
+                        self.offer_candidates(key);
+                    }
+                }
+                GatherOutput::Event(other) => log::debug!("STUN gathering: {other:?}"),
+            }
+        }
+    }
+
+    /// The local address a datagram from `source` arrived at (the socket may be bound to a
+    /// wildcard): the host candidate of the same family, loopback for loopback peers.
+    fn local_addr_for(&self, source: SocketAddr) -> Option<SocketAddr> {
+        let same_family = |a: &&SocketAddr| a.is_ipv4() == source.is_ipv4();
+        self.hosts
+            .iter()
+            .filter(same_family)
+            .find(|a| a.ip().is_loopback() == source.ip().is_loopback())
+            .or_else(|| self.hosts.iter().find(same_family))
+            .copied()
+    }
+
+    // ---- signaling -------------------------------------------------------------------------
+
+    /// `client-connected`: create the session and reply `session-ready`.
+    pub fn client_connected(&mut self, now: Instant, session_id: &str) {
+        if let Some(key) = self.by_id.get(session_id).copied() {
+            log::info!("[{session_id}] connected again: replacing the old session");
+            self.close_session(key, "replaced by a new client-connected");
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            log::warn!(
+                "[{session_id}] refused: already {} sessions (MA_MAX_SESSIONS)",
+                self.sessions.len()
+            );
+            return;
+        }
+        let peer = match PeerSession::new(now, self.cert.clone(), &self.cfg.session, session_id) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("[{session_id}] cannot create a WebRTC session: {e}");
+                return;
+            }
+        };
+        let key = self.next_key;
+        self.next_key += 1;
+        if let Err(e) = self.router.set_ufrag(key, peer.local_ufrag()) {
+            log::error!("[{session_id}] cannot route the session: {e}");
+            return;
+        }
+        self.sessions.insert(
+            key,
+            Session {
+                id: session_id.to_string(),
+                peer,
+                created: now,
+                got_offer: false,
+                bridges: HashMap::new(),
+                candidates: Vec::new(),
+            },
+        );
+        self.by_id.insert(session_id.to_string(), key);
+        log::info!("[{session_id}] new session ({} open)", self.sessions.len());
+        self.out.push_back(Output::SessionReady {
+            session_id: session_id.to_string(),
+        });
+    }
+
+    /// An SDP offer (the first, or an ICE restart).
+    pub fn offer(&mut self, now: Instant, session_id: &str, sdp: &str) {
+        let Some(key) = self.by_id.get(session_id).copied() else {
+            log::warn!("[{session_id}] offer for an unknown session; ignored");
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let restart = s.got_offer;
+        match s.peer.accept_offer(now, sdp) {
+            Ok(answer) => {
+                s.got_offer = true;
+                let ufrag = s.peer.local_ufrag().to_string();
+                if let Err(e) = self.router.set_ufrag(key, &ufrag) {
+                    log::warn!("[{session_id}] cannot route the new ICE credentials: {e}");
+                }
+                if restart {
+                    log::info!("[{session_id}] ICE restart");
+                    s.candidates.clear();
+                }
+                self.out.push_back(Output::Answer {
+                    session_id: session_id.to_string(),
+                    sdp: answer,
+                });
+                self.offer_candidates(key);
+                self.drain_session(key, now);
+            }
+            Err(e) => {
+                log::warn!("[{session_id}] offer refused: {e}");
+                if !restart {
+                    self.close_session(key, "bad offer");
+                }
+            }
+        }
+    }
+
+    /// Give the session every local candidate it does not have yet, trickling each.
+    fn offer_candidates(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        if !s.got_offer {
+            return;
+        }
+        let wanted = self
+            .hosts
+            .iter()
+            .map(|h| (*h, None))
+            .chain(self.reflexive.iter().map(|(m, b)| (*m, Some(*b))));
+        for (addr, base) in wanted {
+            if s.candidates.contains(&addr) {
+                continue;
+            }
+            s.candidates.push(addr);
+            let added = match base {
+                None => s.peer.add_local_host_candidate(addr),
+                Some(base) => s.peer.add_local_srflx_candidate(addr, base),
+            };
+            match added {
+                Ok(Some(candidate)) => self.out.push_back(Output::Candidate {
+                    session_id: s.id.clone(),
+                    candidate,
+                }),
+                Ok(None) => {}
+                Err(e) => log::debug!("[{}] local candidate {addr} not added: {e}", s.id),
+            }
+        }
+    }
+
+    /// A trickled remote candidate.
+    pub fn remote_candidate(&mut self, now: Instant, session_id: &str, candidate: &Value) {
+        let Some(key) = self.by_id.get(session_id).copied() else {
+            log::debug!("[{session_id}] candidate for an unknown session; ignored");
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        match s.peer.add_remote_candidate(candidate) {
+            Ok(outcome) => log::debug!("[{session_id}] remote candidate: {outcome:?}"),
+            Err(e) => log::warn!("[{session_id}] remote candidate refused: {e}"),
+        }
+        self.drain_session(key, now);
+    }
+
+    /// `client-disconnected`, or the signaling connection is gone.
+    pub fn client_disconnected(&mut self, session_id: &str) {
+        if let Some(key) = self.by_id.get(session_id).copied() {
+            self.close_session(key, "client disconnected from signaling");
+        }
+    }
+
+    // ---- UDP -------------------------------------------------------------------------------
+
+    /// A datagram arrived on the shared UDP socket from `source`.
+    pub fn datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        let gatherer = &self.gatherer;
+        match self.router.route(source, bytes, |txid| gatherer.owns(txid)) {
+            Route::Session(key) => {
+                let Some(destination) = self.local_addr_for(source) else {
+                    return;
+                };
+                let Some(s) = self.sessions.get_mut(&key) else {
+                    return;
+                };
+                s.peer.handle_receive(now, source, destination, bytes);
+                self.drain_session(key, now);
+            }
+            Route::Gather => {
+                self.gatherer.handle_response(source, bytes);
+                self.drain_gatherer();
+            }
+            Route::Drop(reason) => log::trace!("dropped a datagram from {source}: {reason:?}"),
+        }
+    }
+
+    // ---- time ------------------------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.gatherer.handle_timeout(now);
+        self.drain_gatherer();
+        let due: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.peer.next_timeout() <= now
+                    || (!s.got_offer && now >= s.created + self.cfg.offer_timeout)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            let Some(s) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            if !s.got_offer && now >= s.created + self.cfg.offer_timeout {
+                self.close_session(key, "no offer in time");
+                continue;
+            }
+            s.peer.handle_timeout(now);
+            self.drain_session(key, now);
+        }
+    }
+
+    // ---- local WebSockets ------------------------------------------------------------------
+
+    /// The bridge's local WebSocket is open.
+    pub fn ws_opened(&mut self, bridge: BridgeId) {
+        let Some((key, ch)) = self.bridges.get(&bridge).copied() else {
+            return;
+        };
+        let Some(b) = self
+            .sessions
+            .get_mut(&key)
+            .and_then(|s| s.bridges.get_mut(&ch))
+        else {
+            return;
+        };
+        for msg in b.local_opened() {
+            self.out.push_back(Output::WsSend { bridge, msg });
+        }
+    }
+
+    /// Whether the driver may read another message from the bridge's socket now.
+    pub fn ws_read_allowed(&self, bridge: BridgeId) -> bool {
+        self.bridge_ref(bridge).is_some_and(|b| !b.read_paused)
+    }
+
+    fn bridge_ref(&self, bridge: BridgeId) -> Option<&Bridge> {
+        let (key, ch) = self.bridges.get(&bridge)?;
+        self.sessions.get(key)?.bridges.get(ch)
+    }
+
+    /// A message from a bridge's local WebSocket.
+    pub fn ws_message(&mut self, now: Instant, bridge: BridgeId, msg: Message) {
+        let Some((key, ch)) = self.bridges.get(&bridge).copied() else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let limit = chunk::send_limit(
+            s.peer.remote_max_message_size(),
+            self.cfg.session.sctp_max_buffered_amount / 2,
+        );
+        let Some(b) = s.bridges.get_mut(&ch) else {
+            return;
+        };
+        if b.from_local(msg, &mut self.chunker, limit).is_err() {
+            log::warn!(
+                "[{}] {} queue to the client overflowed; closing the session",
+                s.id,
+                b.kind.name()
+            );
+            self.close_session(key, "queue to the client overflowed");
+            return;
+        }
+        match b.flush_to_peer(&mut s.peer) {
+            Flush::Done | Flush::Blocked => {}
+            Flush::Closed(e) => log::debug!("[{}] write to the client failed: {e}", s.id),
+        }
+        if b.peer_queue_high() && !b.read_paused {
+            log::debug!(
+                "[{}] {} backed up: pausing the local socket",
+                s.id,
+                b.kind.name()
+            );
+            b.read_paused = true;
+        }
+        self.drain_session(key, now);
+    }
+
+    /// A bridge's local WebSocket closed or failed (also: its write buffer overflowed).
+    pub fn ws_closed(&mut self, bridge: BridgeId, why: &str) {
+        let Some((key, ch)) = self.bridges.remove(&bridge) else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Some(b) = s.bridges.get(&ch) else { return };
+        log::info!("[{}] local {} socket closed: {why}", s.id, b.kind.name());
+        if b.kind == ChannelKind::Api {
+            // Never leave a one-way channel: the session goes with its API socket.
+            self.close_session(key, "the MA API socket closed");
+        } else {
+            s.bridges.remove(&ch);
+            s.peer.close_channel(ch);
+        }
+    }
+
+    // ---- sessions --------------------------------------------------------------------------
+
+    /// Carry out what the session's peer produced.
+    fn drain_session(&mut self, key: SessionKey, now: Instant) {
+        loop {
+            let Some(s) = self.sessions.get_mut(&key) else {
+                return;
+            };
+            match s.peer.poll_output() {
+                SessionOutput::Timeout(_) => return,
+                SessionOutput::Transmit(t) => {
+                    self.router.note_transmit(key, t.destination);
+                    self.out.push_back(Output::Transmit(t));
+                }
+                SessionOutput::Event(e) => self.session_event(key, now, e),
+            }
+        }
+    }
+
+    fn session_event(&mut self, key: SessionKey, now: Instant, event: SessionEvent) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        match event {
+            SessionEvent::Connected => {
+                log::info!(
+                    "[{}] connected in {} ms",
+                    s.id,
+                    (now - s.created).as_millis()
+                )
+            }
+            SessionEvent::Disconnected => log::info!("[{}] ICE disconnected, waiting", s.id),
+            SessionEvent::Reconnected => log::info!("[{}] ICE reconnected", s.id),
+            SessionEvent::ChannelOpen { id, label } => self.channel_open(key, id, &label),
+            SessionEvent::ChannelData { id, binary, data } => {
+                self.channel_data(key, id, binary, data)
+            }
+            SessionEvent::ChannelClose { id } => self.channel_closed(key, id),
+            SessionEvent::ChannelBufferedAmountLow { .. } | SessionEvent::Writable => {
+                self.flush_session(key)
+            }
+            SessionEvent::Closed { reason } => {
+                let why = format!("WebRTC session ended: {reason}");
+                self.close_session(key, &why);
+            }
+        }
+    }
+
+    fn channel_open(&mut self, key: SessionKey, id: ChannelId, label: &str) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let kind = match channels::classify(label, s.bridges.values().map(|b| b.kind)) {
+            Ok(k) => k,
+            Err(refusal) => {
+                log::warn!("[{}] channel {label:?} refused: {refusal}", s.id);
+                s.peer.close_channel(id);
+                return;
+            }
+        };
+        s.peer
+            .set_buffered_amount_low_threshold(id, self.cfg.session.buffered_amount_low_threshold);
+        let url = match kind {
+            ChannelKind::Api => {
+                let mut url = self.cfg.local_ws_url.clone();
+                let sep = if url.path_and_query.contains('?') {
+                    '&'
+                } else {
+                    '?'
+                };
+                url.path_and_query =
+                    format!("{}{sep}webrtc_session_id={}", url.path_and_query, s.id);
+                Some(url)
+            }
+            ChannelKind::Sendspin => Some(self.cfg.sendspin_url.clone()),
+            ChannelKind::LiveAnnouncement => Some(self.cfg.live_announcement_url.clone()),
+            ChannelKind::HttpProxy => None,
+        };
+        let local = url.as_ref().map(|_| {
+            let b = self.next_bridge;
+            self.next_bridge += 1;
+            b
+        });
+        log::info!("[{}] channel {label:?} open: {}", s.id, kind.name());
+        s.bridges
+            .insert(id, Bridge::new(kind, id, local, &self.cfg.limits));
+        if let (Some(bridge), Some(url)) = (local, url) {
+            self.bridges.insert(bridge, (key, id));
+            self.out.push_back(Output::OpenWs { bridge, url });
+        }
+    }
+
+    fn channel_data(&mut self, key: SessionKey, id: ChannelId, binary: bool, data: Vec<u8>) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Some(b) = s.bridges.get_mut(&id) else {
+            log::debug!("[{}] data on an unbridged channel; dropped", s.id);
+            return;
+        };
+        let msg = if binary {
+            Message::Binary(data.into())
+        } else {
+            match tungstenite::Utf8Bytes::try_from(data) {
+                Ok(text) => Message::Text(text),
+                Err(_) => {
+                    log::warn!(
+                        "[{}] text message with invalid UTF-8 on {}; dropped",
+                        s.id,
+                        b.kind.name()
+                    );
+                    return;
+                }
+            }
+        };
+        if b.kind == ChannelKind::Sendspin && !b.saw_text {
+            if let Message::Text(t) = &msg {
+                b.saw_text = true;
+                if let Some(client_id) = sendspin_client_id(t) {
+                    log::info!("[{}] Sendspin player {client_id}", s.id);
+                    self.out.push_back(Output::SendspinPlayer {
+                        session_id: s.id.clone(),
+                        client_id,
+                    });
+                }
+            }
+        }
+        let Some(bridge) = b.local else {
+            log::debug!(
+                "[{}] {} message not handled yet; dropped",
+                s.id,
+                b.kind.name()
+            );
+            return;
+        };
+        match b.from_peer(msg) {
+            Ok(Some(msg)) => self.out.push_back(Output::WsSend { bridge, msg }),
+            Ok(None) => {}
+            Err(_) => {
+                log::warn!(
+                    "[{}] the client sent more than {} bytes before {} was reachable; closing",
+                    s.id,
+                    self.cfg.limits.to_local,
+                    b.kind.name()
+                );
+                self.close_session(key, "client flooded before the local socket opened");
+            }
+        }
+    }
+
+    fn channel_closed(&mut self, key: SessionKey, id: ChannelId) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Some(b) = s.bridges.remove(&id) else {
+            return;
+        };
+        log::info!("[{}] channel {} closed by the client", s.id, b.kind.name());
+        if let Some(bridge) = b.local {
+            self.bridges.remove(&bridge);
+            self.out.push_back(Output::CloseWs { bridge });
+        }
+        if b.kind == ChannelKind::Api {
+            self.close_session(key, "the API channel closed");
+        }
+    }
+
+    /// The send budget has room again: move queued messages, resume paused sockets.
+    fn flush_session(&mut self, key: SessionKey) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        for b in s.bridges.values_mut() {
+            if !b.has_queued_for_peer() {
+                continue;
+            }
+            if let Flush::Blocked = b.flush_to_peer(&mut s.peer) {
+                break;
+            }
+            if b.read_paused && !b.peer_queue_high() {
+                b.read_paused = false;
+                if let Some(bridge) = b.local {
+                    self.out.push_back(Output::ResumeWsRead { bridge });
+                }
+            }
+        }
+    }
+
+    fn close_session(&mut self, key: SessionKey, why: &str) {
+        let Some(mut s) = self.sessions.remove(&key) else {
+            return;
+        };
+        log::info!("[{}] session closed: {why}", s.id);
+        self.by_id.remove(&s.id);
+        self.router.remove_session(key);
+        for b in s.bridges.values() {
+            if let Some(bridge) = b.local {
+                self.bridges.remove(&bridge);
+                self.out.push_back(Output::CloseWs { bridge });
+            }
+        }
+        s.peer.close();
+        // Send what the close produced (DTLS close_notify) and nothing after.
+        loop {
+            match s.peer.poll_output() {
+                SessionOutput::Transmit(t) => self.out.push_back(Output::Transmit(t)),
+                SessionOutput::Event(_) => {}
+                SessionOutput::Timeout(_) => break,
+            }
+        }
+    }
+}
+
+/// The `client_id` of a Sendspin `{"type":"auth",...,"client_id":X}` message.
+fn sendspin_client_id(text: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    if v.get("type")?.as_str()? != "auth" {
+        return None;
+    }
+    v.get("client_id")?.as_str().map(str::to_string)
+}

@@ -1,0 +1,157 @@
+//! A stand-in for Music Assistant's local WebSocket API, for integration tests.
+//!
+//! On connect it sends a `server_info` message first (as MA does), then echoes every message
+//! back with its type (text or binary) preserved. A few test commands make it act:
+//! `{"command":"standin/send","size":N,"message_id":..}` sends one text message of exactly N
+//! bytes; `{"command":"standin/close"}` closes the socket.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tungstenite::handshake::server::{Request, Response};
+use tungstenite::{Message, WebSocket};
+
+/// What the stand-in saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A connection, with the request path and query.
+    Connected(String),
+    /// A message received (before echoing).
+    Text(String),
+    Binary(usize),
+    Closed(String),
+}
+
+pub struct MaStandin {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// The `server_info` message the stand-in sends first.
+pub fn server_info() -> Value {
+    json!({
+        "server_id": "standin0000",
+        "server_version": "2.10.0",
+        "schema_version": 28,
+        "min_supported_schema_version": 24,
+        "base_url": "http://127.0.0.1:8095",
+        "homeassistant_addon": false,
+        "onboard_done": true,
+    })
+}
+
+/// A text message of exactly `size` bytes that is valid JSON.
+pub fn sized_json(size: usize, message_id: &Value) -> String {
+    let head = json!({"message_id": message_id, "result": ""}).to_string();
+    let pad = size.saturating_sub(head.len());
+    // {"message_id":..,"result":"<pad>"}: fill the empty string with a repeating pattern,
+    // including multi-byte characters so byte-exactness is really tested.
+    let mut body = String::with_capacity(pad);
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789é€".chars().cycle() {
+        if body.len() + c.len_utf8() > pad {
+            break;
+        }
+        body.push(c);
+    }
+    while body.len() < pad {
+        body.push('.');
+    }
+    let out = format!("{}{}\"}}", &head[..head.len() - 2], body);
+    debug_assert_eq!(out.len(), size.max(head.len()));
+    out
+}
+
+impl MaStandin {
+    pub fn start() -> MaStandin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let seen = seen2.clone();
+                std::thread::spawn(move || serve(stream, seen));
+            }
+        });
+        MaStandin { port, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Wait until `pred` holds for what was seen.
+    pub fn wait_until(&self, what: &str, pred: impl Fn(&[Seen]) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if pred(&self.seen.lock().unwrap()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("stand-in never saw {what}; saw {:?}", self.seen());
+    }
+}
+
+fn serve(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+    let mut path = String::new();
+    let callback = |req: &Request, resp: Response| {
+        path = req.uri().to_string();
+        Ok(resp)
+    };
+    let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else { return };
+    seen.lock().unwrap().push(Seen::Connected(path.clone()));
+    let _ = ws.send(Message::text(server_info().to_string()));
+    let why = echo(&mut ws, &seen);
+    seen.lock().unwrap().push(Seen::Closed(why));
+}
+
+fn echo(ws: &mut WebSocket<TcpStream>, seen: &Mutex<Vec<Seen>>) -> String {
+    loop {
+        let msg = match ws.read() {
+            Ok(m) => m,
+            Err(e) => return e.to_string(),
+        };
+        match msg {
+            Message::Text(t) => {
+                seen.lock().unwrap().push(Seen::Text(t.to_string()));
+                let cmd: Value = serde_json::from_str(t.as_str()).unwrap_or(Value::Null);
+                match cmd.get("command").and_then(Value::as_str) {
+                    Some("standin/send") => {
+                        let size = cmd["size"].as_u64().unwrap_or(0) as usize;
+                        let text = sized_json(size, &cmd["message_id"]);
+                        if ws.send(Message::text(text)).is_err() {
+                            return "send failed".into();
+                        }
+                    }
+                    Some("standin/close") => {
+                        let _ = ws.close(None);
+                        let _ = ws.flush();
+                        return "closed by command".into();
+                    }
+                    _ => {
+                        if ws.send(Message::Text(t)).is_err() {
+                            return "send failed".into();
+                        }
+                    }
+                }
+            }
+            Message::Binary(b) => {
+                seen.lock().unwrap().push(Seen::Binary(b.len()));
+                if ws.send(Message::Binary(b)).is_err() {
+                    return "send failed".into();
+                }
+            }
+            Message::Close(_) => return "client closed".into(),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The real gateway binary against a WebSocket signaling server run by the test: registration,
+//! session-ready, surviving a server restart, clean shutdown, configuration errors.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::{temp_dir, Proc};
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Accept one WebSocket connection from the gateway.
+fn accept(listener: &TcpListener) -> WebSocket<TcpStream> {
+    listener.set_nonblocking(false).unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    tungstenite::accept(stream).unwrap()
+}
+
+fn read_json(ws: &mut WebSocket<TcpStream>) -> Value {
+    loop {
+        match ws.read().expect("read from the gateway") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(_) => panic!("gateway closed the socket"),
+            _ => {}
+        }
+    }
+}
+
+fn send_json(ws: &mut WebSocket<TcpStream>, v: Value) {
+    ws.send(Message::text(v.to_string())).unwrap();
+}
+
+fn gateway_env(port: u16, data: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("MA_SIGNALING_URL", format!("ws://127.0.0.1:{port}/ws")),
+        ("MA_DATA_DIR", data.display().to_string()),
+        ("MA_RECONNECT_MIN", "100ms".into()),
+        ("MA_RECONNECT_MAX", "500ms".into()),
+        (
+            "MA_ICE_SERVERS",
+            r#"[{"urls":"stun:127.0.0.1:3478"}]"#.into(),
+        ),
+    ]
+}
+
+#[test]
+fn registers_answers_session_ready_and_survives_a_server_restart() {
+    let data = temp_dir("register");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut gw = Proc::start(&[], &gateway_env(port, &data));
+
+    let mut ws = accept(&listener);
+    let reg = read_json(&mut ws);
+    assert_eq!(reg["type"], "register-server");
+    let remote_id = reg["remoteId"].as_str().unwrap().to_string();
+    assert_eq!(remote_id.len(), 26, "derived Remote ID: {remote_id}");
+    assert_eq!(reg["iceServers"], json!([{"urls": "stun:127.0.0.1:3478"}]));
+    send_json(
+        &mut ws,
+        json!({"type": "registered", "remoteId": remote_id}),
+    );
+    gw.wait_for("registered with the signaling server", WAIT);
+
+    // A client arrives: session-ready comes back with the ICE servers.
+    send_json(
+        &mut ws,
+        json!({"type": "client-connected", "sessionId": "abcdefgh12345678"}),
+    );
+    let ready = read_json(&mut ws);
+    assert_eq!(ready["type"], "session-ready");
+    assert_eq!(ready["sessionId"], "abcdefgh12345678");
+    assert_eq!(
+        ready["iceServers"],
+        json!([{"urls": "stun:127.0.0.1:3478"}])
+    );
+
+    // Garbage and JSON pings are handled without dropping the connection.
+    ws.send(Message::text("this is not json")).unwrap();
+    send_json(&mut ws, json!({"type": "ping"}));
+    assert_eq!(read_json(&mut ws), json!({"type": "pong"}));
+
+    // Kill the server: the socket and the listener go away.
+    drop(ws);
+    drop(listener);
+    gw.wait_for("reconnecting in", WAIT);
+
+    // Restart on the same port: the gateway comes back and registers the same ID again.
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut ws = accept(&listener);
+    let reg = read_json(&mut ws);
+    assert_eq!(reg["type"], "register-server");
+    assert_eq!(reg["remoteId"], remote_id.as_str());
+    send_json(
+        &mut ws,
+        json!({"type": "registered", "remoteId": remote_id}),
+    );
+    gw.wait_for("registered with the signaling server", WAIT);
+
+    // SIGTERM: a clean exit well within a second, with a close frame to the server.
+    let (code, took) = gw.terminate(Duration::from_secs(5));
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => {
+                assert_eq!(frame.map(|f| u16::from(f.code)), Some(1001));
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    }
+}
+
+#[test]
+fn replaced_gateway_backs_off_instead_of_storming() {
+    let data = temp_dir("replaced");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut gw = Proc::start(&[], &gateway_env(port, &data));
+    let mut ws = accept(&listener);
+    let reg = read_json(&mut ws);
+    send_json(
+        &mut ws,
+        json!({"type": "registered", "remoteId": reg["remoteId"]}),
+    );
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: 4000.into(),
+        reason: "Replaced by new connection".into(),
+    }))
+    .unwrap();
+    let line = gw.wait_for("replaced this one (close 4000)", WAIT);
+    assert!(line.contains("WARN"), "{line}");
+    // MA_RECONNECT_MAX is 500ms here: the first retry after 4000 waits about that long,
+    // not the 100ms of an ordinary loss.
+    listener.set_nonblocking(true).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        listener.accept().is_err(),
+        "reconnected too early after 4000"
+    );
+    let _ = accept(&listener);
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_code_2() {
+    for (var, value) in [
+        ("MA_SIGNALING_URL", "http://example.com/ws"),
+        ("MA_ICE_SERVERS", "stun:stun.example.com"),
+        ("MA_LOCAL_WS_URL", "ftp://127.0.0.1/"),
+        ("MA_UDP_BIND", "not-an-address"),
+    ] {
+        let out = std::process::Command::new(common::BIN)
+            .env(var, value)
+            .env("MA_DATA_DIR", temp_dir("badcfg"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(var), "{err}");
+    }
+}
+
+#[test]
+fn help_lists_every_variable() {
+    let out = std::process::Command::new(common::BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "MA_SIGNALING_URL",
+        "MA_LOCAL_WS_URL",
+        "MA_SENDSPIN_URL",
+        "MA_DATA_DIR",
+        "MA_REMOTE_ID",
+        "MA_ICE_SERVERS",
+        "MA_UDP_BIND",
+        "MA_PUBLIC_IP",
+        "MA_MAX_SESSIONS",
+    ] {
+        assert!(help.contains(var), "--help does not mention {var}");
+    }
+}
+
+#[test]
+fn id_command_prints_a_stable_remote_id() {
+    let data = temp_dir("id");
+    let run = || {
+        let out = std::process::Command::new(common::BIN)
+            .arg("id")
+            .env("MA_DATA_DIR", &data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    assert_eq!(first, run(), "the identity survives restarts");
+    let id = first
+        .lines()
+        .find_map(|l| l.strip_prefix("Remote ID:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 26);
+    assert!(first.contains(&format!("https://app.music-assistant.io/?remote_id={id}")));
+    assert!(first.contains("sha-256 "));
+    assert!(data.join("webrtc_certificate.pem").exists());
+    assert!(data.join("webrtc_private_key.pem").exists());
+}
