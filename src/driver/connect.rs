@@ -216,7 +216,21 @@ impl Connection {
         format!("timed out {step}")
     }
 
+    /// Signaling trouble is fatal while connecting; once the channel is open the session no
+    /// longer needs it, so it is only logged.
     fn ws_progress(&mut self, p: Progress) -> Result<(), String> {
+        let result = self.ws_progress_inner(p);
+        match result {
+            Err(e) if self.client.is_open() => {
+                log::debug!("signaling connection lost after the channel opened: {e}");
+                self.ws.close(self.poll.registry());
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn ws_progress_inner(&mut self, p: Progress) -> Result<(), String> {
         match p {
             Progress::Failed(why) => return Err(why),
             Progress::Pending => return Ok(()),

@@ -696,6 +696,9 @@ impl Gateway {
                 self.bridges.remove(&bridge);
                 self.out.push_back(Output::CloseWs { bridge });
             }
+            // Reset the streams first: the client sees each channel close at once, instead of
+            // waiting for ICE consent to expire.
+            s.peer.close_channel(b.channel);
         }
         s.peer.close();
         // Send what the close produced (DTLS close_notify) and nothing after.

@@ -3,7 +3,8 @@
 //! On connect it sends a `server_info` message first (as MA does), then echoes every message
 //! back with its type (text or binary) preserved. A few test commands make it act:
 //! `{"command":"standin/send","size":N,"message_id":..}` sends one text message of exactly N
-//! bytes; `{"command":"standin/close"}` closes the socket.
+//! bytes; `{"command":"standin/close"}` closes the socket; `{"command":"standin/stall",
+//! "seconds":S}` stops reading for S seconds.
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -101,13 +102,16 @@ impl MaStandin {
     }
 }
 
+#[allow(clippy::result_large_err)] // the handshake callback type is tungstenite's
 fn serve(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
     let mut path = String::new();
     let callback = |req: &Request, resp: Response| {
         path = req.uri().to_string();
         Ok(resp)
     };
-    let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else { return };
+    let Ok(mut ws) = tungstenite::accept_hdr(stream, callback) else {
+        return;
+    };
     seen.lock().unwrap().push(Seen::Connected(path.clone()));
     let _ = ws.send(Message::text(server_info().to_string()));
     let why = echo(&mut ws, &seen);
@@ -131,6 +135,11 @@ fn echo(ws: &mut WebSocket<TcpStream>, seen: &Mutex<Vec<Seen>>) -> String {
                         if ws.send(Message::text(text)).is_err() {
                             return "send failed".into();
                         }
+                    }
+                    Some("standin/stall") => {
+                        // Stop reading (and answering) for a while, like an overloaded MA.
+                        let secs = cmd["seconds"].as_f64().unwrap_or(5.0);
+                        std::thread::sleep(Duration::from_secs_f64(secs));
                     }
                     Some("standin/close") => {
                         let _ = ws.close(None);

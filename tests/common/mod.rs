@@ -2,6 +2,8 @@
 //! stderr as a stream of lines, fresh temporary folders.
 #![allow(dead_code)]
 
+pub mod ma_standin;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

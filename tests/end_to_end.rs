@@ -1,0 +1,266 @@
+//! End to end over loopback with real processes: the `signal` binary, the gateway binary, a
+//! stand-in for MA's WebSocket API, and our str0m client playing the web app.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::ma_standin::{self, MaStandin, Seen};
+use common::{temp_dir, Proc};
+use ma_webrtc_gateway::client::ClientEvent;
+use ma_webrtc_gateway::config::WsUrl;
+use ma_webrtc_gateway::driver::connect::Connection;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Stack {
+    _signal: Proc,
+    gateway: Proc,
+    ma: MaStandin,
+    signaling: WsUrl,
+    remote_id: String,
+}
+
+fn start_signal() -> (Proc, u16) {
+    let mut signal = Proc::start(&["signal", "--listen", "127.0.0.1:0"], &[]);
+    let line = signal.wait_for("listening on ", WAIT);
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let port = addr.parse::<SocketAddr>().unwrap().port();
+    (signal, port)
+}
+
+fn start_gateway(
+    port: u16,
+    ma: &MaStandin,
+    data: &std::path::Path,
+    extra: &[(&str, String)],
+) -> (Proc, String) {
+    let mut env = vec![
+        ("MA_SIGNALING_URL", format!("ws://127.0.0.1:{port}/ws")),
+        ("MA_LOCAL_WS_URL", ma.url()),
+        ("MA_DATA_DIR", data.display().to_string()),
+        ("MA_UDP_BIND", "127.0.0.1:0".into()),
+        ("MA_ICE_SERVERS", "[]".into()),
+        ("MA_RECONNECT_MIN", "100ms".into()),
+        ("MA_RECONNECT_MAX", "500ms".into()),
+    ];
+    env.extend(extra.iter().cloned());
+    let mut gateway = Proc::start(&[], &env);
+    let line = gateway.wait_for("registered with the signaling server", WAIT);
+    let remote_id = line
+        .split("Remote ID ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    (gateway, remote_id)
+}
+
+fn stack(extra: &[(&str, String)]) -> Stack {
+    let (signal, port) = start_signal();
+    let ma = MaStandin::start();
+    let (gateway, remote_id) = start_gateway(port, &ma, &temp_dir("e2e"), extra);
+    Stack {
+        _signal: signal,
+        gateway,
+        ma,
+        signaling: WsUrl::parse(&format!("ws://127.0.0.1:{port}/ws")).unwrap(),
+        remote_id,
+    }
+}
+
+fn connect(s: &Stack) -> Connection {
+    Connection::open(
+        &s.signaling,
+        None,
+        &s.remote_id,
+        "127.0.0.1:0".parse().unwrap(),
+        WAIT,
+    )
+    .expect("the client connects")
+}
+
+/// The first message is MA's server_info.
+fn expect_server_info(c: &mut Connection) {
+    let first: Value = serde_json::from_str(&c.recv_text(WAIT).unwrap()).unwrap();
+    assert_eq!(first, ma_standin::server_info());
+}
+
+#[test]
+fn api_bridge_delivers_everything_byte_exact_both_ways() {
+    let s = stack(&[]);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+    let sid = c.session_id().unwrap().to_string();
+    assert_eq!(sid.len(), 16);
+    s.ma.wait_until("the session id in the URL", |seen| {
+        seen.contains(&Seen::Connected(format!("/ws?webrtc_session_id={sid}")))
+    });
+
+    // Client -> MA -> client echo, 1 byte up to the gateway's 256 KiB max-message-size.
+    for size in [1usize, 100, 16 * 1024, 65_536, 65_537, 200_000, 256 * 1024] {
+        let text = ma_standin::sized_json(size, &json!(format!("up-{size}")));
+        let text = if size < text.len() {
+            "x".repeat(size)
+        } else {
+            text
+        };
+        assert_eq!(text.len(), size);
+        c.send_text(&text, WAIT).unwrap();
+        assert_eq!(c.recv_text(WAIT).unwrap(), text, "echo of {size} bytes");
+    }
+
+    // MA -> client: whole below the peer's limit, __chunk__ above it, up to 1 MiB.
+    for size in [64 * 1024, 64 * 1024 + 1, 300_000, 1024 * 1024] {
+        let id = json!(format!("down-{size}"));
+        c.send_text(
+            &json!({"command": "standin/send", "size": size, "message_id": id}).to_string(),
+            WAIT,
+        )
+        .unwrap();
+        // The echo of the command is not sent by the stand-in for standin/send.
+        let got = c.recv_text(WAIT).unwrap();
+        assert_eq!(got.len(), size);
+        assert_eq!(got, ma_standin::sized_json(size, &id));
+    }
+
+    // Binary both ways.
+    let blob: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    c.send(true, &blob, WAIT).unwrap();
+    assert_eq!(c.recv(WAIT).unwrap(), ClientEvent::Binary(blob));
+    c.close();
+}
+
+#[test]
+fn ordering_holds_under_load() {
+    let s = stack(&[]);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+    let n = 2000;
+    let mut received = Vec::new();
+    for i in 0..n {
+        c.send_text(
+            &format!("{{\"seq\":{i},\"pad\":\"{}\"}}", "p".repeat(i % 3000)),
+            WAIT,
+        )
+        .unwrap();
+    }
+    while received.len() < n {
+        let t: Value = serde_json::from_str(&c.recv_text(WAIT).unwrap()).unwrap();
+        received.push(t["seq"].as_u64().unwrap() as usize);
+    }
+    assert_eq!(received, (0..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn session_ends_when_ma_closes_the_socket() {
+    let mut s = stack(&[]);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+    c.send_text(r#"{"command":"standin/close"}"#, WAIT).unwrap();
+    let err = c
+        .recv(WAIT)
+        .expect_err("the channel closes with MA's socket");
+    assert!(
+        err.contains("closed") || err.contains("disconnected"),
+        "{err}"
+    );
+    s.gateway
+        .wait_for("session closed: the MA API socket closed", WAIT);
+}
+
+#[test]
+fn session_ends_when_the_client_leaves() {
+    let mut s = stack(&[]);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+    c.close();
+    s.gateway.wait_for("session closed", WAIT);
+    s.ma.wait_until("the MA socket closed", |seen| {
+        seen.iter().any(|x| matches!(x, Seen::Closed(_)))
+    });
+}
+
+#[test]
+fn wrong_fingerprint_is_refused_by_the_client() {
+    // The gateway registers under a well-formed Remote ID that belongs to another certificate.
+    let (_signal, port) = start_signal();
+    let ma = MaStandin::start();
+    let fake = "QCPJJTJMI3IDBNURU6XJJENRYU";
+    let (_gw, id) = start_gateway(
+        port,
+        &ma,
+        &temp_dir("pin"),
+        &[("MA_REMOTE_ID", fake.into())],
+    );
+    assert_eq!(id, fake);
+    let url = WsUrl::parse(&format!("ws://127.0.0.1:{port}/ws")).unwrap();
+    let err = Connection::open(&url, None, fake, "127.0.0.1:0".parse().unwrap(), WAIT)
+        .err()
+        .expect("a pinning client refuses the gateway");
+    assert!(err.contains("does not match Remote ID"), "{err}");
+    assert!(ma.seen().is_empty(), "nothing reached MA");
+}
+
+#[test]
+fn several_concurrent_sessions_are_independent() {
+    let s = stack(&[]);
+    let mut clients: Vec<Connection> = (0..4).map(|_| connect(&s)).collect();
+    for c in clients.iter_mut() {
+        expect_server_info(c);
+    }
+    let ids: std::collections::HashSet<String> = clients
+        .iter()
+        .map(|c| c.session_id().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    for round in 0..20 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.send_text(&format!("{{\"client\":{i},\"round\":{round}}}"), WAIT)
+                .unwrap();
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(
+                c.recv_text(WAIT).unwrap(),
+                format!("{{\"client\":{i},\"round\":{round}}}")
+            );
+        }
+    }
+}
+
+#[test]
+fn a_flooding_client_is_bounded_and_closed_without_hurting_others() {
+    let mut s = stack(&[]);
+    let mut calm = connect(&s);
+    expect_server_info(&mut calm);
+    let mut flood = connect(&s);
+    expect_server_info(&mut flood);
+    // MA stops reading this client's socket; the client keeps sending. The gateway may queue
+    // only a bounded amount towards MA, then must close this session.
+    flood
+        .send_text(r#"{"command":"standin/stall","seconds":30}"#, WAIT)
+        .unwrap();
+    let big = "f".repeat(200_000);
+    let mut sent = 0usize;
+    while flood.send_text(&big, Duration::from_secs(10)).is_ok() {
+        sent += big.len();
+        assert!(
+            sent < 200 * 1024 * 1024,
+            "the gateway accepted {sent} bytes without closing"
+        );
+    }
+    s.gateway.wait_for("does not keep up with the client", WAIT);
+    // The calm client never noticed.
+    calm.send_text(r#"{"still":"alive"}"#, WAIT).unwrap();
+    assert_eq!(calm.recv_text(WAIT).unwrap(), r#"{"still":"alive"}"#);
+}
