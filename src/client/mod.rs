@@ -2,13 +2,13 @@
 //! `ma-api` channel, trickle ICE, pin the answer's fingerprint to the Remote ID, reassemble
 //! `__chunk__` frames. Used by the `connect` diagnostic command, the tests and the benchmarks.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::channel::ChannelId;
+use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
@@ -43,6 +43,16 @@ pub enum ClientEvent {
     Text(String),
     /// A binary message.
     Binary(Vec<u8>),
+    /// A side channel (opened with [`RemoteClient::open_channel`]) is open.
+    SideOpen { label: String },
+    /// A message on a side channel.
+    Side {
+        label: String,
+        binary: bool,
+        data: Vec<u8>,
+    },
+    /// A side channel closed.
+    SideClosed { label: String },
     /// The connection failed or closed for good.
     Failed(String),
 }
@@ -65,6 +75,8 @@ pub struct RemoteClient {
     rtc: Rtc,
     pending: Option<SdpPendingOffer>,
     channel: Option<ChannelId>,
+    /// Side channels by id, with their label and whether they are open.
+    side: HashMap<ChannelId, (String, bool)>,
     session_id: Option<String>,
     reassembler: Reassembler,
     out: VecDeque<ClientOutput>,
@@ -86,6 +98,7 @@ impl RemoteClient {
             rtc,
             pending: None,
             channel: None,
+            side: HashMap::new(),
             session_id: None,
             reassembler: Reassembler::new(ReassemblyLimits::default()),
             out: VecDeque::new(),
@@ -262,9 +275,55 @@ impl RemoteClient {
         self.send(now, false, text.as_bytes())
     }
 
-    /// Send a binary message on `ma-api`.
+    /// Send a message on `ma-api`.
     pub fn send(&mut self, now: Instant, binary: bool, data: &[u8]) -> Result<bool, String> {
         let id = self.channel.ok_or("the channel is not open")?;
+        self.write(now, id, binary, data)
+    }
+
+    /// Open a side channel (in-band, no renegotiation), e.g. `sendspin` or `http_proxy`.
+    pub fn open_channel(&mut self, now: Instant, label: &str) -> Result<(), String> {
+        if self.channel.is_none() {
+            return Err("open ma-api first".into());
+        }
+        let id = self.rtc.direct_api().create_data_channel(ChannelConfig {
+            label: label.to_string(),
+            ..ChannelConfig::default()
+        });
+        self.side.insert(id, (label.to_string(), false));
+        self.drain(now);
+        Ok(())
+    }
+
+    /// Whether the side channel `label` is open.
+    pub fn side_open(&self, label: &str) -> bool {
+        self.side.values().any(|(l, open)| l == label && *open)
+    }
+
+    /// Send on an open side channel.
+    pub fn send_on(
+        &mut self,
+        now: Instant,
+        label: &str,
+        binary: bool,
+        data: &[u8],
+    ) -> Result<bool, String> {
+        let id = self
+            .side
+            .iter()
+            .find(|(_, (l, open))| l == label && *open)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| format!("channel {label} is not open"))?;
+        self.write(now, id, binary, data)
+    }
+
+    fn write(
+        &mut self,
+        now: Instant,
+        id: ChannelId,
+        binary: bool,
+        data: &[u8],
+    ) -> Result<bool, String> {
         let mut ch = self.rtc.channel(id).ok_or("the channel is gone")?;
         let accepted = ch.write(binary, data).map_err(|e| e.to_string())?;
         self.drain(now);
@@ -345,6 +404,25 @@ impl RemoteClient {
                         .push_back(ClientOutput::Event(ClientEvent::Text(text))),
                     Ok(None) => {}
                     Err(e) => self.fail(format!("bad __chunk__ frames: {e:?}")),
+                }
+            }
+            Event::ChannelOpen(id, label) if self.side.contains_key(&id) => {
+                self.side.insert(id, (label.clone(), true));
+                self.out
+                    .push_back(ClientOutput::Event(ClientEvent::SideOpen { label }));
+            }
+            Event::ChannelData(d) if self.side.contains_key(&d.id) => {
+                let label = self.side[&d.id].0.clone();
+                self.out.push_back(ClientOutput::Event(ClientEvent::Side {
+                    label,
+                    binary: d.binary,
+                    data: d.data,
+                }));
+            }
+            Event::ChannelClose(id) if self.side.contains_key(&id) => {
+                if let Some((label, _)) = self.side.remove(&id) {
+                    self.out
+                        .push_back(ClientOutput::Event(ClientEvent::SideClosed { label }));
                 }
             }
             Event::ChannelClose(id) if Some(id) == self.channel => {

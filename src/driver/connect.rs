@@ -99,13 +99,22 @@ impl Connection {
     pub fn recv(&mut self, timeout: Duration) -> Result<ClientEvent, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            while let Some(e) = self.inbox.pop_front() {
-                match e {
-                    ClientEvent::Text(_) | ClientEvent::Binary(_) => return Ok(e),
-                    ClientEvent::Failed(why) => return Err(why),
-                    _ => {}
+            let pos = self.inbox.iter().position(|e| {
+                matches!(
+                    e,
+                    ClientEvent::Text(_) | ClientEvent::Binary(_) | ClientEvent::Failed(_)
+                )
+            });
+            if let Some(pos) = pos {
+                match self.inbox.remove(pos) {
+                    Some(ClientEvent::Failed(why)) => return Err(why),
+                    Some(e) => return Ok(e),
+                    None => {}
                 }
             }
+            // Forget lifecycle events nobody waits for; keep side-channel messages.
+            self.inbox
+                .retain(|e| matches!(e, ClientEvent::Side { .. } | ClientEvent::SideClosed { .. }));
             self.turn(deadline)?;
         }
     }
@@ -132,6 +141,61 @@ impl Connection {
 
     pub fn send_text(&mut self, text: &str, timeout: Duration) -> Result<(), String> {
         self.send(false, text.as_bytes(), timeout)
+    }
+
+    /// Open a side channel and wait until it is open.
+    pub fn open_channel(&mut self, label: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        self.client.open_channel(Instant::now(), label)?;
+        self.pump();
+        while !self.client.side_open(label) {
+            self.turn(deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Send on a side channel, waiting for send budget.
+    pub fn send_on(
+        &mut self,
+        label: &str,
+        binary: bool,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.client.send_on(Instant::now(), label, binary, data)? {
+                self.pump();
+                return Ok(());
+            }
+            self.turn(deadline)?;
+        }
+    }
+
+    /// The next message on side channel `label` (binary flag and bytes). Messages on other
+    /// channels that arrive meanwhile stay queued for their own readers.
+    pub fn recv_on(&mut self, label: &str, timeout: Duration) -> Result<(bool, Vec<u8>), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pos = self.inbox.iter().position(|e| match e {
+                ClientEvent::Side { label: l, .. } | ClientEvent::SideClosed { label: l } => {
+                    l == label
+                }
+                ClientEvent::Failed(_) => true,
+                _ => false,
+            });
+            if let Some(pos) = pos {
+                match self.inbox.remove(pos) {
+                    Some(ClientEvent::Side { binary, data, .. }) => return Ok((binary, data)),
+                    Some(ClientEvent::SideClosed { .. }) => {
+                        return Err(format!("channel {label} closed"))
+                    }
+                    Some(ClientEvent::Failed(why)) => return Err(why),
+                    _ => {}
+                }
+            }
+            self.turn(deadline)?;
+        }
     }
 
     /// Close politely and let the goodbye packets out.

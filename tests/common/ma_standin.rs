@@ -28,6 +28,8 @@ pub enum Seen {
 
 pub struct MaStandin {
     pub port: u16,
+    /// Sends `server_info` on connect (MA) or nothing (a plain echo peer, e.g. Sendspin).
+    pub greets: bool,
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
 
@@ -66,7 +68,17 @@ pub fn sized_json(size: usize, message_id: &Value) -> String {
 }
 
 impl MaStandin {
+    /// MA: greets with `server_info`, then echoes.
     pub fn start() -> MaStandin {
+        Self::start_with(true)
+    }
+
+    /// A plain echo WebSocket server (stands in for Sendspin).
+    pub fn start_echo() -> MaStandin {
+        Self::start_with(false)
+    }
+
+    fn start_with(greets: bool) -> MaStandin {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -75,10 +87,10 @@ impl MaStandin {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { break };
                 let seen = seen2.clone();
-                std::thread::spawn(move || serve(stream, seen));
+                std::thread::spawn(move || serve(stream, seen, greets));
             }
         });
-        MaStandin { port, seen }
+        MaStandin { port, greets, seen }
     }
 
     pub fn url(&self) -> String {
@@ -103,7 +115,7 @@ impl MaStandin {
 }
 
 #[allow(clippy::result_large_err)] // the handshake callback type is tungstenite's
-fn serve(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+fn serve(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, greets: bool) {
     let mut path = String::new();
     let callback = |req: &Request, resp: Response| {
         path = req.uri().to_string();
@@ -113,7 +125,9 @@ fn serve(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         return;
     };
     seen.lock().unwrap().push(Seen::Connected(path.clone()));
-    let _ = ws.send(Message::text(server_info().to_string()));
+    if greets {
+        let _ = ws.send(Message::text(server_info().to_string()));
+    }
     let why = echo(&mut ws, &seen);
     seen.lock().unwrap().push(Seen::Closed(why));
 }

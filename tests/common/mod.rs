@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod ma_standin;
+pub mod stack;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -49,16 +50,13 @@ impl Proc {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start the gateway binary");
-        let stderr = child.stderr.take().unwrap();
+        // Logs (stderr) and events (stdout, prefixed "stdout: ") arrive on one channel.
         let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let stderr = child.stderr.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || forward(BufReader::new(stderr), "", tx));
+        std::thread::spawn(move || forward(BufReader::new(stdout), "stdout: ", tx2));
         Proc {
             child,
             lines,
@@ -99,6 +97,15 @@ impl Proc {
                 panic!("process did not exit within {timeout:?} of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn forward(reader: impl BufRead, prefix: &str, tx: mpsc::Sender<String>) {
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        if tx.send(format!("{prefix}{line}")).is_err() {
+            break;
         }
     }
 }
