@@ -376,6 +376,7 @@ impl RemoteClient {
                 self.out
                     .push_back(ClientOutput::Event(ClientEvent::Connected));
             }
+            Event::Closed => self.fail("the gateway closed the connection".into()),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.fail("ICE disconnected".into())
             }

@@ -29,6 +29,10 @@ use crate::webrtc::stun_gather::{GatherConfig, GatherEvent, GatherOutput, StunGa
 /// Identifies a session inside the gateway (the signaling session id is a string).
 pub type SessionKey = u64;
 
+/// How long a closing session waits for the client to complete the channel resets (so the
+/// client sees each channel close at once) before DTLS is closed and the session forgotten.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     /// MA's WebSocket API; `?webrtc_session_id=<id>` is appended per session.
@@ -94,6 +98,10 @@ struct Session {
     created: Instant,
     got_offer: bool,
     bridges: HashMap<ChannelId, Bridge>,
+    /// Closing: channels reset and waiting for the client's reset to complete, until then.
+    closing: Option<Instant>,
+    /// Channels whose reset is not complete yet.
+    resetting: Vec<ChannelId>,
     /// Local candidates already given to this session (advertised address).
     candidates: Vec<SocketAddr>,
 }
@@ -113,6 +121,8 @@ pub struct Gateway {
     reflexive: Vec<(SocketAddr, SocketAddr)>,
     next_key: SessionKey,
     next_bridge: BridgeId,
+    /// The latest `now` seen, for inputs that carry none.
+    now: Instant,
     out: VecDeque<Output>,
 }
 
@@ -133,6 +143,7 @@ impl Gateway {
             reflexive: Vec::new(),
             next_key: 1,
             next_bridge: 1,
+            now: Instant::now(),
             out: VecDeque::new(),
         }
     }
@@ -141,18 +152,22 @@ impl Gateway {
         self.out.pop_front()
     }
 
+    /// Sessions open (closing ones excluded).
     pub fn session_count(&self) -> usize {
-        self.sessions.len()
+        self.sessions
+            .values()
+            .filter(|s| s.closing.is_none())
+            .count()
     }
 
     /// The next moment [`Gateway::handle_timeout`] must run.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let sessions = self.sessions.values().map(|s| {
             let t = s.peer.next_timeout();
-            if s.got_offer {
-                t
-            } else {
-                t.min(s.created + self.cfg.offer_timeout)
+            match s.closing {
+                Some(deadline) => t.min(deadline),
+                None if !s.got_offer => t.min(s.created + self.cfg.offer_timeout),
+                None => t,
             }
         });
         sessions.chain(self.gatherer.poll_timeout()).min()
@@ -223,6 +238,7 @@ impl Gateway {
 
     /// `client-connected`: create the session and reply `session-ready`.
     pub fn client_connected(&mut self, now: Instant, session_id: &str) {
+        self.now = now;
         if let Some(key) = self.by_id.get(session_id).copied() {
             log::info!("[{session_id}] connected again: replacing the old session");
             self.close_session(key, "replaced by a new client-connected");
@@ -255,6 +271,8 @@ impl Gateway {
                 created: now,
                 got_offer: false,
                 bridges: HashMap::new(),
+                closing: None,
+                resetting: Vec::new(),
                 candidates: Vec::new(),
             },
         );
@@ -267,6 +285,7 @@ impl Gateway {
 
     /// An SDP offer (the first, or an ICE restart).
     pub fn offer(&mut self, now: Instant, session_id: &str, sdp: &str) {
+        self.now = now;
         let Some(key) = self.by_id.get(session_id).copied() else {
             log::warn!("[{session_id}] offer for an unknown session; ignored");
             return;
@@ -337,6 +356,7 @@ impl Gateway {
 
     /// A trickled remote candidate.
     pub fn remote_candidate(&mut self, now: Instant, session_id: &str, candidate: &Value) {
+        self.now = now;
         let Some(key) = self.by_id.get(session_id).copied() else {
             log::debug!("[{session_id}] candidate for an unknown session; ignored");
             return;
@@ -362,6 +382,7 @@ impl Gateway {
 
     /// A datagram arrived on the shared UDP socket from `source`.
     pub fn datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        self.now = now;
         let gatherer = &self.gatherer;
         match self.router.route(source, bytes, |txid| gatherer.owns(txid)) {
             Route::Session(key) => {
@@ -385,6 +406,7 @@ impl Gateway {
     // ---- time ------------------------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
         self.gatherer.handle_timeout(now);
         self.drain_gatherer();
         let due: Vec<SessionKey> = self
@@ -392,6 +414,7 @@ impl Gateway {
             .iter()
             .filter(|(_, s)| {
                 s.peer.next_timeout() <= now
+                    || s.closing.is_some_and(|d| now >= d)
                     || (!s.got_offer && now >= s.created + self.cfg.offer_timeout)
             })
             .map(|(k, _)| *k)
@@ -400,7 +423,11 @@ impl Gateway {
             let Some(s) = self.sessions.get_mut(&key) else {
                 continue;
             };
-            if !s.got_offer && now >= s.created + self.cfg.offer_timeout {
+            if s.closing.is_some_and(|d| now >= d) {
+                self.finish_close(key);
+                continue;
+            }
+            if s.closing.is_none() && !s.got_offer && now >= s.created + self.cfg.offer_timeout {
                 self.close_session(key, "no offer in time");
                 continue;
             }
@@ -440,6 +467,7 @@ impl Gateway {
 
     /// A message from a bridge's local WebSocket.
     pub fn ws_message(&mut self, now: Instant, bridge: BridgeId, msg: Message) {
+        self.now = now;
         let Some((key, ch)) = self.bridges.get(&bridge).copied() else {
             return;
         };
@@ -519,6 +547,19 @@ impl Gateway {
         let Some(s) = self.sessions.get_mut(&key) else {
             return;
         };
+        if s.closing.is_some() {
+            match event {
+                SessionEvent::ChannelClose { id } => {
+                    s.resetting.retain(|c| *c != id);
+                    if s.resetting.is_empty() {
+                        self.finish_close(key);
+                    }
+                }
+                SessionEvent::Closed { .. } => self.finish_close(key),
+                _ => {}
+            }
+            return;
+        }
         match event {
             SessionEvent::Connected => {
                 log::info!(
@@ -684,24 +725,47 @@ impl Gateway {
         }
     }
 
+    /// Close a session: its local sockets at once; its channels are reset so the client sees
+    /// them close, then (after the resets or [`CLOSE_GRACE`]) DTLS is closed and the session
+    /// forgotten. Signaling no longer reaches it from here on.
     fn close_session(&mut self, key: SessionKey, why: &str) {
-        let Some(mut s) = self.sessions.remove(&key) else {
+        let now = self.now;
+        let Some(s) = self.sessions.get_mut(&key) else {
             return;
         };
+        if s.closing.is_some() {
+            return;
+        }
         log::info!("[{}] session closed: {why}", s.id);
         self.by_id.remove(&s.id);
-        self.router.remove_session(key);
-        for b in s.bridges.values() {
+        for (ch, b) in s.bridges.drain() {
             if let Some(bridge) = b.local {
                 self.bridges.remove(&bridge);
                 self.out.push_back(Output::CloseWs { bridge });
             }
-            // Reset the streams first: the client sees each channel close at once, instead of
-            // waiting for ICE consent to expire.
-            s.peer.close_channel(b.channel);
+            if s.peer.is_connected() {
+                s.peer.close_channel(ch);
+                s.resetting.push(ch);
+            }
         }
+        if s.resetting.is_empty() {
+            self.finish_close(key);
+            return;
+        }
+        s.closing = Some(now + CLOSE_GRACE);
+        self.drain_session(key, now);
+    }
+
+    /// Close DTLS, send what that produces, and forget the session and its routes.
+    fn finish_close(&mut self, key: SessionKey) {
+        let Some(mut s) = self.sessions.remove(&key) else {
+            return;
+        };
+        if self.by_id.get(&s.id) == Some(&key) {
+            self.by_id.remove(&s.id);
+        }
+        self.router.remove_session(key);
         s.peer.close();
-        // Send what the close produced (DTLS close_notify) and nothing after.
         loop {
             match s.peer.poll_output() {
                 SessionOutput::Transmit(t) => self.out.push_back(Output::Transmit(t)),
@@ -720,3 +784,6 @@ fn sendspin_client_id(text: &str) -> Option<String> {
     }
     v.get("client_id")?.as_str().map(str::to_string)
 }
+
+#[cfg(test)]
+mod tests;
