@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod driver;
 pub mod gateway;
+pub mod http_proxy;
 pub mod identity;
 pub mod net;
 pub mod signal;

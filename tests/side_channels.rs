@@ -108,3 +108,181 @@ fn duplicate_and_late_unknown_labels_are_refused_without_touching_the_api() {
     c.send_text(r#"{"message_id":"3"}"#, WAIT).unwrap();
     assert_eq!(c.recv_text(WAIT).unwrap(), r#"{"message_id":"3"}"#);
 }
+
+// ---- HTTP proxy ---------------------------------------------------------------------------
+
+use common::ma_standin::image;
+use ma_webrtc_gateway::driver::connect::Connection;
+use serde_json::{json, Value};
+
+fn proxy_request(id: &str, method: &str, path: &str) -> String {
+    json!({"type": "http-proxy-request", "id": id, "method": method, "path": path,
+           "headers": {"Accept": "image/*", "Cookie": "session=1", "X-Forwarded-For": "1.2.3.4"}})
+    .to_string()
+}
+
+/// A proxy response on `ma-api`: the compact JSON form with a hex body.
+fn api_proxy(c: &mut Connection, id: &str, method: &str, path: &str) -> (Value, Vec<u8>) {
+    c.send_text(&proxy_request(id, method, path), WAIT).unwrap();
+    let text = c.recv_text(WAIT).unwrap();
+    let prefix = format!(r#"{{"type":"http-proxy-response","id":"{id}","status":"#);
+    assert!(
+        text.starts_with(&prefix),
+        "keys in the documented order: {:.200}",
+        text
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let body = data_encoding::HEXLOWER
+        .decode(v["body"].as_str().unwrap().as_bytes())
+        .unwrap();
+    (v, body)
+}
+
+/// A proxy response on `http_proxy`: a text header with `size`, then binary frames.
+fn binary_proxy(c: &mut Connection, id: &str, path: &str) -> (Value, Vec<u8>) {
+    c.send_on(
+        "http_proxy",
+        false,
+        proxy_request(id, "GET", path).as_bytes(),
+        WAIT,
+    )
+    .unwrap();
+    let (binary, header) = c.recv_on("http_proxy", WAIT).unwrap();
+    assert!(!binary);
+    let header: Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["type"], "http-proxy-response");
+    assert_eq!(header["id"], id);
+    let size = header["size"].as_u64().unwrap() as usize;
+    let mut body = Vec::with_capacity(size);
+    while body.len() < size {
+        let (binary, frame) = c.recv_on("http_proxy", WAIT).unwrap();
+        assert!(binary);
+        assert!(frame.len() <= 256 * 1024, "frame within the peer's limit");
+        body.extend_from_slice(&frame);
+    }
+    assert_eq!(body.len(), size);
+    (header, body)
+}
+
+#[test]
+fn images_of_every_size_over_both_proxy_forms() {
+    let s = stack(&[]);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+    c.open_channel("http_proxy", WAIT).unwrap();
+    for (i, size) in [0usize, 1024, 500 * 1024, 5 * 1024 * 1024]
+        .into_iter()
+        .enumerate()
+    {
+        let path = format!("/imageproxy?size={size}&path=album.jpg");
+        let (v, body) = api_proxy(&mut c, &format!("req_a{i}"), "GET", &path);
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["headers"]["Content-Type"], "image/jpeg");
+        assert!(
+            v["headers"].get("Set-Cookie").is_none(),
+            "cookies are not passed back"
+        );
+        assert!(body == image(size), "ma-api body of {size} bytes");
+
+        let (h, body) = binary_proxy(&mut c, &format!("req_b{i}"), &path);
+        assert_eq!(h["status"], 200);
+        assert!(body == image(size), "http_proxy body of {size} bytes");
+    }
+    // Chunked transfer encoding and HEAD.
+    let (_, body) = binary_proxy(&mut c, "req_c", "/chunked?size=100000");
+    assert!(body == image(100_000));
+    let (v, body) = api_proxy(&mut c, "req_h", "HEAD", "/imageproxy?size=777");
+    assert_eq!(v["status"], 200);
+    assert!(body.is_empty());
+    // No request reached MA with a foreign Host or a header outside the allowlist.
+    for seen in s.ma.seen() {
+        if let Seen::Http { head, .. } = seen {
+            let head = head.to_ascii_lowercase();
+            assert!(
+                head.contains(&format!("host: 127.0.0.1:{}\r\n", s.ma.port)),
+                "{head}"
+            );
+            assert!(head.contains("accept: image/*"), "{head}");
+            assert!(
+                !head.contains("cookie") && !head.contains("x-forwarded-for"),
+                "{head}"
+            );
+        }
+    }
+}
+
+#[test]
+fn malicious_paths_and_methods_are_refused_and_nothing_is_fetched() {
+    let s = stack(&[]);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+    let bad = [
+        ("GET", "//evil.example/x"),
+        ("GET", "http://evil.example/"),
+        ("GET", "https:/evil.example"),
+        ("GET", "/\r\nHost: evil.example"),
+        ("GET", "/@evil.example"),
+        ("GET", "\\\\evil.example\\x"),
+        ("GET", "/a b"),
+        ("GET", "/a\u{0}b"),
+        ("GET", "imageproxy"),
+        ("POST", "/imageproxy?size=1"),
+        ("CONNECT", "/imageproxy?size=1"),
+        ("DELETE", "/imageproxy?size=1"),
+        ("get", "/imageproxy?size=1"),
+    ];
+    for (i, (method, path)) in bad.iter().enumerate() {
+        let (v, _) = api_proxy(&mut c, &format!("bad{i}"), method, path);
+        assert_eq!(v["status"], 400, "{method} {path:?}");
+    }
+    // A redirect is passed back, not followed.
+    let (v, _) = api_proxy(&mut c, "redir", "GET", "/redirect");
+    assert_eq!(v["status"], 302);
+    let http: Vec<Seen> =
+        s.ma.seen()
+            .into_iter()
+            .filter(|x| matches!(x, Seen::Http { .. }))
+            .collect();
+    assert_eq!(
+        http.len(),
+        1,
+        "only the redirect itself was fetched: {http:?}"
+    );
+    // The API channel is intact.
+    c.send_text(r#"{"message_id":"ok"}"#, WAIT).unwrap();
+    assert_eq!(c.recv_text(WAIT).unwrap(), r#"{"message_id":"ok"}"#);
+}
+
+#[test]
+fn a_slow_image_does_not_delay_api_messages() {
+    let s = stack(&[]);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+    c.open_channel("http_proxy", WAIT).unwrap();
+    c.send_on(
+        "http_proxy",
+        false,
+        proxy_request("slow", "GET", "/slow?ms=3000&size=1000").as_bytes(),
+        WAIT,
+    )
+    .unwrap();
+    // While the fetch is pending, API echoes keep flowing.
+    let mut echoes = 0;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_millis(2000) {
+        c.send_text(&format!(r#"{{"message_id":"e{echoes}"}}"#), WAIT)
+            .unwrap();
+        assert_eq!(
+            c.recv_text(WAIT).unwrap(),
+            format!(r#"{{"message_id":"e{echoes}"}}"#)
+        );
+        echoes += 1;
+    }
+    eprintln!("{echoes} API echoes completed while a 3 s image fetch was pending");
+    assert!(echoes > 10, "API traffic kept flowing ({echoes} echoes)");
+    let (binary, header) = c.recv_on("http_proxy", WAIT).unwrap();
+    assert!(!binary);
+    let header: Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["id"], "slow");
+    assert_eq!(header["size"], 1000);
+}

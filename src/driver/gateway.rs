@@ -21,7 +21,9 @@ use crate::backoff::{Backoff, Jitter};
 use crate::config::GatewayConfig;
 use crate::gateway::bridge::BridgeId;
 use crate::gateway::{CoreConfig, Gateway, Output as CoreOutput};
+use crate::http_proxy::ConnId;
 use crate::net::resolve::{LookupId, Resolver};
+use crate::net::tcp_client::{Ready, TcpClient};
 use crate::net::udp::{self, SendQueue};
 use crate::net::ws_client::{Progress, WsClient};
 use crate::signaling::client::{self, ClientConfig, Event, Output, SignalingClient};
@@ -31,8 +33,17 @@ const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const SIGNALING: Token = Token(2);
 const UDP: Token = Token(3);
-/// Tokens of local WebSockets: `BRIDGE_BASE + bridge id`.
+/// Tokens of local sockets from here on: even for bridges' WebSockets, odd for HTTP proxy
+/// connections (`BRIDGE_BASE + 2 * id (+ 1)`).
 const BRIDGE_BASE: usize = 16;
+
+fn bridge_token(bridge: BridgeId) -> Token {
+    Token(BRIDGE_BASE + 2 * bridge as usize)
+}
+
+fn fetch_token(conn: ConnId) -> Token {
+    Token(BRIDGE_BASE + 2 * conn as usize + 1)
+}
 
 /// Largest signaling message accepted (SDP offers are a few KiB).
 const SIGNALING_MAX_MESSAGE: usize = 256 * 1024;
@@ -73,6 +84,8 @@ struct Driver {
     udp: UdpSocket,
     udp_queue: SendQueue,
     bridges: HashMap<BridgeId, WsClient>,
+    /// HTTP proxy connections to MA.
+    fetches: HashMap<ConnId, TcpClient>,
     /// Bridges with writes to flush at the end of this turn.
     dirty: HashSet<BridgeId>,
     /// DNS lookups of STUN servers.
@@ -155,6 +168,7 @@ impl Driver {
             udp,
             udp_queue: SendQueue::default(),
             bridges: HashMap::new(),
+            fetches: HashMap::new(),
             dirty: HashSet::new(),
             stun_lookups: HashSet::new(),
             shutting_down: false,
@@ -173,7 +187,6 @@ impl Driver {
             self.config.signaling_url.to_url(),
             self.config.local_ws_url.to_url()
         );
-        self.gather_reflexive();
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; 65536];
         loop {
@@ -216,8 +229,11 @@ impl Driver {
                             self.read_udp(&mut buf);
                         }
                     }
+                    Token(t) if t >= BRIDGE_BASE && (t - BRIDGE_BASE).is_multiple_of(2) => {
+                        self.on_bridge_ready(((t - BRIDGE_BASE) / 2) as BridgeId)
+                    }
                     Token(t) if t >= BRIDGE_BASE => {
-                        self.on_bridge_ready((t - BRIDGE_BASE) as BridgeId)
+                        self.on_fetch_ready(((t - BRIDGE_BASE) / 2) as ConnId)
                     }
                     _ => {}
                 }
@@ -293,6 +309,18 @@ impl Driver {
             if let Some(conn) = self.conn.as_mut().filter(|c| c.lookup() == Some(id)) {
                 let progress = conn.on_resolved(self.poll.registry(), answer);
                 self.on_signaling_progress(progress);
+                continue;
+            }
+            let fetch = self
+                .fetches
+                .iter()
+                .find(|(_, c)| c.lookup() == Some(id))
+                .map(|(c, _)| *c);
+            if let Some(conn) = fetch {
+                if let Some(client) = self.fetches.get_mut(&conn) {
+                    let ready = client.on_resolved(self.poll.registry(), answer);
+                    self.on_fetch_progress(conn, ready);
+                }
                 continue;
             }
             let found = self
@@ -475,6 +503,9 @@ impl Driver {
                     crate::identity::app_link(&remote_id)
                 );
                 emit_event(json!({"event": "registered", "remote_id": remote_id}));
+                // Our public address may have changed while we were away (new DHCP lease,
+                // router restart): ask the STUN servers again.
+                self.gather_reflexive();
             }
             Event::Lost => {
                 log::warn!("signaling: disconnected; new remote clients cannot reach this gateway");
@@ -523,7 +554,7 @@ impl Driver {
                         &url,
                         self.tls.clone(),
                         local_ws_config(),
-                        Token(BRIDGE_BASE + bridge as usize),
+                        bridge_token(bridge),
                         &mut self.resolver,
                     );
                     self.bridges.insert(bridge, conn);
@@ -540,6 +571,31 @@ impl Driver {
                     self.dirty.remove(&bridge);
                 }
                 CoreOutput::ResumeWsRead { bridge } => self.read_bridge(bridge),
+                CoreOutput::FetchConnect { conn } => {
+                    let url = &self.config.local_ws_url;
+                    let tls = if url.tls { self.tls.clone() } else { None };
+                    let client = TcpClient::start(
+                        &url.host,
+                        url.port,
+                        tls,
+                        fetch_token(conn),
+                        &mut self.resolver,
+                    );
+                    self.fetches.insert(conn, client);
+                }
+                CoreOutput::FetchWrite { conn, bytes } => {
+                    let ok = self.fetches.get_mut(&conn).is_some_and(|c| c.write(&bytes));
+                    if !ok {
+                        self.fail_fetch(conn, "request too large for the connection buffer");
+                    } else {
+                        self.flush_fetch(conn);
+                    }
+                }
+                CoreOutput::FetchClose { conn } => {
+                    if let Some(mut c) = self.fetches.remove(&conn) {
+                        c.close(self.poll.registry());
+                    }
+                }
                 CoreOutput::SendspinPlayer {
                     session_id,
                     client_id,
@@ -551,6 +607,70 @@ impl Driver {
             }
         }
         any
+    }
+
+    // ---- HTTP proxy connections ------------------------------------------------------------
+
+    fn on_fetch_ready(&mut self, conn: ConnId) {
+        let Some(client) = self.fetches.get_mut(&conn) else {
+            return;
+        };
+        let ready = client.on_ready(self.poll.registry());
+        self.on_fetch_progress(conn, ready);
+    }
+
+    fn on_fetch_progress(&mut self, conn: ConnId, ready: Ready) {
+        match ready {
+            Ready::Pending => {}
+            Ready::Failed(why) => {
+                self.fetches.remove(&conn);
+                self.core.fetch_failed(Instant::now(), conn, &why);
+            }
+            Ready::Connected | Ready::Open => {
+                self.flush_fetch(conn);
+                self.read_fetch(conn);
+            }
+        }
+    }
+
+    fn flush_fetch(&mut self, conn: ConnId) {
+        let Some(client) = self.fetches.get_mut(&conn) else {
+            return;
+        };
+        if let Err(e) = client.flush() {
+            self.fail_fetch(conn, &e.to_string());
+        }
+    }
+
+    fn read_fetch(&mut self, conn: ConnId) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let Some(client) = self.fetches.get_mut(&conn) else {
+                return;
+            };
+            match client.read(&mut buf) {
+                Ok(None) => return,
+                Ok(Some(0)) => {
+                    if let Some(mut c) = self.fetches.remove(&conn) {
+                        c.close(self.poll.registry());
+                    }
+                    self.core.fetch_eof(Instant::now(), conn);
+                    return;
+                }
+                Ok(Some(n)) => self.core.fetch_data(Instant::now(), conn, &buf[..n]),
+                Err(e) => {
+                    self.fail_fetch(conn, &e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn fail_fetch(&mut self, conn: ConnId, why: &str) {
+        if let Some(mut c) = self.fetches.remove(&conn) {
+            c.close(self.poll.registry());
+        }
+        self.core.fetch_failed(Instant::now(), conn, why);
     }
 
     // ---- local WebSockets ------------------------------------------------------------------

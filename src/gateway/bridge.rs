@@ -13,6 +13,7 @@ use tungstenite::{Message, Utf8Bytes};
 use super::channels::ChannelKind;
 use super::queue::{ByteQueue, ByteSize, Frame, Full};
 use crate::chunk::{ChunkFrames, Chunker, Frames};
+use crate::http_proxy::response::BodyFrames;
 use crate::webrtc::session::{PeerSession, SessionError};
 
 /// Identifies a bridge's local socket to the driver.
@@ -24,6 +25,8 @@ pub enum Outgoing {
     Frame(Frame),
     /// A large text cut into `__chunk__` frames, produced one at a time.
     Chunks(ChunkFrames<Utf8Bytes>),
+    /// An HTTP proxy response body as binary frames (slices of one buffer, no copy).
+    Body(BodyFrames),
 }
 
 impl ByteSize for Outgoing {
@@ -31,6 +34,7 @@ impl ByteSize for Outgoing {
         match self {
             Outgoing::Frame(f) => f.size(),
             Outgoing::Chunks(c) => c.message().len(),
+            Outgoing::Body(b) => b.size(),
         }
     }
 }
@@ -61,6 +65,8 @@ pub struct Bridge {
     pub read_paused: bool,
     /// First text message seen on this bridge (for Sendspin's auth `client_id`).
     pub saw_text: bool,
+    /// An HTTP proxy response is being delivered on this `http_proxy` channel.
+    pub proxy_busy: bool,
 }
 
 impl Bridge {
@@ -80,6 +86,7 @@ impl Bridge {
             stalled_chunk: None,
             read_paused: false,
             saw_text: false,
+            proxy_busy: false,
         }
     }
 
@@ -135,6 +142,40 @@ impl Bridge {
         self.to_peer.push(out)
     }
 
+    /// Queue a message the gateway itself produced (an HTTP proxy response on `ma-api`): text,
+    /// chunked like MA's own messages when large.
+    pub fn push_text(
+        &mut self,
+        text: String,
+        chunker: &mut Chunker,
+        limit: usize,
+    ) -> Result<(), Full> {
+        let out = match chunker.frame(Utf8Bytes::from(text), limit) {
+            Ok(Frames::Whole(text)) => Outgoing::Frame(Frame {
+                binary: false,
+                data: text.into(),
+            }),
+            Ok(Frames::Chunked(frames)) => Outgoing::Chunks(frames),
+            Err(_) => return Err(Full),
+        };
+        self.to_peer.push(out)
+    }
+
+    /// Queue an `http_proxy` response: its text header, then its body frames.
+    pub fn push_binary_response(&mut self, header: String, body: BodyFrames) {
+        let header = Outgoing::Frame(Frame {
+            binary: false,
+            data: header.into(),
+        });
+        // One response at a time per channel (the pool holds the next one back), and its
+        // size is capped by the pool: it goes in whatever the queue's own limit.
+        self.to_peer.push_bounded_elsewhere(header);
+        if body.size() > 0 {
+            self.to_peer.push_bounded_elsewhere(Outgoing::Body(body));
+        }
+        self.proxy_busy = true;
+    }
+
     /// Whether the driver should stop reading the local socket.
     pub fn peer_queue_high(&self) -> bool {
         self.to_peer.is_high()
@@ -166,6 +207,22 @@ impl Bridge {
                         Ok(true) => {}
                         Ok(false) => {
                             self.to_peer.push_front(Outgoing::Frame(frame));
+                            return Flush::Blocked;
+                        }
+                        Err(e) => return Flush::Closed(e),
+                    }
+                }
+                Outgoing::Body(mut frames) => {
+                    let Some(frame) = frames.peek() else { continue };
+                    match write(peer, self.channel, true, &frame) {
+                        Ok(true) => {
+                            frames.advance();
+                            if frames.remaining_bytes() > 0 {
+                                self.to_peer.push_front(Outgoing::Body(frames));
+                            }
+                        }
+                        Ok(false) => {
+                            self.to_peer.push_front(Outgoing::Body(frames));
                             return Flush::Blocked;
                         }
                         Err(e) => return Flush::Closed(e),

@@ -22,6 +22,8 @@ use self::bridge::{Bridge, BridgeId, Flush, Limits};
 use self::channels::ChannelKind;
 use crate::chunk::{self, Chunker};
 use crate::config::WsUrl;
+use crate::http_proxy::response::ProxyResponse;
+use crate::http_proxy::{request as proxy_request, ConnId, PoolConfig, PoolOutput, ProxyPool};
 use crate::webrtc::router::{Route, Router};
 use crate::webrtc::session::{PeerSession, SessionConfig, SessionEvent, SessionOutput, Transmit};
 use crate::webrtc::stun_gather::{GatherConfig, GatherEvent, GatherOutput, StunGatherer};
@@ -90,7 +92,16 @@ pub enum Output {
         session_id: String,
         client_id: String,
     },
+    /// Open an HTTP connection (TLS for a `wss` MA URL) to MA's host for the proxy.
+    FetchConnect { conn: ConnId },
+    /// Write on a proxy connection (buffer until it is established).
+    FetchWrite { conn: ConnId, bytes: Vec<u8> },
+    /// Close a proxy connection.
+    FetchClose { conn: ConnId },
 }
+
+/// Who asked for an HTTP proxy response: a channel of a session.
+type Requester = (SessionKey, ChannelId);
 
 struct Session {
     id: String,
@@ -114,6 +125,7 @@ pub struct Gateway {
     bridges: HashMap<BridgeId, (SessionKey, ChannelId)>,
     router: Router<SessionKey>,
     gatherer: StunGatherer,
+    proxy: ProxyPool<Requester>,
     chunker: Chunker,
     /// Advertised host candidates (address we receive on).
     hosts: Vec<SocketAddr>,
@@ -129,6 +141,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(cfg: CoreConfig, cert: DtlsCert) -> Gateway {
         Gateway {
+            proxy: ProxyPool::new(PoolConfig::new(cfg.local_ws_url.host_port())),
             cfg,
             cert,
             sessions: HashMap::new(),
@@ -170,7 +183,10 @@ impl Gateway {
                 None => t,
             }
         });
-        sessions.chain(self.gatherer.poll_timeout()).min()
+        sessions
+            .chain(self.gatherer.poll_timeout())
+            .chain(self.proxy.poll_timeout())
+            .min()
     }
 
     /// Add a host candidate (an address the UDP socket receives on); given to every session.
@@ -409,6 +425,8 @@ impl Gateway {
         self.now = now;
         self.gatherer.handle_timeout(now);
         self.drain_gatherer();
+        self.proxy.handle_timeout(now);
+        self.drain_proxy();
         let due: Vec<SessionKey> = self
             .sessions
             .iter()
@@ -652,6 +670,31 @@ impl Gateway {
                 }
             }
         };
+        // HTTP proxy requests are the gateway's own business: never forwarded to MA.
+        let proxied = match (&msg, b.kind) {
+            (Message::Text(t), ChannelKind::Api) => proxy_request::classify(t),
+            (Message::Text(t), ChannelKind::HttpProxy) => Some(proxy_request::parse(t)),
+            (Message::Binary(_), ChannelKind::HttpProxy) => {
+                log::debug!("[{}] binary message on http_proxy; dropped", s.id);
+                return;
+            }
+            _ => None,
+        };
+        if let Some(request) = proxied {
+            let now = self.now;
+            match request {
+                Ok(req) => {
+                    log::debug!("[{}] proxy {:?} {}", s.id, req.method, req.path);
+                    self.proxy.submit(now, (key, id), req);
+                }
+                Err(e) => {
+                    log::warn!("[{}] refused proxy request: {e:?}", s.id);
+                    self.proxy.reject(now, (key, id), e);
+                }
+            }
+            self.drain_proxy();
+            return;
+        }
         if b.kind == ChannelKind::Sendspin && !b.saw_text {
             if let Message::Text(t) = &msg {
                 b.saw_text = true;
@@ -694,6 +737,7 @@ impl Gateway {
         let Some(b) = s.bridges.remove(&id) else {
             return;
         };
+        self.proxy.cancel_requester(self.now, &(key, id));
         log::info!("[{}] channel {} closed by the client", s.id, b.kind.name());
         if let Some(bridge) = b.local {
             self.bridges.remove(&bridge);
@@ -706,21 +750,18 @@ impl Gateway {
 
     /// The send budget has room again: move queued messages, resume paused sockets.
     fn flush_session(&mut self, key: SessionKey) {
-        let Some(s) = self.sessions.get_mut(&key) else {
+        let Some(s) = self.sessions.get(&key) else {
             return;
         };
-        for b in s.bridges.values_mut() {
-            if !b.has_queued_for_peer() {
-                continue;
-            }
-            if let Flush::Blocked = b.flush_to_peer(&mut s.peer) {
+        let waiting: Vec<ChannelId> = s
+            .bridges
+            .iter()
+            .filter(|(_, b)| b.has_queued_for_peer())
+            .map(|(ch, _)| *ch)
+            .collect();
+        for ch in waiting {
+            if let Flush::Blocked = self.flush_bridge(key, ch) {
                 break;
-            }
-            if b.read_paused && !b.peer_queue_high() {
-                b.read_paused = false;
-                if let Some(bridge) = b.local {
-                    self.out.push_back(Output::ResumeWsRead { bridge });
-                }
             }
         }
     }
@@ -739,6 +780,7 @@ impl Gateway {
         log::info!("[{}] session closed: {why}", s.id);
         self.by_id.remove(&s.id);
         for (ch, b) in s.bridges.drain() {
+            self.proxy.cancel_requester(now, &(key, ch));
             if let Some(bridge) = b.local {
                 self.bridges.remove(&bridge);
                 self.out.push_back(Output::CloseWs { bridge });
@@ -754,6 +796,133 @@ impl Gateway {
         }
         s.closing = Some(now + CLOSE_GRACE);
         self.drain_session(key, now);
+    }
+
+    /// Carry out what the HTTP proxy pool asked for.
+    fn drain_proxy(&mut self) {
+        while let Some(o) = self.proxy.poll_output() {
+            match o {
+                PoolOutput::Connect { conn } => self.out.push_back(Output::FetchConnect { conn }),
+                PoolOutput::Write { conn, bytes } => {
+                    self.out.push_back(Output::FetchWrite { conn, bytes })
+                }
+                PoolOutput::Close { conn } => self.out.push_back(Output::FetchClose { conn }),
+                PoolOutput::Response {
+                    requester,
+                    response,
+                } => self.deliver_proxy_response(requester, response),
+                PoolOutput::Stalled {
+                    requester: (key, ch),
+                } => {
+                    let Some(s) = self.sessions.get_mut(&key) else {
+                        continue;
+                    };
+                    log::warn!(
+                        "[{}] the client stopped reading proxy responses; closing that channel",
+                        s.id
+                    );
+                    if let Some(b) = s.bridges.remove(&ch) {
+                        if let Some(bridge) = b.local {
+                            self.bridges.remove(&bridge);
+                            self.out.push_back(Output::CloseWs { bridge });
+                        }
+                        if b.kind == ChannelKind::Api {
+                            self.close_session(key, "the client stopped reading");
+                            continue;
+                        }
+                    }
+                    s.peer.close_channel(ch);
+                }
+            }
+        }
+    }
+
+    /// Encode a proxy response in its channel's form and queue it.
+    fn deliver_proxy_response(&mut self, (key, ch): Requester, response: ProxyResponse) {
+        let now = self.now;
+        let budget = self.cfg.session.sctp_max_buffered_amount / 2;
+        let Some(s) = self.sessions.get_mut(&key) else {
+            self.proxy.cancel_requester(now, &(key, ch));
+            return;
+        };
+        let limit = chunk::send_limit(s.peer.remote_max_message_size(), budget);
+        let Some(b) = s.bridges.get_mut(&ch) else {
+            self.proxy.cancel_requester(now, &(key, ch));
+            return;
+        };
+        if b.kind == ChannelKind::HttpProxy {
+            let (header, body) = response.into_binary(limit);
+            b.push_binary_response(header, body);
+        } else {
+            let id = response.id.clone();
+            if b.push_text(response.to_json(), &mut self.chunker, limit)
+                .is_err()
+            {
+                log::warn!(
+                    "[{}] proxy response {id} does not fit the queue to the client; answering 500",
+                    s.id
+                );
+                let error =
+                    ProxyResponse::error(id, 500, "response too large for the gateway's queue");
+                let _ = b.push_text(error.to_json(), &mut self.chunker, limit);
+            }
+            // The JSON form carries its id: the next response may follow at once.
+            self.proxy.response_done(now, &(key, ch));
+        }
+        self.flush_bridge(key, ch);
+    }
+
+    /// Move a bridge's queue into its channel; for an `http_proxy` channel, tell the pool
+    /// how its response delivery is going.
+    fn flush_bridge(&mut self, key: SessionKey, ch: ChannelId) -> Flush {
+        let now = self.now;
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return Flush::Closed("no session".into());
+        };
+        let Some(b) = s.bridges.get_mut(&ch) else {
+            return Flush::Closed("no channel".into());
+        };
+        let result = b.flush_to_peer(&mut s.peer);
+        if let Flush::Closed(e) = &result {
+            log::debug!("[{}] write to the client failed: {e}", s.id);
+        }
+        if b.read_paused && !b.peer_queue_high() {
+            b.read_paused = false;
+            if let Some(bridge) = b.local {
+                self.out.push_back(Output::ResumeWsRead { bridge });
+            }
+        }
+        if b.proxy_busy {
+            if b.has_queued_for_peer() {
+                self.proxy.response_progress(now, &(key, ch));
+            } else {
+                b.proxy_busy = false;
+                self.proxy.response_done(now, &(key, ch));
+            }
+            self.drain_proxy();
+        }
+        result
+    }
+
+    /// A proxy connection received bytes.
+    pub fn fetch_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        self.now = now;
+        self.proxy.data(now, conn, bytes);
+        self.drain_proxy();
+    }
+
+    /// A proxy connection reached its end.
+    pub fn fetch_eof(&mut self, now: Instant, conn: ConnId) {
+        self.now = now;
+        self.proxy.eof(now, conn);
+        self.drain_proxy();
+    }
+
+    /// A proxy connection failed (DNS, connect, TLS, I/O).
+    pub fn fetch_failed(&mut self, now: Instant, conn: ConnId, error: &str) {
+        self.now = now;
+        self.proxy.failed(now, conn, error);
+        self.drain_proxy();
     }
 
     /// Close DTLS, send what that produces, and forget the session and its routes.

@@ -59,6 +59,13 @@ impl<T: ByteSize> ByteQueue<T> {
         Ok(())
     }
 
+    /// Add at the back whatever the limit: only for items bounded elsewhere (an HTTP proxy
+    /// response, capped by the pool's body limit and delivered one at a time).
+    pub fn push_bounded_elsewhere(&mut self, item: T) {
+        self.bytes += item.size();
+        self.items.push_back(item);
+    }
+
     /// Put an item back at the front (it could not be sent after all). Never fails: it was
     /// counted before.
     pub fn push_front(&mut self, item: T) {

@@ -97,7 +97,10 @@ impl Sim {
                     Output::WsSend { bridge, msg } => self.ws.get_mut(&bridge).unwrap().1.push(msg),
                     Output::CloseWs { bridge } => self.closed_ws.push(bridge),
                     Output::ResumeWsRead { bridge } => self.resumed.push(bridge),
-                    Output::SendspinPlayer { .. } => {}
+                    Output::SendspinPlayer { .. }
+                    | Output::FetchConnect { .. }
+                    | Output::FetchWrite { .. }
+                    | Output::FetchClose { .. } => {}
                 }
             }
             while let Some(o) = self.client.poll_output() {

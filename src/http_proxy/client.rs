@@ -100,14 +100,18 @@ impl fmt::Display for HttpError {
             HttpError::ClosedBeforeResponse => write!(f, "connection closed before a response"),
             HttpError::Truncated => write!(f, "connection closed in the middle of the response"),
             HttpError::Unsolicited => write!(f, "data received with no request outstanding"),
-            HttpError::HeadTooLarge { limit } => write!(f, "response head larger than {limit} bytes"),
+            HttpError::HeadTooLarge { limit } => {
+                write!(f, "response head larger than {limit} bytes")
+            }
             HttpError::BadHead(e) => write!(f, "malformed response head: {e}"),
             HttpError::BadContentLength => write!(f, "invalid Content-Length"),
             HttpError::UnsupportedTransferEncoding(te) => {
                 write!(f, "unsupported Transfer-Encoding {te:?}")
             }
             HttpError::BadChunk(why) => write!(f, "malformed chunked body: {why}"),
-            HttpError::BodyTooLarge { limit } => write!(f, "response body larger than {limit} bytes"),
+            HttpError::BodyTooLarge { limit } => {
+                write!(f, "response body larger than {limit} bytes")
+            }
         }
     }
 }
@@ -206,7 +210,10 @@ impl HttpConn {
 
     pub fn with_limits(host_header: String, keep_alive_ok: bool, limits: Limits) -> HttpConn {
         // The host comes from our own configuration; still, never let it break the head.
-        let host = host_header.chars().filter(|c| !c.is_ascii_control() && *c != ' ').collect();
+        let host = host_header
+            .chars()
+            .filter(|c| !c.is_ascii_control() && *c != ' ')
+            .collect();
         HttpConn {
             host,
             keep_alive_ok,
@@ -342,7 +349,9 @@ impl HttpConn {
             }
             let status = resp.code.unwrap_or(0);
             if status == 101 {
-                return self.fail(HttpError::BadHead("unexpected 101 Switching Protocols".into()));
+                return self.fail(HttpError::BadHead(
+                    "unexpected 101 Switching Protocols".into(),
+                ));
             }
             if (100..200).contains(&status) {
                 self.interim_count += 1;
@@ -482,7 +491,11 @@ impl HttpConn {
 
     /// Advance the chunked decoder over `data`: bytes consumed and the next state (`None`: the
     /// body is complete).
-    fn chunk_step(&mut self, chunk: Chunk, data: &[u8]) -> Result<(usize, Option<Chunk>), HttpError> {
+    fn chunk_step(
+        &mut self,
+        chunk: Chunk,
+        data: &[u8],
+    ) -> Result<(usize, Option<Chunk>), HttpError> {
         match chunk {
             Chunk::Data(remaining) => {
                 let take = (data.len() as u64).min(remaining) as usize;
@@ -511,6 +524,9 @@ impl HttpConn {
                         other => other,
                     };
                     return Ok((consumed, Some(next)));
+                }
+                if self.buf.len() > MAX_CHUNK_LINE {
+                    return Err(HttpError::BadChunk("line too long"));
                 }
                 let line = std::mem::take(&mut self.buf);
                 let line = line.strip_suffix(b"\r").unwrap_or(&line);
@@ -541,7 +557,8 @@ impl HttpConn {
                             Some(Chunk::Trailers(seen + consumed))
                         }
                     }
-                    Chunk::Data(_) => unreachable_chunk(),
+                    // Not reached: chunk data is not read line by line.
+                    Chunk::Data(_) => Some(chunk),
                 };
                 Ok((consumed, next))
             }
@@ -584,21 +601,13 @@ impl HttpConn {
         } else {
             Some(body.len().to_string())
         };
-        let mut headers = Vec::with_capacity(head.headers.len() + 1);
-        let mut rest = head.headers.into_iter();
-        // Content-Type first (when present), then Content-Length, then the others.
-        let mut others = Vec::new();
-        for (name, value) in rest.by_ref() {
-            if name == "Content-Type" {
-                headers.push((name, value));
-            } else {
-                others.push((name, value));
-            }
-        }
+        // Content-Type first (when present; the table puts it first), then Content-Length,
+        // then the others.
+        let mut headers = head.headers;
+        let at = usize::from(headers.first().is_some_and(|(n, _)| *n == "Content-Type"));
         if let Some(length) = length {
-            headers.push(("Content-Length", length));
+            headers.insert(at, ("Content-Length", length));
         }
-        headers.extend(others);
         Progress::Done(HttpResponse {
             status: head.status,
             headers,
@@ -606,11 +615,6 @@ impl HttpConn {
             reusable: self.reusable,
         })
     }
-}
-
-/// Never called: `Chunk::Data` is handled before lines are read.
-fn unreachable_chunk() -> Option<Chunk> {
-    None
 }
 
 struct HeadParts {
@@ -622,7 +626,11 @@ struct HeadParts {
 }
 
 /// Pull what matters out of a final response head.
-fn interpret_head(status: u16, version: u8, raw: &[httparse::Header<'_>]) -> Result<HeadParts, HttpError> {
+fn interpret_head(
+    status: u16,
+    version: u8,
+    raw: &[httparse::Header<'_>],
+) -> Result<HeadParts, HttpError> {
     let mut content_length: Option<u64> = None;
     let mut te: Option<String> = None;
     let mut close = false;
@@ -649,7 +657,10 @@ fn interpret_head(status: u16, version: u8, raw: &[httparse::Header<'_>]) -> Res
                 close |= token.eq_ignore_ascii_case("close");
                 keep_alive |= token.eq_ignore_ascii_case("keep-alive");
             }
-        } else if let Some(name) = PASSED_BACK_HEADERS.iter().find(|n| n.eq_ignore_ascii_case(h.name)) {
+        } else if let Some(name) = PASSED_BACK_HEADERS
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(h.name))
+        {
             match kept.iter_mut().find(|(n, _)| n == name) {
                 Some((_, existing)) if LIST_HEADERS.contains(name) => {
                     existing.push_str(", ");
@@ -665,7 +676,11 @@ fn interpret_head(status: u16, version: u8, raw: &[httparse::Header<'_>]) -> Res
     let keep_alive = !close && (version == 1 || keep_alive);
     let both = te.is_some() && content_length.is_some();
     let framing_te = te.map(|te| {
-        let codings: Vec<&str> = te.split(',').map(str::trim).filter(|c| !c.is_empty()).collect();
+        let codings: Vec<&str> = te
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
         if codings.len() == 1 {
             codings[0].to_string()
         } else {
@@ -704,7 +719,10 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, HttpError> {
     }
     let rest = &line[digits..];
     let rest_trimmed: &[u8] = {
-        let start = rest.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(rest.len());
+        let start = rest
+            .iter()
+            .position(|b| *b != b' ' && *b != b'\t')
+            .unwrap_or(rest.len());
         &rest[start..]
     };
     if !rest_trimmed.is_empty() && rest_trimmed[0] != b';' {
@@ -762,7 +780,8 @@ mod tests {
             c.start(req);
             let mut done = None;
             for part in [&resp[..cut], &resp[cut..]] {
-                if let Progress::Done(r) = c.feed(part).unwrap_or_else(|e| panic!("cut {cut}: {e}")) {
+                if let Progress::Done(r) = c.feed(part).unwrap_or_else(|e| panic!("cut {cut}: {e}"))
+                {
                     assert!(done.is_none(), "cut {cut}: two responses");
                     done = Some(r);
                 }
@@ -812,11 +831,17 @@ mod tests {
         );
         let mut c = HttpConn::new("h\r\nX: y".into(), false);
         let req = ProxyRequest {
-            headers: vec![("Accept-Encoding", "gzip".into()), ("Accept", "a\r\nInjected: 1".into())],
+            headers: vec![
+                ("Accept-Encoding", "gzip".into()),
+                ("Accept", "a\r\nInjected: 1".into()),
+            ],
             ..head_req()
         };
         let text = String::from_utf8(c.start(&req)).unwrap();
-        assert_eq!(text, "HEAD /x HTTP/1.1\r\nHost: hX:y\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            text,
+            "HEAD /x HTTP/1.1\r\nHost: hX:y\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]
@@ -842,24 +867,59 @@ mod tests {
     #[test]
     fn connection_reuse_rules() {
         let mut c = conn();
-        let r = run(&mut c, &get("/"), b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+        let r = run(
+            &mut c,
+            &get("/"),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
         assert!(!r.reusable);
-        let r = run(&mut c, &get("/"), b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx").unwrap();
+        let r = run(
+            &mut c,
+            &get("/"),
+            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+        )
+        .unwrap();
         assert!(!r.reusable);
-        let r = run(&mut c, &get("/"), b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: Keep-Alive\r\n\r\nx").unwrap();
+        let r = run(
+            &mut c,
+            &get("/"),
+            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: Keep-Alive\r\n\r\nx",
+        )
+        .unwrap();
         assert!(r.reusable);
         // Extra bytes after the body.
-        let r = run(&mut c, &get("/"), b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxy").unwrap();
+        let r = run(
+            &mut c,
+            &get("/"),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxy",
+        )
+        .unwrap();
         assert_eq!(r.body, b"x");
         assert!(!r.reusable);
         // We asked to close.
         let mut nc = HttpConn::new("h".into(), false);
-        let r = run(&mut nc, &get("/"), b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx").unwrap();
+        let r = run(
+            &mut nc,
+            &get("/"),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx",
+        )
+        .unwrap();
         assert!(!r.reusable);
         // Reused connection works for a second request.
-        let r = run(&mut c, &get("/"), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+        let r = run(
+            &mut c,
+            &get("/"),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )
+        .unwrap();
         assert!(r.reusable);
-        let r = run(&mut c, &get("/"), b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let r = run(
+            &mut c,
+            &get("/"),
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((r.status, r.body.len(), r.reusable), (404, 0, true));
         // Data while idle.
         assert_eq!(c.feed(b"x"), Err(HttpError::Unsolicited));
@@ -874,11 +934,18 @@ mod tests {
         assert!(r.reusable);
         assert_eq!(
             r.headers,
-            vec![("Content-Type", "audio/mpeg".to_string()), ("Content-Length", "16".to_string())]
+            vec![
+                ("Content-Type", "audio/mpeg".to_string()),
+                ("Content-Length", "16".to_string())
+            ]
         );
         assert_eq!(run_bytewise(&get("/"), resp), r);
         // Bare LF line endings are tolerated.
-        let r = run_split(&get("/"), b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n", false);
+        let r = run_split(
+            &get("/"),
+            b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n",
+            false,
+        );
         assert_eq!(r.body, b"abc");
     }
 
@@ -907,13 +974,22 @@ mod tests {
         // An endless chunk-size line.
         let mut c = conn();
         c.start(&get("/"));
-        c.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1").unwrap();
+        c.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1")
+            .unwrap();
         let long = vec![b'0'; 4096];
         assert!(matches!(c.feed(&long), Err(HttpError::BadChunk(_))));
+        // A long line that arrives whole.
+        let mut c = conn();
+        c.start(&get("/"));
+        let mut resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;".to_vec();
+        resp.extend(std::iter::repeat_n(b'e', 2000));
+        resp.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+        assert!(matches!(c.feed(&resp), Err(HttpError::BadChunk(_))));
         // Endless trailers.
         let mut c = conn();
         c.start(&get("/"));
-        c.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n").unwrap();
+        c.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n")
+            .unwrap();
         let mut err = None;
         for _ in 0..100 {
             if let Err(e) = c.feed(b"X-T: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n") {
@@ -928,13 +1004,19 @@ mod tests {
     fn transfer_encoding_rules() {
         let mut c = conn();
         c.start(&get("/"));
-        let e = c.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap_err();
+        let e = c
+            .feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+            .unwrap_err();
         assert!(matches!(e, HttpError::UnsupportedTransferEncoding(_)));
         // TE wins over CL, and the connection is not reused.
         let r = run_split(&get("/"), b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n", false);
         assert_eq!(r.body, b"x");
         assert!(!r.reusable);
-        let r = run_split(&get("/"), b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n", false);
+        let r = run_split(
+            &get("/"),
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n",
+            false,
+        );
         assert!(r.body.is_empty());
     }
 
@@ -951,16 +1033,37 @@ mod tests {
     fn no_body_responses() {
         // HEAD: Content-Length is the server's, and no body is read.
         let mut c = conn();
-        let r = run(&mut c, &head_req(), b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: image/png\r\n\r\n").unwrap();
+        let r = run(
+            &mut c,
+            &head_req(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nContent-Type: image/png\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(r.body.len(), 0);
-        assert_eq!(r.headers, vec![("Content-Type", "image/png".to_string()), ("Content-Length", "1234".to_string())]);
+        assert_eq!(
+            r.headers,
+            vec![
+                ("Content-Type", "image/png".to_string()),
+                ("Content-Length", "1234".to_string())
+            ]
+        );
         assert!(r.reusable);
-        let r = run(&mut c, &get("/"), b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n").unwrap();
+        let r = run(
+            &mut c,
+            &get("/"),
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!((r.status, r.body.len(), r.reusable), (304, 0, true));
         let r = run(&mut c, &get("/"), b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
         assert_eq!((r.status, r.reusable), (204, true));
         // Redirects are passed back as they are.
-        let r = run(&mut c, &get("/"), b"HTTP/1.1 302 Found\r\nLocation: http://evil/\r\nContent-Length: 0\r\n\r\n").unwrap();
+        let r = run(
+            &mut c,
+            &get("/"),
+            b"HTTP/1.1 302 Found\r\nLocation: http://evil/\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(r.status, 302);
         assert_eq!(r.headers[1], ("Location", "http://evil/".to_string()));
     }
@@ -980,7 +1083,10 @@ mod tests {
         assert!(matches!(c.feed(&many), Err(HttpError::BadHead(_))));
         let mut c = conn();
         c.start(&get("/"));
-        assert!(matches!(c.feed(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"), Err(HttpError::BadHead(_))));
+        assert!(matches!(
+            c.feed(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+            Err(HttpError::BadHead(_))
+        ));
     }
 
     #[test]
@@ -996,7 +1102,10 @@ mod tests {
         assert_eq!(c.feed(&big), Err(HttpError::HeadTooLarge { limit: 256 }));
         // No line feed at all: still bounded.
         c.start(&get("/"));
-        assert!(matches!(c.feed(&[b'x'; 1000]), Err(HttpError::HeadTooLarge { .. })));
+        assert!(matches!(
+            c.feed(&[b'x'; 1000]),
+            Err(HttpError::HeadTooLarge { .. })
+        ));
         let mut c = HttpConn::with_limits("h".into(), true, limits);
         c.start(&get("/"));
         assert_eq!(
@@ -1004,14 +1113,18 @@ mod tests {
             Err(HttpError::BodyTooLarge { limit: 10 })
         );
         c.start(&get("/"));
-        c.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").unwrap();
+        c.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .unwrap();
         assert_eq!(c.feed(b"6\r\n"), Err(HttpError::BodyTooLarge { limit: 10 }));
         c.start(&get("/"));
         c.feed(b"HTTP/1.1 200 OK\r\n\r\n0123456789").unwrap();
         assert_eq!(c.feed(b"x"), Err(HttpError::BodyTooLarge { limit: 10 }));
         // Exactly at the limit is fine.
         c.start(&get("/"));
-        assert!(matches!(c.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"), Ok(Progress::Done(_))));
+        assert!(matches!(
+            c.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"),
+            Ok(Progress::Done(_))
+        ));
     }
 
     #[test]
@@ -1036,7 +1149,12 @@ mod tests {
         c.start(&get("/"));
         assert!(matches!(c.feed(&too_many), Err(HttpError::BadHead(_))));
         // Same Content-Length twice is fine.
-        let r = run(&mut conn(), &get("/"), b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx").unwrap();
+        let r = run(
+            &mut conn(),
+            &get("/"),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        )
+        .unwrap();
         assert_eq!(r.body, b"x");
         // EOF cases.
         let mut c = conn();
@@ -1047,10 +1165,12 @@ mod tests {
         assert!(c.response_started());
         assert_eq!(c.feed_eof(), Err(HttpError::Truncated));
         c.start(&get("/"));
-        c.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab").unwrap();
+        c.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+            .unwrap();
         assert_eq!(c.feed_eof(), Err(HttpError::Truncated));
         c.start(&get("/"));
-        c.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab").unwrap();
+        c.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")
+            .unwrap();
         assert_eq!(c.feed_eof(), Err(HttpError::Truncated));
         assert!(!c.is_busy());
     }

@@ -185,8 +185,15 @@ pub fn from_value(value: &Value) -> Result<ProxyRequest, RequestError> {
             reason: Invalid::NotJson,
         });
     };
-    let id = obj.get("id").and_then(Value::as_str).filter(|id| valid_id(id)).map(str::to_string);
-    let fail = |reason| RequestError { id: id.clone(), reason };
+    let id = obj
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| valid_id(id))
+        .map(str::to_string);
+    let fail = |reason| RequestError {
+        id: id.clone(),
+        reason,
+    };
     if obj.get("type").and_then(Value::as_str) != Some(REQUEST_TYPE) {
         return Err(fail(Invalid::NotProxyRequest));
     }
@@ -195,14 +202,21 @@ pub fn from_value(value: &Value) -> Result<ProxyRequest, RequestError> {
     };
     let method = match obj.get("method") {
         None | Some(Value::Null) => Method::Get,
-        Some(Value::String(m)) => parse_method(m).ok_or_else(|| fail(Invalid::Method(m.clone())))?,
+        Some(Value::String(m)) => {
+            parse_method(m).ok_or_else(|| fail(Invalid::Method(m.clone())))?
+        }
         Some(other) => return Err(fail(Invalid::Method(other.to_string()))),
     };
-    let path = obj.get("path").and_then(Value::as_str).ok_or_else(|| fail(Invalid::MissingPath))?;
+    let path = obj
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or_else(|| fail(Invalid::MissingPath))?;
     check_path(path).map_err(|why| fail(Invalid::Path(why)))?;
     let headers = match obj.get("headers") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(map)) => forwarded_headers(map).map_err(|name| fail(Invalid::Header(name)))?,
+        Some(Value::Object(map)) => {
+            forwarded_headers(map).map_err(|name| fail(Invalid::Header(name)))?
+        }
         Some(_) => return Err(fail(Invalid::HeadersNotObject)),
     };
     Ok(ProxyRequest {
@@ -264,10 +278,15 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
 
 /// The allowlisted headers of the request, canonical names, at most one each. A header named
 /// twice with different cases (`accept` and `Accept`) keeps the first in the object's order.
-fn forwarded_headers(map: &serde_json::Map<String, Value>) -> Result<Vec<(&'static str, String)>, &'static str> {
+fn forwarded_headers(
+    map: &serde_json::Map<String, Value>,
+) -> Result<Vec<(&'static str, String)>, &'static str> {
     let mut found: [Option<String>; FORWARDED_HEADERS.len()] = Default::default();
     for (name, value) in map {
-        let Some(i) = FORWARDED_HEADERS.iter().position(|h| h.eq_ignore_ascii_case(name)) else {
+        let Some(i) = FORWARDED_HEADERS
+            .iter()
+            .position(|h| h.eq_ignore_ascii_case(name))
+        else {
             continue;
         };
         let canonical = FORWARDED_HEADERS[i];
@@ -292,7 +311,10 @@ fn check_header_value(value: &str) -> Option<&str> {
     if value.len() > MAX_HEADER_VALUE_LEN {
         return None;
     }
-    if !value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
         return None;
     }
     Some(value.trim_matches(|c| c == ' ' || c == '\t'))
@@ -370,15 +392,23 @@ mod tests {
 
     #[test]
     fn refuses_methods() {
-        for m in ["POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "get", "Get", "head", "GET ", "", "G\r\nET"] {
-            let text = json!({"type": "http-proxy-request", "id": "r", "method": m, "path": "/info"}).to_string();
+        for m in [
+            "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "get", "Get", "head", "GET ",
+            "", "G\r\nET",
+        ] {
+            let text =
+                json!({"type": "http-proxy-request", "id": "r", "method": m, "path": "/info"})
+                    .to_string();
             let e = refused(&text);
             assert_eq!(e.id.as_deref(), Some("r"));
             assert!(matches!(e.reason, Invalid::Method(_)), "{m:?}");
         }
-        let text = json!({"type": "http-proxy-request", "id": "r", "method": 1, "path": "/info"}).to_string();
+        let text = json!({"type": "http-proxy-request", "id": "r", "method": 1, "path": "/info"})
+            .to_string();
         assert!(matches!(refused(&text).reason, Invalid::Method(_)));
-        let head = json!({"type": "http-proxy-request", "id": "r", "method": "HEAD", "path": "/info"}).to_string();
+        let head =
+            json!({"type": "http-proxy-request", "id": "r", "method": "HEAD", "path": "/info"})
+                .to_string();
         assert_eq!(parse(&head).unwrap().method, Method::Head);
         let missing = json!({"type": "http-proxy-request", "id": "r", "path": "/info"}).to_string();
         assert_eq!(parse(&missing).unwrap().method, Method::Get);
@@ -401,9 +431,15 @@ mod tests {
         assert_eq!(e.id, None);
         assert_eq!(refused("not json").id, None);
         assert_eq!(refused("[1,2]").reason, Invalid::NotJson);
-        assert_eq!(refused(&"x".repeat(MAX_MESSAGE_LEN + 1)).reason, Invalid::NotJson);
+        assert_eq!(
+            refused(&"x".repeat(MAX_MESSAGE_LEN + 1)).reason,
+            Invalid::NotJson
+        );
         let e = refused(&json!({"type": "http-proxy-request", "id": "r"}).to_string());
-        assert_eq!((e.id.as_deref(), e.reason), (Some("r"), Invalid::MissingPath));
+        assert_eq!(
+            (e.id.as_deref(), e.reason),
+            (Some("r"), Invalid::MissingPath)
+        );
         let e = refused(&json!({"type": "other", "id": "r", "path": "/"}).to_string());
         assert_eq!(e.reason, Invalid::NotProxyRequest);
     }
@@ -438,7 +474,10 @@ mod tests {
                 ("Accept-Encoding", "identity".to_string()),
                 ("Accept-Language", "en-US".to_string()),
                 ("If-None-Match", "\"abc\"".to_string()),
-                ("If-Modified-Since", "Wed, 21 Oct 2015 07:28:00 GMT".to_string()),
+                (
+                    "If-Modified-Since",
+                    "Wed, 21 Oct 2015 07:28:00 GMT".to_string()
+                ),
                 ("Range", "bytes=0-99".to_string()),
             ]
         );
@@ -446,15 +485,24 @@ mod tests {
 
     #[test]
     fn bad_header_values_are_refused() {
-        for value in [json!("a\r\nHost: evil"), json!("a\nb"), json!("caf\u{e9}"), json!(5), json!("x".repeat(MAX_HEADER_VALUE_LEN + 1))] {
+        for value in [
+            json!("a\r\nHost: evil"),
+            json!("a\nb"),
+            json!("caf\u{e9}"),
+            json!(5),
+            json!("x".repeat(MAX_HEADER_VALUE_LEN + 1)),
+        ] {
             let text = json!({"type": "http-proxy-request", "id": "r", "path": "/", "headers": {"Accept": value}}).to_string();
             let e = refused(&text);
             assert_eq!(e.reason, Invalid::Header("Accept"));
             assert_eq!(e.id.as_deref(), Some("r"));
         }
-        let text = json!({"type": "http-proxy-request", "id": "r", "path": "/", "headers": ["Accept"]}).to_string();
+        let text =
+            json!({"type": "http-proxy-request", "id": "r", "path": "/", "headers": ["Accept"]})
+                .to_string();
         assert_eq!(refused(&text).reason, Invalid::HeadersNotObject);
-        let text = json!({"type": "http-proxy-request", "id": "r", "path": "/", "headers": null}).to_string();
+        let text = json!({"type": "http-proxy-request", "id": "r", "path": "/", "headers": null})
+            .to_string();
         assert!(parse(&text).unwrap().headers.is_empty());
     }
 

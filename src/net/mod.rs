@@ -3,6 +3,7 @@
 
 pub mod resolve;
 pub mod stream;
+pub mod tcp_client;
 pub mod tls;
 pub mod udp;
 pub mod ws_client;

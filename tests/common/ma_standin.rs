@@ -7,6 +7,7 @@
 //! "seconds":S}` stops reading for S seconds.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +25,12 @@ pub enum Seen {
     Text(String),
     Binary(usize),
     Closed(String),
+    /// A plain HTTP request: method and target, and the request head as received.
+    Http {
+        method: String,
+        target: String,
+        head: String,
+    },
 }
 
 pub struct MaStandin {
@@ -114,8 +121,96 @@ impl MaStandin {
     }
 }
 
+/// The bytes of an image of `size` bytes (a fixed pattern, so tests can compare).
+pub fn image(size: usize) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// Plain HTTP on the WebSocket's port, like MA's image proxy:
+/// `/imageproxy?size=N` answers N bytes (Content-Length), `/chunked?size=N` the same with
+/// chunked encoding, `/slow?ms=M&size=N` waits M ms first, `/redirect` answers 302.
+fn serve_http(mut stream: TcpStream, head: String, seen: &Mutex<Vec<Seen>>) {
+    let mut words = head.split_whitespace();
+    let method = words.next().unwrap_or_default().to_string();
+    let target = words.next().unwrap_or_default().to_string();
+    seen.lock().unwrap().push(Seen::Http {
+        method: method.clone(),
+        target: target.clone(),
+        head: head.clone(),
+    });
+    let param = |name: &str| -> Option<u64> {
+        target
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    let size = param("size").unwrap_or(1024) as usize;
+    let path = target.split('?').next().unwrap_or_default();
+    if let Some(ms) = param("ms") {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let body = image(size);
+    let send_body = method != "HEAD";
+    let _ = match path {
+        "/redirect" => stream.write_all(
+            b"HTTP/1.1 302 Found\r\nLocation: http://evil.example/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ),
+        "/chunked" => {
+            let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+            if send_body {
+                for part in body.chunks(7000) {
+                    out.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+                    out.extend_from_slice(part);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            stream.write_all(&out)
+        }
+        "/imageproxy" | "/slow" | "/preview" | "/info" => {
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nCache-Control: max-age=60\r\nSet-Cookie: secret=1\r\nConnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            if send_body {
+                out.extend_from_slice(&body);
+            }
+            stream.write_all(&out)
+        }
+        _ => stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    };
+    let _ = stream.flush();
+}
+
+/// Look at the request head without consuming it; `None` when it is a WebSocket upgrade.
+fn http_head(stream: &TcpStream) -> Option<String> {
+    let mut buf = [0u8; 8192];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = stream.peek(&mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let head = text[..end + 4].to_string();
+            return (!head.to_ascii_lowercase().contains("upgrade: websocket")).then_some(head);
+        }
+        if n == buf.len() || std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[allow(clippy::result_large_err)] // the handshake callback type is tungstenite's
-fn serve(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, greets: bool) {
+fn serve(mut stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, greets: bool) {
+    if let Some(head) = http_head(&stream) {
+        let mut consume = vec![0u8; head.len()];
+        if stream.read_exact(&mut consume).is_ok() {
+            serve_http(stream, head, &seen);
+        }
+        return;
+    }
     let mut path = String::new();
     let callback = |req: &Request, resp: Response| {
         path = req.uri().to_string();
