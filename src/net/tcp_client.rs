@@ -5,21 +5,17 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 
+use super::connect::{secure, Step, TcpConnect};
 use super::resolve::{LookupId, Resolver};
-use super::stream::{Stream, TlsStream};
+use super::stream::Stream;
 
 /// Bytes a connection may hold unsent.
 pub const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
 enum State {
-    Resolving(LookupId),
-    Connecting {
-        tcp: TcpStream,
-        rest: Vec<SocketAddr>,
-    },
+    Connecting(TcpConnect),
     Open(Stream),
     Closed,
 }
@@ -39,9 +35,7 @@ pub enum Ready {
 
 pub struct TcpClient {
     host: String,
-    port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
-    token: Token,
     state: State,
     out: Vec<u8>,
 }
@@ -56,17 +50,15 @@ impl TcpClient {
     ) -> TcpClient {
         TcpClient {
             host: host.to_string(),
-            port,
             tls,
-            token,
-            state: State::Resolving(resolver.lookup(host, port)),
+            state: State::Connecting(TcpConnect::start(host, port, token, resolver)),
             out: Vec::new(),
         }
     }
 
     pub fn lookup(&self) -> Option<LookupId> {
-        match self.state {
-            State::Resolving(id) => Some(id),
+        match &self.state {
+            State::Connecting(c) => c.lookup(),
             _ => None,
         }
     }
@@ -76,81 +68,44 @@ impl TcpClient {
         registry: &Registry,
         answer: io::Result<Vec<SocketAddr>>,
     ) -> Ready {
-        match answer {
-            Ok(mut addrs) => {
-                addrs.reverse();
-                self.connect_next(registry, addrs)
+        match &mut self.state {
+            State::Connecting(c) => {
+                let step = c.on_resolved(registry, answer);
+                self.on_step(step)
             }
-            Err(e) => self.fail(registry, format!("cannot resolve {}: {e}", self.host)),
+            _ => Ready::Pending,
         }
     }
 
-    fn connect_next(&mut self, registry: &Registry, mut rest: Vec<SocketAddr>) -> Ready {
-        while let Some(addr) = rest.pop() {
-            if let Ok(mut tcp) = TcpStream::connect(addr) {
-                if registry
-                    .register(
-                        &mut tcp,
-                        self.token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    )
-                    .is_ok()
-                {
-                    self.state = State::Connecting { tcp, rest };
-                    return Ready::Pending;
+    fn on_step(&mut self, step: Step) -> Ready {
+        match step {
+            Step::Pending => Ready::Pending,
+            Step::Failed(why) => {
+                self.state = State::Closed;
+                Ready::Failed(why)
+            }
+            Step::Connected(tcp) => match secure(tcp, self.tls.as_ref(), &self.host) {
+                Ok(stream) => {
+                    self.state = State::Open(stream);
+                    Ready::Connected
                 }
-            }
+                Err(e) => {
+                    self.state = State::Closed;
+                    Ready::Failed(e)
+                }
+            },
         }
-        self.fail(
-            registry,
-            format!("cannot connect to {}:{}", self.host, self.port),
-        )
     }
 
-    /// Advance on a readiness event; then read and flush.
+    /// Advance on a readiness event.
     pub fn on_ready(&mut self, registry: &Registry) -> Ready {
-        match std::mem::replace(&mut self.state, State::Closed) {
-            State::Connecting { mut tcp, rest } => {
-                let connected = match tcp.take_error() {
-                    Ok(None) => match tcp.peer_addr() {
-                        Ok(_) => true,
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                            self.state = State::Connecting { tcp, rest };
-                            return Ready::Pending;
-                        }
-                        Err(_) => false,
-                    },
-                    _ => false,
-                };
-                if !connected {
-                    let _ = registry.deregister(&mut tcp);
-                    return self.connect_next(registry, rest);
-                }
-                let _ = tcp.set_nodelay(true);
-                let stream = match &self.tls {
-                    None => Stream::Plain(tcp),
-                    Some(config) => {
-                        let conn = super::tls::server_name(&self.host).and_then(|name| {
-                            rustls::ClientConnection::new(config.clone(), name)
-                                .map_err(|e| e.to_string())
-                        });
-                        match conn {
-                            Ok(conn) => Stream::Tls(Box::new(TlsStream::new(tcp, conn))),
-                            Err(e) => return self.fail(registry, e),
-                        }
-                    }
-                };
-                self.state = State::Open(stream);
-                Ready::Connected
+        match &mut self.state {
+            State::Connecting(c) => {
+                let step = c.on_ready(registry);
+                self.on_step(step)
             }
-            State::Open(s) => {
-                self.state = State::Open(s);
-                Ready::Open
-            }
-            other => {
-                self.state = other;
-                Ready::Pending
-            }
+            State::Open(_) => Ready::Open,
+            State::Closed => Ready::Failed("connection closed".into()),
         }
     }
 
@@ -197,16 +152,9 @@ impl TcpClient {
         }
     }
 
-    fn fail(&mut self, registry: &Registry, why: String) -> Ready {
-        self.close(registry);
-        Ready::Failed(why)
-    }
-
     pub fn close(&mut self, registry: &Registry) {
         match std::mem::replace(&mut self.state, State::Closed) {
-            State::Connecting { mut tcp, .. } => {
-                let _ = registry.deregister(&mut tcp);
-            }
+            State::Connecting(mut c) => c.close(registry),
             State::Open(mut s) => {
                 let _ = registry.deregister(&mut s);
             }

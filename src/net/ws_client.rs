@@ -6,15 +6,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::WebSocket;
 
+use super::connect::{secure, Step, TcpConnect};
 use super::resolve::{LookupId, Resolver};
-use super::stream::{Stream, TlsStream};
+use super::stream::Stream;
 use crate::config::WsUrl;
 
 /// Where a connection attempt stands after an input.
@@ -31,12 +31,7 @@ pub enum Progress {
 }
 
 enum State {
-    Resolving(LookupId),
-    Connecting {
-        tcp: TcpStream,
-        addr: SocketAddr,
-        rest: Vec<SocketAddr>,
-    },
+    Connecting(TcpConnect),
     Handshaking(Box<MidHandshake<ClientHandshake<Stream>>>),
     Open(Box<WebSocket<Stream>>),
     Closed,
@@ -59,13 +54,12 @@ impl WsClient {
         token: Token,
         resolver: &mut Resolver,
     ) -> WsClient {
-        let lookup = resolver.lookup(&url.host, url.port);
         WsClient {
             url: url.clone(),
             tls,
             config,
             token,
-            state: State::Resolving(lookup),
+            state: State::Connecting(TcpConnect::start(&url.host, url.port, token, resolver)),
         }
     }
 
@@ -75,8 +69,8 @@ impl WsClient {
 
     /// The lookup this client waits for, if it is still resolving.
     pub fn lookup(&self) -> Option<LookupId> {
-        match self.state {
-            State::Resolving(id) => Some(id),
+        match &self.state {
+            State::Connecting(c) => c.lookup(),
             _ => None,
         }
     }
@@ -87,77 +81,44 @@ impl WsClient {
         registry: &Registry,
         answer: io::Result<Vec<SocketAddr>>,
     ) -> Progress {
-        match answer {
-            Ok(mut addrs) => {
-                addrs.reverse(); // try them in the resolver's order, popping from the end
-                self.connect_next(registry, addrs, String::new())
+        match &mut self.state {
+            State::Connecting(c) => {
+                let step = c.on_resolved(registry, answer);
+                self.on_step(registry, step)
             }
-            Err(e) => self.fail(registry, format!("cannot resolve {}: {e}", self.url.host)),
+            _ => Progress::Pending,
         }
     }
 
-    fn connect_next(
-        &mut self,
-        registry: &Registry,
-        mut rest: Vec<SocketAddr>,
-        last_error: String,
-    ) -> Progress {
-        while let Some(addr) = rest.pop() {
-            match TcpStream::connect(addr) {
-                Ok(mut tcp) => {
-                    if let Err(e) = registry.register(
-                        &mut tcp,
-                        self.token,
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        return self.fail(registry, format!("cannot register socket: {e}"));
-                    }
-                    self.state = State::Connecting { tcp, addr, rest };
-                    return Progress::Pending;
+    fn on_step(&mut self, registry: &Registry, step: Step) -> Progress {
+        match step {
+            Step::Pending => Progress::Pending,
+            Step::Failed(why) => self.fail(registry, why),
+            Step::Connected(tcp) => {
+                if self.url.tls && self.tls.is_none() {
+                    return self.fail(registry, "wss:// needs a TLS configuration".into());
                 }
-                Err(e) => log::debug!("connect to {addr} failed: {e}"),
+                let stream = match secure(tcp, self.tls.as_ref(), &self.url.host) {
+                    Ok(s) => s,
+                    Err(e) => return self.fail(registry, e),
+                };
+                let result = tungstenite::client::client_with_config(
+                    self.url.to_url(),
+                    stream,
+                    Some(self.config),
+                );
+                self.handshake_result(registry, result)
             }
         }
-        let why = if last_error.is_empty() {
-            "no address to connect to".to_string()
-        } else {
-            last_error
-        };
-        self.fail(
-            registry,
-            format!("cannot connect to {}: {why}", self.url.host_port()),
-        )
     }
 
     /// Advance on a readiness event for this client's token.
     pub fn on_ready(&mut self, registry: &Registry) -> Progress {
         match std::mem::replace(&mut self.state, State::Closed) {
-            State::Resolving(id) => {
-                self.state = State::Resolving(id);
-                Progress::Pending
-            }
-            State::Connecting {
-                mut tcp,
-                addr,
-                rest,
-            } => {
-                let failed = match tcp.take_error() {
-                    Ok(Some(e)) | Err(e) => Some(e),
-                    Ok(None) => match tcp.peer_addr() {
-                        Ok(_) => None,
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                            self.state = State::Connecting { tcp, addr, rest };
-                            return Progress::Pending;
-                        }
-                        Err(e) => Some(e),
-                    },
-                };
-                if let Some(e) = failed {
-                    let _ = registry.deregister(&mut tcp);
-                    return self.connect_next(registry, rest, format!("{addr}: {e}"));
-                }
-                let _ = tcp.set_nodelay(true);
-                self.handshake_start(registry, tcp)
+            State::Connecting(mut c) => {
+                let step = c.on_ready(registry);
+                self.state = State::Connecting(c);
+                self.on_step(registry, step)
             }
             State::Handshaking(mid) => self.handshake_result(registry, mid.handshake()),
             State::Open(ws) => {
@@ -166,28 +127,6 @@ impl WsClient {
             }
             State::Closed => Progress::Failed("connection closed".into()),
         }
-    }
-
-    fn handshake_start(&mut self, registry: &Registry, tcp: TcpStream) -> Progress {
-        let stream = match &self.tls {
-            None if self.url.tls => {
-                return self.fail(registry, "wss:// needs a TLS configuration".into())
-            }
-            None => Stream::Plain(tcp),
-            Some(config) => {
-                let name = match super::tls::server_name(&self.url.host) {
-                    Ok(n) => n,
-                    Err(e) => return self.fail(registry, e),
-                };
-                match rustls::ClientConnection::new(config.clone(), name) {
-                    Ok(conn) => Stream::Tls(Box::new(TlsStream::new(tcp, conn))),
-                    Err(e) => return self.fail(registry, format!("TLS setup failed: {e}")),
-                }
-            }
-        };
-        let result =
-            tungstenite::client::client_with_config(self.url.to_url(), stream, Some(self.config));
-        self.handshake_result(registry, result)
     }
 
     fn handshake_result(
@@ -235,16 +174,14 @@ impl WsClient {
     /// polite close).
     pub fn close(&mut self, registry: &Registry) {
         match std::mem::replace(&mut self.state, State::Closed) {
-            State::Connecting { mut tcp, .. } => {
-                let _ = registry.deregister(&mut tcp);
-            }
+            State::Connecting(mut c) => c.close(registry),
             State::Handshaking(mut mid) => {
                 let _ = registry.deregister(mid.get_mut().get_mut());
             }
             State::Open(mut ws) => {
                 let _ = registry.deregister(ws.get_mut());
             }
-            State::Resolving(_) | State::Closed => {}
+            State::Closed => {}
         }
     }
 }
