@@ -255,6 +255,9 @@ impl Driver {
             }
             conn.close(self.poll.registry());
         }
+        for (_, mut f) in self.fetches.drain() {
+            f.close(self.poll.registry());
+        }
         for (_, mut b) in self.bridges.drain() {
             if let Some(ws) = b.socket() {
                 let _ = ws.close(None);

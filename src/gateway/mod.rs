@@ -368,6 +368,8 @@ impl Gateway {
                 Err(e) => log::debug!("[{}] local candidate {addr} not added: {e}", s.id),
             }
         }
+        // A new local candidate can start connectivity checks: send them now.
+        self.drain_session(key, self.now);
     }
 
     /// A trickled remote candidate.
@@ -800,6 +802,8 @@ impl Gateway {
 
     /// Carry out what the HTTP proxy pool asked for.
     fn drain_proxy(&mut self) {
+        // Sessions written to: their packets must go out now, not at their next timer.
+        let mut touched = Vec::new();
         while let Some(o) = self.proxy.poll_output() {
             match o {
                 PoolOutput::Connect { conn } => self.out.push_back(Output::FetchConnect { conn }),
@@ -810,13 +814,17 @@ impl Gateway {
                 PoolOutput::Response {
                     requester,
                     response,
-                } => self.deliver_proxy_response(requester, response),
+                } => {
+                    touched.push(requester.0);
+                    self.deliver_proxy_response(requester, response)
+                }
                 PoolOutput::Stalled {
                     requester: (key, ch),
                 } => {
                     let Some(s) = self.sessions.get_mut(&key) else {
                         continue;
                     };
+                    touched.push(key);
                     log::warn!(
                         "[{}] the client stopped reading proxy responses; closing that channel",
                         s.id
@@ -834,6 +842,10 @@ impl Gateway {
                     s.peer.close_channel(ch);
                 }
             }
+        }
+        touched.dedup();
+        for key in touched {
+            self.drain_session(key, self.now);
         }
     }
 
