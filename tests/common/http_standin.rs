@@ -123,8 +123,13 @@ fn front_conn(
         };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(&buf[..head_len]), Ok(httparse::Status::Complete(_))) {
-            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        if !matches!(
+            req.parse(&buf[..head_len]),
+            Ok(httparse::Status::Complete(_))
+        ) {
+            let _ = stream.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
             return;
         }
         let seen = HttpSeen {
@@ -275,7 +280,8 @@ fn sendspin_conn(stream: TcpStream, texts: &Mutex<Vec<String>>, conns: &Mutex<Ve
                     }
                     Some("bench/source") => {
                         let total = cmd["bytes"].as_u64().unwrap_or(0) as usize;
-                        let frame = (cmd["frame"].as_u64().unwrap_or(16384) as usize).clamp(1, 65535);
+                        let frame =
+                            (cmd["frame"].as_u64().unwrap_or(16384) as usize).clamp(1, 65535);
                         let block: Vec<u8> = (0..frame).map(|i| (i % 251) as u8).collect();
                         let mut sent = 0;
                         while sent < total {
