@@ -245,6 +245,9 @@ impl Driver {
     }
 
     fn shutdown(&mut self) {
+        self.core.close_all("gateway shutting down");
+        self.drain();
+        self.udp_queue.flush(&self.udp);
         if let Some(mut conn) = self.conn.take() {
             if let Some(ws) = conn.socket() {
                 let _ = ws.close(Some(CloseFrame {

@@ -937,6 +937,18 @@ impl Gateway {
         self.drain_proxy();
     }
 
+    /// Shutting down: close every session now (DTLS close, so clients notice at once instead
+    /// of waiting for ICE consent to expire).
+    pub fn close_all(&mut self, why: &str) {
+        let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
+        for key in keys {
+            if let Some(s) = self.sessions.get(&key) {
+                log::info!("[{}] session closed: {why}", s.id);
+            }
+            self.finish_close(key);
+        }
+    }
+
     /// Close DTLS, send what that produces, and forget the session and its routes.
     fn finish_close(&mut self, key: SessionKey) {
         let Some(mut s) = self.sessions.remove(&key) else {

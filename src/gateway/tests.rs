@@ -303,3 +303,19 @@ fn session_limit_and_offer_deadline() {
         .remote_candidate(later, "nobody", &json!({"candidate": ""}));
     sim.gw.client_disconnected("nobody");
 }
+
+#[test]
+fn shutdown_closes_every_session_at_once() {
+    let mut sim = Sim::new(4);
+    sim.connect();
+    sim.gw.close_all("test shutdown");
+    sim.pump();
+    assert_eq!(sim.gw.session_count(), 0);
+    assert!(
+        sim.events
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Failed(w) if w.contains("closed the connection"))),
+        "{:?}",
+        sim.events
+    );
+}
