@@ -3,6 +3,7 @@
 //! A driver owns the `Poll`, the sockets and the clock, and only moves bytes and events between
 //! them and the sans-IO state machines.
 
+pub mod bench;
 pub mod connect;
 pub mod gateway;
 
@@ -44,6 +45,7 @@ pub fn main_entry() -> i32 {
         Some(Command::Id) => print_id(&gateway),
         Some(Command::Signal(args)) => crate::signal::run(&args),
         Some(Command::Connect(args)) => connect::run(&gateway, &args),
+        Some(Command::Bench(args)) => bench::run(&gateway, &args),
     }
 }
 
