@@ -139,7 +139,15 @@ impl Bridge {
             Message::Binary(data) => Outgoing::Frame(Frame { binary: true, data }),
             _ => return Ok(()),
         };
-        self.to_peer.push(out)
+        // Below the high-water mark any message is taken, whatever its size: the driver stops
+        // reading the local socket at that mark, so the queue passes it by one message at most
+        // (itself capped by the WebSocket's max message size). MA's messages are never dropped.
+        if self.to_peer.is_high() {
+            self.to_peer.push(out)
+        } else {
+            self.to_peer.push_bounded_elsewhere(out);
+            Ok(())
+        }
     }
 
     /// Queue a message the gateway itself produced (an HTTP proxy response on `ma-api`): text,
@@ -278,7 +286,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             to_local: 4 * 1024 * 1024,
-            to_peer: 8 * 1024 * 1024,
+            to_peer: 1024 * 1024,
         }
     }
 }

@@ -217,6 +217,13 @@ fn session_ready_answer_trickle_and_the_api_bridge() {
         .collect();
     sim.gw
         .ws_message(sim.now, bridge, Message::text(big.clone()));
+    // The driver reads the next message only when the core allows it (backpressure).
+    for _ in 0..500 {
+        if sim.gw.ws_read_allowed(bridge) {
+            break;
+        }
+        sim.run(1);
+    }
     sim.gw.ws_message(sim.now, bridge, Message::text("after"));
     sim.run(50);
     assert_eq!(

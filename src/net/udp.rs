@@ -28,6 +28,17 @@ pub fn bind(addr: SocketAddr) -> io::Result<mio::net::UdpSocket> {
             log::debug!("cannot set {what}: {e}");
         }
     }
+    // Linux silently caps the request at net.core.rmem_max / wmem_max (often 212 KiB):
+    // read it back and say how to raise it, since bursts then overflow and SCTP stalls.
+    let got = socket.recv_buffer_size().unwrap_or(0);
+    if got < SOCKET_BUFFER {
+        log::warn!(
+            "UDP receive buffer is {} KiB, not the {} KiB asked for; for full throughput raise it: \
+             sysctl -w net.core.rmem_max={SOCKET_BUFFER} net.core.wmem_max={SOCKET_BUFFER}",
+            got / 1024,
+            SOCKET_BUFFER / 1024
+        );
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     let std: StdUdpSocket = socket.into();
