@@ -398,36 +398,29 @@ pub fn run(gateway: &GatewayConfig, args: &ConnectArgs) -> i32 {
     };
     let t = conn.timings().clone();
     let _ = writeln!(out, "session {}", conn.session_id().unwrap_or("-"));
-    let _ = writeln!(
-        out,
-        "  connect-request -> connected   {}",
-        ms(t.started, t.session_assigned)
-    );
-    let _ = writeln!(
-        out,
-        "  connected -> answer (pinned)   {}",
-        ms(t.session_assigned, t.answered)
-    );
-    let _ = writeln!(
-        out,
-        "  answer -> ICE/DTLS up          {}",
-        ms(t.answered, t.connected)
-    );
-    let _ = writeln!(
-        out,
-        "  ICE/DTLS up -> channel open    {}",
-        ms(t.connected, t.channel_open)
-    );
-    let _ = writeln!(
-        out,
-        "  channel open -> first message  {}",
-        ms(t.channel_open, t.first_message)
-    );
-    let _ = writeln!(
-        out,
-        "  total                          {}",
-        ms(t.started, t.first_message)
-    );
+    let steps = [
+        (
+            "connect-request -> connected",
+            t.started,
+            t.session_assigned,
+        ),
+        (
+            "connected -> answer (pinned)",
+            t.session_assigned,
+            t.answered,
+        ),
+        ("answer -> ICE/DTLS up", t.answered, t.connected),
+        ("ICE/DTLS up -> channel open", t.connected, t.channel_open),
+        (
+            "channel open -> first message",
+            t.channel_open,
+            t.first_message,
+        ),
+        ("total", t.started, t.first_message),
+    ];
+    for (step, from, to) in steps {
+        let _ = writeln!(out, "  {step:<30} {}", ms(from, to));
+    }
     let _ = writeln!(out, "first message from MA: {first}");
     let mut rtts = Vec::new();
     for i in 0..args.echo {
