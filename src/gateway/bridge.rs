@@ -116,57 +116,50 @@ impl Bridge {
         limit: usize,
     ) -> Result<(), Full> {
         let out = match msg {
-            Message::Text(text) => {
-                if self.kind == ChannelKind::Api {
-                    match chunker.frame(text, limit) {
-                        Ok(Frames::Whole(text)) => Outgoing::Frame(Frame {
-                            binary: false,
-                            data: text.into(),
-                        }),
-                        Ok(Frames::Chunked(frames)) => Outgoing::Chunks(frames),
-                        Err(e) => {
-                            log::warn!("cannot chunk a message for the client: {e:?}; dropped");
-                            return Ok(());
-                        }
+            Message::Text(text) if self.kind == ChannelKind::Api => {
+                match chunked_text(text, chunker, limit) {
+                    Some(out) => out,
+                    None => {
+                        log::warn!(
+                            "a message for the client cannot be chunked to {limit} bytes; dropped"
+                        );
+                        return Ok(());
                     }
-                } else {
-                    Outgoing::Frame(Frame {
-                        binary: false,
-                        data: text.into(),
-                    })
                 }
             }
+            Message::Text(text) => Outgoing::Frame(Frame {
+                binary: false,
+                data: text.into(),
+            }),
             Message::Binary(data) => Outgoing::Frame(Frame { binary: true, data }),
             _ => return Ok(()),
         };
-        // Below the high-water mark any message is taken, whatever its size: the driver stops
-        // reading the local socket at that mark, so the queue passes it by one message at most
-        // (itself capped by the WebSocket's max message size). MA's messages are never dropped.
-        if self.to_peer.is_high() {
-            self.to_peer.push(out)
-        } else {
-            self.to_peer.push_bounded_elsewhere(out);
-            Ok(())
-        }
+        self.enqueue(out)
     }
 
     /// Queue a message the gateway itself produced (an HTTP proxy response on `ma-api`): text,
-    /// chunked like MA's own messages when large.
+    /// chunked like MA's own messages when large, under the same rule as MA's messages.
     pub fn push_text(
         &mut self,
         text: String,
         chunker: &mut Chunker,
         limit: usize,
     ) -> Result<(), Full> {
-        let out = match chunker.frame(Utf8Bytes::from(text), limit) {
-            Ok(Frames::Whole(text)) => Outgoing::Frame(Frame {
-                binary: false,
-                data: text.into(),
-            }),
-            Ok(Frames::Chunked(frames)) => Outgoing::Chunks(frames),
-            Err(_) => return Err(Full),
-        };
-        self.to_peer.push(out)
+        let out = chunked_text(Utf8Bytes::from(text), chunker, limit).ok_or(Full)?;
+        self.enqueue(out)
+    }
+
+    /// Below the high-water mark any message is taken, whatever its size: the driver stops
+    /// reading the local socket at that mark, so the queue passes it by one message at most
+    /// (itself capped by the WebSocket's max message size, or the proxy's body limit). MA's
+    /// messages are never dropped; above the mark the queue's own limit applies.
+    fn enqueue(&mut self, out: Outgoing) -> Result<(), Full> {
+        if self.to_peer.is_high() {
+            self.to_peer.push(out)
+        } else {
+            self.to_peer.push_bounded_elsewhere(out);
+            Ok(())
+        }
     }
 
     /// Queue an `http_proxy` response: its text header, then its body frames.
@@ -247,6 +240,18 @@ impl Bridge {
                 }
             }
         }
+    }
+}
+
+/// A text for the API channel: whole if it fits `limit`, else `__chunk__` frames (`None` if
+/// even a frame cannot fit).
+fn chunked_text(text: Utf8Bytes, chunker: &mut Chunker, limit: usize) -> Option<Outgoing> {
+    match chunker.frame(text, limit).ok()? {
+        Frames::Whole(text) => Some(Outgoing::Frame(Frame {
+            binary: false,
+            data: text.into(),
+        })),
+        Frames::Chunked(frames) => Some(Outgoing::Chunks(frames)),
     }
 }
 
