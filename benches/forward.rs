@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use ma_webrtc_gateway::client::{ClientEvent, ClientOutput, RemoteClient};
 use ma_webrtc_gateway::config::WsUrl;
 use ma_webrtc_gateway::gateway::bridge::BridgeId;
 use ma_webrtc_gateway::gateway::{CoreConfig, Gateway, Output as GwOutput};
 use ma_webrtc_gateway::identity::Identity;
+use ma_webrtc_gateway::remote_client::{ClientEvent, ClientOutput, RemoteClient};
 use ma_webrtc_gateway::webrtc::session::SessionConfig;
 use serde_json::{json, Value};
 use str0m::change::SdpOffer;

@@ -21,13 +21,13 @@
 
 pub mod backoff;
 pub mod chunk;
-pub mod client;
 pub mod config;
 pub mod driver;
 pub mod gateway;
 pub mod http_proxy;
 pub mod identity;
+pub mod machine;
 pub mod net;
-pub mod signal;
+pub mod remote_client;
 pub mod signaling;
 pub mod webrtc;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use common::ma_standin::{self, MaStandin, Seen};
 use common::stack::{connect, expect_server_info, stack, start_gateway, start_signal, WAIT};
 use common::temp_dir;
-use ma_webrtc_gateway::client::ClientEvent;
 use ma_webrtc_gateway::config::WsUrl;
 use ma_webrtc_gateway::driver::connect::Connection;
+use ma_webrtc_gateway::remote_client::ClientEvent;
 use serde_json::{json, Value};
 
 #[test]

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ma_webrtc_gateway::signal::{Driver, DriverConfig, StopHandle};
+use ma_webrtc_gateway::driver::signal::{Driver, DriverConfig, StopHandle};
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 

@@ -13,11 +13,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
-use crate::client::{ClientEvent, ClientOutput, RemoteClient, Timings};
 use crate::config::{ConnectArgs, GatewayConfig, WsUrl};
 use crate::net::resolve::Resolver;
 use crate::net::udp;
 use crate::net::ws_client::{Progress, WsClient};
+use crate::remote_client::{ClientEvent, ClientOutput, RemoteClient, Timings};
 
 const WAKER: Token = Token(0);
 const SIGNALING: Token = Token(1);

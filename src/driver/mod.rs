@@ -3,9 +3,9 @@
 //! A driver owns the `Poll`, the sockets and the clock, and only moves bytes and events between
 //! them and the sans-IO state machines.
 
-pub mod bench;
 pub mod connect;
 pub mod gateway;
+pub mod signal;
 
 use std::io::Write;
 
@@ -13,9 +13,6 @@ use clap::Parser;
 
 use crate::config::{Cli, Command, GatewayConfig};
 use crate::identity::{self, Identity};
-
-/// Exit code for configuration errors (also clap's).
-pub const EXIT_CONFIG: i32 = 2;
 
 fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
@@ -35,17 +32,13 @@ pub fn main_entry() -> i32 {
     init_logging();
     let gateway = match GatewayConfig::from_args(&cli.gateway) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("ma-webrtc-gateway: {e}");
-            return EXIT_CONFIG;
-        }
+        Err(e) => return e.report(),
     };
     match cli.command {
         None | Some(Command::Run) => gateway::run(gateway),
         Some(Command::Id) => print_id(&gateway),
-        Some(Command::Signal(args)) => crate::signal::run(&args),
+        Some(Command::Signal(args)) => signal::run(&args),
         Some(Command::Connect(args)) => connect::run(&gateway, &args),
-        Some(Command::Bench(args)) => bench::run(&gateway, &args),
     }
 }
 

@@ -10,9 +10,9 @@ use tungstenite::Message;
 
 use super::bridge::BridgeId;
 use super::{CoreConfig, Gateway, Output};
-use crate::client::{ClientEvent, ClientOutput, RemoteClient};
 use crate::config::WsUrl;
 use crate::identity::Identity;
+use crate::remote_client::{ClientEvent, ClientOutput, RemoteClient};
 
 const SID: &str = "AbCdEfGh12345678";
 

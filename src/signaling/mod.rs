@@ -1,3 +1,5 @@
-//! The signaling protocol (PROTOCOL.md §2).
+//! The signaling protocol (docs/protocol.md#signaling): the gateway's side ([`client`]) and
+//! the self-hosted server's ([`server`]).
 
 pub mod client;
+pub mod server;

@@ -15,6 +15,8 @@
 //! - bounds sessions per gateway and pending clients per gateway;
 //! - rate-limits messages per IP (close 4029) and failed Remote ID lookups per IP (close 4008).
 
+pub mod http;
+
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

@@ -25,9 +25,11 @@ use tungstenite::protocol::frame::Utf8Bytes;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error as WsError, Message, WebSocket};
 
-use super::http::{self, Parsed, Route};
-use super::server::{Check, ConnId, Output, ServerConfig, SignalServer};
+use crate::config::signal::SignalConfig;
+use crate::config::{bad, SignalArgs};
 use crate::net::stream::{Stream, TlsStream};
+use crate::signaling::server::http::{self, Parsed, Route};
+use crate::signaling::server::{Check, ConnId, Output, ServerConfig, SignalServer};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -783,6 +785,35 @@ fn read_head(stream: &mut Stream, buf: &mut Vec<u8>) -> io::Result<bool> {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Run the signaling server until SIGINT/SIGTERM; returns the exit code.
+pub fn run(args: &SignalArgs) -> i32 {
+    let config = match SignalConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => return e.report(),
+    };
+    let tls = match &config.tls {
+        None => None,
+        Some((cert, key)) => match crate::net::tls::server_config(cert, key) {
+            Ok(c) => Some(c),
+            Err(e) => return bad("MA_SIGNAL_TLS_CERT", "tls-cert", e).report(),
+        },
+    };
+    let driver_config = DriverConfig {
+        listen: config.listen,
+        tls,
+        max_connections: config.max_connections,
+        server: config.server,
+        ..DriverConfig::default()
+    };
+    match Driver::new(driver_config).and_then(|d| d.run(true)) {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("signal: {e}");
+            1
         }
     }
 }

@@ -1,4 +1,11 @@
-//! The `bench` command: a load generator. N remote clients (one thread each, each a
+//! The load generator: `cargo bench --bench load -- [FLAGS]` (`--help` lists them).
+//!
+//! It is a bench target, not part of the binary users install: it starts threads (one per
+//! session), child processes and a watchdog, none of which belongs in the gateway. Cargo builds
+//! the gateway binary next to it and tells it the path (`CARGO_BIN_EXE_ma-webrtc-gateway`).
+//! Run without `--bench` (as `cargo test --benches` does), it only checks its own codec.
+//!
+//! N remote clients N remote clients (one thread each, each a
 //! [`Connection`]) connect through a signaling server to a gateway whose local WebSocket is an
 //! echo peer, then measure set-up time, echo round trips and throughput, and check every
 //! message: a lost, duplicated, reordered or corrupted message makes the exit code 1.
@@ -32,9 +39,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-use super::connect::Connection;
-use crate::client::ClientEvent;
-use crate::config::{BenchArgs, GatewayConfig, WsUrl};
+use clap::{Args, Parser};
+use ma_webrtc_gateway::config::{parse_duration, WsUrl};
+use ma_webrtc_gateway::driver::connect::Connection;
+use ma_webrtc_gateway::remote_client::ClientEvent;
 
 /// Header: kind (1) + session (6 hex) + seq (10 hex) + length (8 hex).
 const HEADER: usize = 25;
@@ -639,7 +647,7 @@ impl Spawned {
         envs: &[(&str, String)],
         log: Option<PathBuf>,
     ) -> Result<Spawned, String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let exe = env!("CARGO_BIN_EXE_ma-webrtc-gateway");
         let mut cmd = Command::new(exe);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -885,19 +893,135 @@ fn idle_footprint(out: &mut impl Write, pid: u32, label: &str, secs: Duration) {
     );
 }
 
-/// Run the `bench` command; returns the exit code (1 on any failure or bad message).
-pub fn run(gateway: &GatewayConfig, args: &BenchArgs) -> i32 {
+/// Settings of the `bench` load generator (it also reads MA_SIGNALING_URL unless --spawn).
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The Remote ID to connect to (not needed with --spawn).
+    pub remote_id: Option<String>,
+
+    /// Concurrent sessions.
+    #[arg(long, default_value_t = 1)]
+    pub sessions: usize,
+
+    /// Messages per session in each throughput phase (echo, up, down).
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u64,
+
+    /// Message size in bytes (at least 32).
+    #[arg(long, default_value_t = 16384)]
+    pub size: usize,
+
+    /// Send binary messages instead of text.
+    #[arg(long)]
+    pub binary: bool,
+
+    /// Round trips measured per session, one message at a time.
+    #[arg(long, default_value_t = 100)]
+    pub rtt_samples: u64,
+
+    /// Bytes in flight per session in the echo phase.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub window: usize,
+
+    /// Sessions connecting at the same time.
+    #[arg(long, default_value_t = 8)]
+    pub connect_concurrency: usize,
+
+    /// Sessions connected and closed one by one before measuring (a fresh signal server or
+    /// gateway pays a one-time crypto set-up on its first session).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+
+    /// Give up on a step (connect, a message) after this long.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Stop the whole run (exit code 3) after this long.
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub max_time: Duration,
+
+    /// How long the gateway is watched idle (wake-ups, CPU), with no session and with all open.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub idle: Duration,
+
+    /// Local UDP address of each client.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: SocketAddr,
+
+    /// Start `signal`, the gateway and the echo server on loopback (this binary), and measure
+    /// the gateway's footprint.
+    #[arg(long)]
+    pub spawn: bool,
+
+    /// Run the echo server (first message, then echo) on this address, for a gateway started
+    /// by hand with MA_LOCAL_WS_URL=ws://ADDR/ws. Without a REMOTE_ID: only serve echo, for
+    /// --max-time.
+    #[arg(long)]
+    pub echo_listen: Option<SocketAddr>,
+
+    /// Measure this (hand-started) gateway process: memory, CPU, wake-ups.
+    #[arg(long)]
+    pub gateway_pid: Option<u32>,
+
+    /// Extra environment for the spawned gateway, NAME=VALUE (repeatable).
+    #[arg(long)]
+    pub gateway_env: Vec<String>,
+
+    /// Write the spawned processes' logs to this folder.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+}
+
+/// Settings of the `connect` diagnostic client (it also reads MA_SIGNALING_URL).
+/// The signaling server to use when not `--spawn`ing one, as the gateway reads it.
+#[derive(Debug, Clone, Args)]
+struct SignalingArgs {
+    /// Signaling server (ws:// or wss://).
+    #[arg(long, env = "MA_SIGNALING_URL", default_value = "wss://signaling.music-assistant.io/ws", value_parser = WsUrl::parse)]
+    signaling_url: WsUrl,
+    /// Extra CA certificate (PEM) for the signaling server.
+    #[arg(long, env = "MA_SIGNALING_CA_FILE")]
+    signaling_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "load",
+    about = "Load generator for ma-webrtc-gateway (see benches/load.rs)"
+)]
+struct Cli {
+    #[command(flatten)]
+    bench: BenchArgs,
+    #[command(flatten)]
+    signaling: SignalingArgs,
+}
+
+fn main() {
+    let mut argv: Vec<String> = std::env::args().collect();
+    let benching = argv.iter().any(|a| a == "--bench");
+    if !benching {
+        self_check();
+        return;
+    }
+    // `cargo bench` adds `--bench`; the rest are ours.
+    argv.retain(|a| a != "--bench");
+    let cli = Cli::parse_from(argv);
+    std::process::exit(run(&cli.signaling, &cli.bench));
+}
+
+/// Run the load generator; returns the exit code (1 on any failure or bad message).
+fn run(gateway: &SignalingArgs, args: &BenchArgs) -> i32 {
     match run_inner(gateway, args) {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
-            eprintln!("ma-webrtc-gateway bench: {e}");
+            eprintln!("load: {e}");
             1
         }
     }
 }
 
-fn run_inner(gateway: &GatewayConfig, args: &BenchArgs) -> Result<bool, String> {
+fn run_inner(gateway: &SignalingArgs, args: &BenchArgs) -> Result<bool, String> {
     if args.size < MIN_SIZE {
         return Err(format!("--size must be at least {MIN_SIZE} bytes"));
     }
@@ -947,7 +1071,7 @@ fn run_inner(gateway: &GatewayConfig, args: &BenchArgs) -> Result<bool, String> 
         ),
     };
     let tls = if signaling.tls {
-        Some(crate::net::tls::client_config(
+        Some(ma_webrtc_gateway::net::tls::client_config(
             gateway.signaling_ca_file.as_deref(),
         )?)
     } else {
@@ -961,7 +1085,7 @@ fn run_inner(gateway: &GatewayConfig, args: &BenchArgs) -> Result<bool, String> 
         .unwrap_or_default();
     std::thread::spawn(move || {
         std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-        eprintln!("ma-webrtc-gateway bench: --max-time reached; giving up");
+        eprintln!("load: --max-time reached; giving up");
         for pid in watchdog_pids {
             let _ = Command::new("kill").arg(pid.to_string()).status();
         }
@@ -986,7 +1110,7 @@ fn run_inner(gateway: &GatewayConfig, args: &BenchArgs) -> Result<bool, String> 
     );
     // The first str0m instance of a process pays a one-time crypto initialisation (tens of
     // ms); a browser has long paid it. Keep it out of the first session's set-up time.
-    drop(crate::client::RemoteClient::new(
+    drop(ma_webrtc_gateway::remote_client::RemoteClient::new(
         Instant::now(),
         &remote_id,
         plan_bind_for_warmup(args.bind),
@@ -1273,37 +1397,37 @@ fn report(
     ok
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What `cargo test --benches` runs: the message codec catches every kind of damage.
+fn self_check() {
+    messages_round_trip_and_damage_is_caught();
+    sequence_gaps_and_repeats_are_counted();
+    println!("load: self-check passed (run `cargo bench --bench load -- --help` to generate load)");
+}
 
-    #[test]
-    fn messages_round_trip_and_damage_is_caught() {
-        let c = Codec::new(100);
-        let m = c.build(KIND_ECHO, 7, 42);
-        assert_eq!(m.len(), 100);
-        assert!(std::str::from_utf8(&m).is_ok());
-        let p = c.check(7, &m).unwrap();
-        assert_eq!((p.kind, p.seq), (KIND_ECHO, 42));
-        assert_eq!(c.check(8, &m).err(), Some(Bad::WrongSession));
-        let mut bad = m.clone();
-        bad[60] ^= 1;
-        assert_eq!(c.check(7, &bad).err(), Some(Bad::Corrupt));
-        // Another message's body under this header.
-        let mut swapped = c.build(KIND_ECHO, 7, 43);
-        swapped[..HEADER].copy_from_slice(&m[..HEADER]);
-        assert_eq!(c.check(7, &swapped).err(), Some(Bad::Corrupt));
-        assert_eq!(c.check(7, &m[..99]).err(), Some(Bad::Corrupt));
-    }
+fn messages_round_trip_and_damage_is_caught() {
+    let c = Codec::new(100);
+    let m = c.build(KIND_ECHO, 7, 42);
+    assert_eq!(m.len(), 100);
+    assert!(std::str::from_utf8(&m).is_ok());
+    let p = c.check(7, &m).unwrap();
+    assert_eq!((p.kind, p.seq), (KIND_ECHO, 42));
+    assert_eq!(c.check(8, &m).err(), Some(Bad::WrongSession));
+    let mut bad = m.clone();
+    bad[60] ^= 1;
+    assert_eq!(c.check(7, &bad).err(), Some(Bad::Corrupt));
+    // Another message's body under this header.
+    let mut swapped = c.build(KIND_ECHO, 7, 43);
+    swapped[..HEADER].copy_from_slice(&m[..HEADER]);
+    assert_eq!(c.check(7, &swapped).err(), Some(Bad::Corrupt));
+    assert_eq!(c.check(7, &m[..99]).err(), Some(Bad::Corrupt));
+}
 
-    #[test]
-    fn sequence_gaps_and_repeats_are_counted() {
-        let mut e = Errors::default();
-        let mut x = Expect { next: 0 };
-        assert!(x.take(0, &mut e));
-        assert!(x.take(3, &mut e));
-        assert!(!x.take(2, &mut e));
-        assert!(x.take(4, &mut e));
-        assert_eq!((e.lost, e.duplicated), (2, 1));
-    }
+fn sequence_gaps_and_repeats_are_counted() {
+    let mut e = Errors::default();
+    let mut x = Expect { next: 0 };
+    assert!(x.take(0, &mut e));
+    assert!(x.take(3, &mut e));
+    assert!(!x.take(2, &mut e));
+    assert!(x.take(4, &mut e));
+    assert_eq!((e.lost, e.duplicated), (2, 1));
 }

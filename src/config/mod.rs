@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use tungstenite::http::Uri;
 
+pub mod signal;
+
 /// The four public STUN servers MA itself uses (PROTOCOL.md §4).
 pub const DEFAULT_ICE_SERVERS: &str = r#"[{"urls":"stun:stun.home-assistant.io:3478"},{"urls":"stun:stun.l.google.com:19302"},{"urls":"stun:stun1.l.google.com:19302"},{"urls":"stun:stun.cloudflare.com:3478"}]"#;
 
@@ -41,91 +43,8 @@ pub enum Command {
     Signal(SignalArgs),
     /// Connect to a gateway as the web app does and report each step (diagnostics).
     Connect(ConnectArgs),
-    /// Load generator: N concurrent sessions through signaling to a gateway whose local
-    /// WebSocket echoes; reports set-up time, round trips, throughput and checks every message.
-    Bench(BenchArgs),
 }
 
-/// Settings of the `bench` load generator (it also reads MA_SIGNALING_URL unless --spawn).
-#[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
-    /// The Remote ID to connect to (not needed with --spawn).
-    pub remote_id: Option<String>,
-
-    /// Concurrent sessions.
-    #[arg(long, default_value_t = 1)]
-    pub sessions: usize,
-
-    /// Messages per session in each throughput phase (echo, up, down).
-    #[arg(long, default_value_t = 1000)]
-    pub messages: u64,
-
-    /// Message size in bytes (at least 32).
-    #[arg(long, default_value_t = 16384)]
-    pub size: usize,
-
-    /// Send binary messages instead of text.
-    #[arg(long)]
-    pub binary: bool,
-
-    /// Round trips measured per session, one message at a time.
-    #[arg(long, default_value_t = 100)]
-    pub rtt_samples: u64,
-
-    /// Bytes in flight per session in the echo phase.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub window: usize,
-
-    /// Sessions connecting at the same time.
-    #[arg(long, default_value_t = 8)]
-    pub connect_concurrency: usize,
-
-    /// Sessions connected and closed one by one before measuring (a fresh signal server or
-    /// gateway pays a one-time crypto set-up on its first session).
-    #[arg(long, default_value_t = 1)]
-    pub warmup: usize,
-
-    /// Give up on a step (connect, a message) after this long.
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
-    pub timeout: Duration,
-
-    /// Stop the whole run (exit code 3) after this long.
-    #[arg(long, default_value = "300s", value_parser = parse_duration)]
-    pub max_time: Duration,
-
-    /// How long the gateway is watched idle (wake-ups, CPU), with no session and with all open.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub idle: Duration,
-
-    /// Local UDP address of each client.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub bind: SocketAddr,
-
-    /// Start `signal`, the gateway and the echo server on loopback (this binary), and measure
-    /// the gateway's footprint.
-    #[arg(long)]
-    pub spawn: bool,
-
-    /// Run the echo server (first message, then echo) on this address, for a gateway started
-    /// by hand with MA_LOCAL_WS_URL=ws://ADDR/ws. Without a REMOTE_ID: only serve echo, for
-    /// --max-time.
-    #[arg(long)]
-    pub echo_listen: Option<SocketAddr>,
-
-    /// Measure this (hand-started) gateway process: memory, CPU, wake-ups.
-    #[arg(long)]
-    pub gateway_pid: Option<u32>,
-
-    /// Extra environment for the spawned gateway, NAME=VALUE (repeatable).
-    #[arg(long)]
-    pub gateway_env: Vec<String>,
-
-    /// Write the spawned processes' logs to this folder.
-    #[arg(long)]
-    pub log_dir: Option<PathBuf>,
-}
-
-/// Settings of the `connect` diagnostic client (it also reads MA_SIGNALING_URL).
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// The Remote ID to connect to (the answer's certificate is pinned to it).
@@ -267,7 +186,18 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn bad(var: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
+/// Exit code for configuration errors (also clap's).
+pub const EXIT_CONFIG: i32 = 2;
+
+impl ConfigError {
+    /// Print the error as the one line a user sees and return [`EXIT_CONFIG`].
+    pub fn report(&self) -> i32 {
+        eprintln!("ma-webrtc-gateway: {self}");
+        EXIT_CONFIG
+    }
+}
+
+pub(crate) fn bad(var: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         var,
         flag,

@@ -1,25 +1,10 @@
-//! `ma-webrtc-gateway signal`: a self-hosted signaling server (PROTOCOL.md §2).
-//!
-//! One port serves the WebSocket relay at `/ws`, `GET /health` and `GET /api/check/<ID>`,
-//! over plain TCP or TLS.
-//! - [`server`]: the relay logic, a sans-IO state machine.
-//! - [`http`]: parsing of the HTTP request head and the fixed responses.
-//! - [`driver`]: the mio event loop around both.
-
-pub mod driver;
-pub mod http;
-pub mod server;
+//! Settings of `ma-webrtc-gateway signal`, the self-hosted signaling server.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::config::{ConfigError, SignalArgs};
-
-pub use driver::{Driver, DriverConfig, StopHandle};
-pub use server::{ServerConfig, SignalServer};
-
-/// Exit code for configuration errors (the same as the gateway's).
-const EXIT_CONFIG: i32 = 2;
+use super::{bad, ConfigError, SignalArgs};
+use crate::signaling::server::ServerConfig;
 
 /// Validated settings of the signaling server.
 #[derive(Debug, Clone)]
@@ -29,14 +14,6 @@ pub struct SignalConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub max_connections: usize,
     pub server: ServerConfig,
-}
-
-fn bad(var: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        var,
-        flag,
-        reason: reason.into(),
-    }
 }
 
 fn number(
@@ -150,44 +127,6 @@ impl SignalConfig {
                 ..ServerConfig::default()
             },
         })
-    }
-}
-
-/// Run the signaling server until SIGINT/SIGTERM; returns the exit code.
-pub fn run(args: &SignalArgs) -> i32 {
-    let config = match SignalConfig::from_args(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ma-webrtc-gateway: {e}");
-            return EXIT_CONFIG;
-        }
-    };
-    let tls = match &config.tls {
-        None => None,
-        Some((cert, key)) => match crate::net::tls::server_config(cert, key) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!(
-                    "ma-webrtc-gateway: {}",
-                    bad("MA_SIGNAL_TLS_CERT", "tls-cert", e)
-                );
-                return EXIT_CONFIG;
-            }
-        },
-    };
-    let driver_config = DriverConfig {
-        listen: config.listen,
-        tls,
-        max_connections: config.max_connections,
-        server: config.server,
-        ..DriverConfig::default()
-    };
-    match Driver::new(driver_config).and_then(|d| d.run(true)) {
-        Ok(()) => 0,
-        Err(e) => {
-            log::error!("signal: {e}");
-            1
-        }
     }
 }
 
