@@ -31,6 +31,7 @@ use ma_webrtc_gateway::config::WsUrl;
 use ma_webrtc_gateway::gateway::bridge::BridgeId;
 use ma_webrtc_gateway::gateway::{CoreConfig, Gateway, Output as GwOutput};
 use ma_webrtc_gateway::identity::Identity;
+use ma_webrtc_gateway::machine::{Machine, Next};
 use ma_webrtc_gateway::remote_client::{ClientEvent, ClientOutput, RemoteClient};
 use ma_webrtc_gateway::webrtc::session::SessionConfig;
 use serde_json::{json, Value};
@@ -83,8 +84,9 @@ impl GwPeer {
         let sendspin = WsUrl::parse("ws://127.0.0.1:8927/sendspin").unwrap();
         let mut cfg = CoreConfig::new(url, sendspin, 1000);
         cfg.session = SessionConfig::default();
-        let mut gw = Gateway::new(cfg, identity.dtls_cert());
-        gw.add_host_candidate(addr);
+        let now = Instant::now();
+        let mut gw = Gateway::new(now, cfg, identity.dtls_cert());
+        gw.handle_host_candidate(now, addr);
         GwPeer {
             gw,
             addr,
@@ -99,7 +101,7 @@ impl GwPeer {
                 continue;
             }
             let msg = q.pop_front().unwrap();
-            self.gw.ws_message(now, *bridge, msg);
+            self.gw.handle_ws_message(now, *bridge, msg);
             return true;
         }
         false
@@ -111,25 +113,24 @@ impl Peer for GwPeer {
         self.addr
     }
     fn connect_request(&mut self, now: Instant, sid: &str) {
-        self.gw.client_connected(now, sid);
+        self.gw.handle_client_connected(now, sid);
     }
     fn offer(&mut self, now: Instant, sid: &str, sdp: &str) {
-        self.gw.offer(now, sid, sdp);
+        self.gw.handle_offer(now, sid, sdp);
     }
     fn candidate(&mut self, now: Instant, sid: &str, data: &Value) {
-        self.gw.remote_candidate(now, sid, data);
+        self.gw.handle_remote_candidate(now, sid, data);
     }
     fn datagram(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        self.gw.datagram(now, from, bytes);
+        self.gw.handle_datagram(now, from, bytes);
     }
     fn turn(&mut self, now: Instant) {
         // As the driver does on every turn of its loop.
         self.gw.handle_timeout(now);
-        std::hint::black_box(self.gw.poll_timeout());
     }
     fn poll(&mut self, now: Instant) -> Option<PeerOut> {
         loop {
-            let Some(o) = self.gw.poll_output() else {
+            let Next::Output(o) = self.gw.poll_output() else {
                 if self.feed_ws(now) {
                     continue;
                 }
@@ -173,7 +174,7 @@ impl Peer for GwPeer {
                     })
                 }
                 GwOutput::OpenWs { bridge, .. } => {
-                    self.gw.ws_opened(bridge);
+                    self.gw.handle_ws_opened(now, bridge);
                     // MA speaks first.
                     self.ws_in
                         .entry(bridge)

@@ -34,9 +34,9 @@ fn sdp() -> (String, String, Value, String) {
     let offer = offer.to_sdp_string();
     let id = Identity::generate().unwrap();
     let mut peer = PeerSession::new(now, id.dtls_cert(), &SessionConfig::default(), "b").unwrap();
-    let answer = peer.accept_offer(now, &offer).unwrap();
+    let answer = peer.handle_offer(now, &offer).unwrap();
     let gw_cand = peer
-        .add_local_host_candidate("192.168.1.10:40000".parse().unwrap())
+        .handle_host_candidate(now, "192.168.1.10:40000".parse().unwrap())
         .unwrap()
         .unwrap();
     (offer, answer, gw_cand, cand)

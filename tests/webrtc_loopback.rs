@@ -5,6 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use ma_webrtc_gateway::machine::{Machine, Next};
 use ma_webrtc_gateway::webrtc::{
     ChannelId, CloseReason, DtlsCert, PeerSession, RemoteCandidateOutcome, Route, Router,
     SessionConfig, SessionError, SessionEvent, SessionOutput,
@@ -102,19 +103,19 @@ impl Net {
         let cid = api.add_channel("ma-api".into());
         let (offer, pending) = api.apply().expect("offer");
         let offer_sdp = offer.to_sdp_string();
-        let answer = self.gw.accept_offer(self.now, &offer_sdp).expect("answer");
+        let answer = self.gw.handle_offer(self.now, &offer_sdp).expect("answer");
         self.accept_answer(pending, &answer);
 
         // Trickle the gateway's host candidate to the client, and the client's to the gateway.
         let json = self
             .gw
-            .add_local_host_candidate(self.gw_addr)
+            .handle_host_candidate(self.now, self.gw_addr)
             .expect("candidate")
             .expect("added");
         self.add_candidate_to_client(&json);
         let outcome = self
             .gw
-            .add_remote_candidate(&json!({"candidate": client_cand, "sdpMid": "0"}))
+            .handle_remote_candidate(self.now, &json!({"candidate": client_cand, "sdpMid": "0"}))
             .expect("remote candidate");
         // Already in the offer: str0m ignores the duplicate, we report it as handed to ICE.
         assert_eq!(outcome, RemoteCandidateOutcome::Added);
@@ -155,11 +156,11 @@ impl Net {
         }
         loop {
             match self.gw.poll_output() {
-                SessionOutput::Timeout(t) => {
-                    self.gw_timeout = t;
+                Next::Timeout(t) => {
+                    self.gw_timeout = t.expect("a session always has a deadline");
                     break;
                 }
-                SessionOutput::Transmit(t) => {
+                Next::Output(SessionOutput::Transmit(t)) => {
                     assert!(
                         t.contents.len() <= 1200 + 100,
                         "datagram {}",
@@ -169,7 +170,7 @@ impl Net {
                     self.to_client
                         .push_back((t.source, t.destination, t.contents));
                 }
-                SessionOutput::Event(e) => self.gw_events.push(e),
+                Next::Output(SessionOutput::Event(e)) => self.gw_events.push(e),
             }
         }
     }
@@ -462,7 +463,7 @@ fn ice_restart_same_path() {
     let (offer, pending) = api.apply().expect("restart offer");
     let answer = net
         .gw
-        .accept_offer(net.now, &offer.to_sdp_string())
+        .handle_offer(net.now, &offer.to_sdp_string())
         .expect("answer to the restart");
     let new_ufrag = net.gw.local_ufrag().to_string();
     assert_ne!(new_ufrag, old_ufrag);
@@ -520,7 +521,7 @@ fn ice_restart_after_network_change() {
     let (offer, pending) = api.apply().expect("restart offer");
     let answer = net
         .gw
-        .accept_offer(net.now, &offer.to_sdp_string())
+        .handle_offer(net.now, &offer.to_sdp_string())
         .expect("answer");
     net.router
         .set_ufrag(KEY, net.gw.local_ufrag())
@@ -537,7 +538,7 @@ fn ice_restart_after_network_change() {
     let bare = s.strip_prefix("candidate:").expect("prefix").to_string();
     assert_eq!(
         net.gw
-            .add_remote_candidate(&json!({"candidate": bare, "sdpMid": "0"})),
+            .handle_remote_candidate(Instant::now(), &json!({"candidate": bare, "sdpMid": "0"})),
         Ok(RemoteCandidateOutcome::Added)
     );
 
@@ -560,7 +561,7 @@ fn remote_candidate_variants() {
     ];
     for c in &ok {
         assert_eq!(
-            gw.add_remote_candidate(c),
+            gw.handle_remote_candidate(Instant::now(), c),
             Ok(RemoteCandidateOutcome::Added),
             "{c}"
         );
@@ -573,17 +574,17 @@ fn remote_candidate_variants() {
     ];
     for c in &end {
         assert_eq!(
-            gw.add_remote_candidate(c),
+            gw.handle_remote_candidate(Instant::now(), c),
             Ok(RemoteCandidateOutcome::EndOfCandidates),
             "{c}"
         );
     }
     assert_eq!(
-        gw.add_remote_candidate(&json!({"candidate": "candidate:6 1 udp 2122260223 0b5e1c4a-1d2f-4c1e-9c38-8a1f0e9b7c11.local 54321 typ host"})),
+        gw.handle_remote_candidate(Instant::now(), &json!({"candidate": "candidate:6 1 udp 2122260223 0b5e1c4a-1d2f-4c1e-9c38-8a1f0e9b7c11.local 54321 typ host"})),
         Ok(RemoteCandidateOutcome::IgnoredMdns)
     );
     assert_eq!(
-        gw.add_remote_candidate(&json!({"candidate": "candidate:7 1 tcp 1518280447 192.168.1.5 9 typ host tcptype active"})),
+        gw.handle_remote_candidate(Instant::now(), &json!({"candidate": "candidate:7 1 tcp 1518280447 192.168.1.5 9 typ host tcptype active"})),
         Ok(RemoteCandidateOutcome::IgnoredProtocol)
     );
     for bad in [
@@ -593,7 +594,7 @@ fn remote_candidate_variants() {
         json!(42),
         json!([1, 2]),
     ] {
-        match gw.add_remote_candidate(&bad) {
+        match gw.handle_remote_candidate(Instant::now(), &bad) {
             Err(SessionError::Candidate(msg)) => assert!(!msg.is_empty()),
             other => panic!("{bad}: {other:?}"),
         }
@@ -615,7 +616,10 @@ fn candidate_limit() {
         } else {
             RemoteCandidateOutcome::IgnoredLimit
         };
-        assert_eq!(net.gw.add_remote_candidate(&c), Ok(expected));
+        assert_eq!(
+            net.gw.handle_remote_candidate(Instant::now(), &c),
+            Ok(expected)
+        );
     }
 }
 
@@ -624,22 +628,22 @@ fn bad_offers_are_errors_not_deaths() {
     let (mut net, _) = Net::new(&SessionConfig::default());
     let now = net.now;
     assert!(matches!(
-        net.gw.accept_offer(now, "garbage"),
+        net.gw.handle_offer(now, "garbage"),
         Err(SessionError::Sdp(_))
     ));
     assert!(matches!(
-        net.gw.accept_offer(now, ""),
+        net.gw.handle_offer(now, ""),
         Err(SessionError::Sdp(_))
     ));
     let audio_only =
         "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
     assert!(matches!(
-        net.gw.accept_offer(now, audio_only),
+        net.gw.handle_offer(now, audio_only),
         Err(SessionError::Sdp(_))
     ));
     let huge = "v=0\r\n".repeat(100_000);
     assert!(matches!(
-        net.gw.accept_offer(now, &huge),
+        net.gw.handle_offer(now, &huge),
         Err(SessionError::Sdp(_))
     ));
     assert!(net.gw.is_alive());
@@ -657,7 +661,7 @@ fn offer_with_lf_line_endings() {
     let lf = offer.to_sdp_string().replace("\r\n", "\n");
     let now = net.now;
     // Either accepted or a clean error; never a panic or a dead session.
-    match net.gw.accept_offer(now, &lf) {
+    match net.gw.handle_offer(now, &lf) {
         Ok(answer) => assert!(answer.contains("a=ice-ufrag:")),
         Err(SessionError::Sdp(_)) => {}
         Err(e) => panic!("{e}"),
@@ -690,7 +694,7 @@ fn connect_timeout_closes() {
     );
     assert!(!net.gw.is_alive());
     assert_eq!(
-        net.gw.accept_offer(net.now, "v=0"),
+        net.gw.handle_offer(net.now, "v=0"),
         Err(SessionError::Closed)
     );
 }
@@ -699,7 +703,7 @@ fn connect_timeout_closes() {
 fn local_close_reaches_the_client() {
     let (mut net, _) = Net::new(&SessionConfig::default());
     let (_cid, _gid) = net.connect();
-    net.gw.close();
+    net.gw.handle_close(net.now);
     let mut reason = None;
     net.run_until("client sees close", Duration::from_secs(10), |n| {
         for e in n.take_gw_events() {

@@ -1,10 +1,11 @@
-//! The gateway's event loop: one mio `Poll` for the signaling socket, the shared UDP socket,
-//! the local WebSockets of every bridge, DNS answers and signals. It moves bytes and events
-//! between them and the two state machines ([`SignalingClient`] and [`Gateway`]).
+//! The gateway's event loop (docs/design.md#the-gateway-driver): one mio `Poll` for the shared
+//! UDP socket, DNS answers, signals and every outgoing connection: the signaling WebSocket, the
+//! bridges' local WebSockets and the HTTP proxy's streams, all in one [`Table`] keyed by token.
+//! It only moves bytes and events between them and the two machines, [`SignalingClient`] and
+//! [`Gateway`]; every decision is theirs.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,33 +18,25 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::Message;
 
+use super::table::Table;
 use crate::backoff::{Backoff, Jitter};
 use crate::config::GatewayConfig;
 use crate::gateway::bridge::BridgeId;
-use crate::gateway::{CoreConfig, Gateway, Output as CoreOutput};
+use crate::gateway::{CoreConfig, Gateway, LookupKey, Output as CoreOutput};
 use crate::http_proxy::ConnId;
+use crate::machine::{earliest, Machine, Next};
+use crate::net::link::{Incoming, Link};
 use crate::net::resolve::{LookupId, Resolver};
-use crate::net::tcp_client::{Ready, TcpClient};
 use crate::net::udp::{self, SendQueue};
-use crate::net::ws_client::{Progress, WsClient};
+use crate::net::Progress;
 use crate::signaling::client::{self, ClientConfig, Event, Output, SignalingClient};
 use crate::webrtc::stun_gather::stun_servers_from_ice_servers;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-const SIGNALING: Token = Token(2);
-const UDP: Token = Token(3);
-/// Tokens of local sockets from here on: even for bridges' WebSockets, odd for HTTP proxy
-/// connections (`BRIDGE_BASE + 2 * id (+ 1)`).
-const BRIDGE_BASE: usize = 16;
-
-fn bridge_token(bridge: BridgeId) -> Token {
-    Token(BRIDGE_BASE + 2 * bridge as usize)
-}
-
-fn fetch_token(conn: ConnId) -> Token {
-    Token(BRIDGE_BASE + 2 * conn as usize + 1)
-}
+const UDP: Token = Token(2);
+/// Tokens of the connection table start here.
+const FIRST_CONN: usize = 3;
 
 /// Largest signaling message accepted (SDP offers are a few KiB).
 const SIGNALING_MAX_MESSAGE: usize = 256 * 1024;
@@ -54,23 +47,43 @@ const SIGNALING_MAX_WRITE_BUFFER: usize = 1024 * 1024;
 const LOCAL_MAX_MESSAGE: usize = 32 * 1024 * 1024;
 /// Bytes queued towards a local service before the client counts as flooding it.
 const LOCAL_MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+/// Read buffer for datagrams and proxy streams (the largest UDP payload).
+const READ_BUFFER: usize = 64 * 1024;
 
-fn signaling_ws_config() -> WebSocketConfig {
+fn ws_config(max_message: usize, max_write_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .max_message_size(Some(SIGNALING_MAX_MESSAGE))
-        .max_frame_size(Some(SIGNALING_MAX_MESSAGE))
-        .max_write_buffer_size(SIGNALING_MAX_WRITE_BUFFER)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+        .max_write_buffer_size(max_write_buffer)
 }
 
-fn local_ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_message_size(Some(LOCAL_MAX_MESSAGE))
-        .max_frame_size(Some(LOCAL_MAX_MESSAGE))
-        .max_write_buffer_size(LOCAL_MAX_WRITE_BUFFER)
+/// Which machine a connection serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Owner {
+    Signaling,
+    Bridge(BridgeId),
+    Fetch(ConnId),
 }
 
-fn is_would_block(e: &tungstenite::Error) -> bool {
-    matches!(e, tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock)
+struct Conn {
+    owner: Owner,
+    link: Link,
+}
+
+/// How a connection ended, for its owner.
+enum End {
+    /// The peer closed it cleanly (close frame or end of stream).
+    Closed {
+        code: Option<u16>,
+        reason: String,
+    },
+    Failed(String),
+}
+
+/// Who waits for a DNS answer.
+enum Lookup {
+    Conn(Token),
+    Core(LookupKey),
 }
 
 struct Driver {
@@ -79,17 +92,16 @@ struct Driver {
     resolver: Resolver,
     tls: Option<Arc<rustls::ClientConfig>>,
     signaling: SignalingClient,
-    conn: Option<WsClient>,
     core: Gateway,
     udp: UdpSocket,
     udp_queue: SendQueue,
-    bridges: HashMap<BridgeId, WsClient>,
-    /// HTTP proxy connections to MA.
-    fetches: HashMap<ConnId, TcpClient>,
-    /// Bridges with writes to flush at the end of this turn.
-    dirty: HashSet<BridgeId>,
-    /// DNS lookups of STUN servers.
-    stun_lookups: HashSet<LookupId>,
+    conns: Table<Conn>,
+    /// The signaling connection, bridges and fetches by their machines' ids.
+    by_owner: HashMap<Owner, Token>,
+    lookups: HashMap<LookupId, Lookup>,
+    /// Connections written to in this turn: flushed once, after the machines are drained.
+    dirty: HashSet<Token>,
+    buf: Vec<u8>,
     shutting_down: bool,
 }
 
@@ -108,19 +120,20 @@ impl Driver {
     fn new(config: GatewayConfig) -> Result<Driver, String> {
         let (identity, remote_id) = super::load_identity(&config)?;
         log::info!(
-            "Remote ID {} ({}), fingerprint sha-256 {}",
-            remote_id,
+            "Remote ID {remote_id} ({}), fingerprint sha-256 {}",
             crate::identity::display_remote_id(&remote_id),
             identity.fingerprint_colon_hex()
         );
-        let needs_tls =
-            config.signaling_url.tls || config.local_ws_url.tls || config.sendspin_url.tls;
-        let tls = if needs_tls {
-            Some(crate::net::tls::client_config(
+        let urls = [
+            &config.signaling_url,
+            &config.local_ws_url,
+            &config.sendspin_url,
+        ];
+        let tls = match urls.iter().any(|u| u.tls) {
+            true => Some(crate::net::tls::client_config(
                 config.signaling_ca_file.as_deref(),
-            )?)
-        } else {
-            None
+            )?),
+            false => None,
         };
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?);
@@ -131,17 +144,16 @@ impl Driver {
             .map_err(|e| e.to_string())?;
         let bound = udp.local_addr().map_err(|e| e.to_string())?;
         let now = Instant::now();
-        let mut core = Gateway::new(
-            CoreConfig::new(
-                config.local_ws_url.clone(),
-                config.sendspin_url.clone(),
-                config.max_sessions,
-            ),
-            identity.dtls_cert(),
+        let mut core_config = CoreConfig::new(
+            config.local_ws_url.clone(),
+            config.sendspin_url.clone(),
+            config.max_sessions,
         );
+        core_config.stun_servers = stun_servers_from_ice_servers(&config.ice_servers);
+        let mut core = Gateway::new(now, core_config, identity.dtls_cert());
         for addr in udp::host_addresses(bound, config.public_ip) {
             log::info!("WebRTC host candidate {addr} (UDP bound to {bound})");
-            core.add_host_candidate(addr);
+            core.handle_host_candidate(now, addr);
         }
         let signaling = SignalingClient::new(
             now,
@@ -163,14 +175,14 @@ impl Driver {
             poll,
             tls,
             signaling,
-            conn: None,
             core,
             udp,
             udp_queue: SendQueue::default(),
-            bridges: HashMap::new(),
-            fetches: HashMap::new(),
+            conns: Table::new(FIRST_CONN),
+            by_owner: HashMap::new(),
+            lookups: HashMap::new(),
             dirty: HashSet::new(),
-            stun_lookups: HashSet::new(),
+            buf: vec![0; READ_BUFFER],
             shutting_down: false,
         })
     }
@@ -188,25 +200,15 @@ impl Driver {
             self.config.local_ws_url.to_url()
         );
         let mut events = Events::with_capacity(256);
-        let mut buf = vec![0u8; 65536];
-        loop {
+        while !self.shutting_down {
             let now = Instant::now();
             self.signaling.handle_timeout(now);
             self.core.handle_timeout(now);
-            self.drain();
-            if self.shutting_down {
-                break;
-            }
-            let deadline = self
-                .core
-                .poll_timeout()
-                .map_or(self.signaling.poll_timeout(), |t| {
-                    t.min(self.signaling.poll_timeout())
-                });
+            let deadline = self.drain();
             // Round up to whole milliseconds so we never wake just before a deadline.
-            let wait =
-                deadline.saturating_duration_since(Instant::now()) + Duration::from_micros(999);
-            match self.poll.poll(&mut events, Some(wait)) {
+            let wait = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(999));
+            match self.poll.poll(&mut events, wait) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("event loop failed: {e}")),
@@ -220,22 +222,11 @@ impl Driver {
                             self.shutting_down = true;
                         }
                     }
-                    SIGNALING => self.on_signaling_ready(),
                     UDP => {
-                        if event.is_writable() {
-                            self.udp_queue.flush(&self.udp);
-                        }
-                        if event.is_readable() {
-                            self.read_udp(&mut buf);
-                        }
+                        self.udp_queue.flush(&self.udp);
+                        self.read_udp();
                     }
-                    Token(t) if t >= BRIDGE_BASE && (t - BRIDGE_BASE).is_multiple_of(2) => {
-                        self.on_bridge_ready(((t - BRIDGE_BASE) / 2) as BridgeId)
-                    }
-                    Token(t) if t >= BRIDGE_BASE => {
-                        self.on_fetch_ready(((t - BRIDGE_BASE) / 2) as ConnId)
-                    }
-                    _ => {}
+                    token => self.on_ready(token),
                 }
                 self.drain();
             }
@@ -245,259 +236,273 @@ impl Driver {
     }
 
     fn shutdown(&mut self) {
-        self.core.close_all("gateway shutting down");
+        self.core
+            .handle_shutdown(Instant::now(), "gateway shutting down");
         self.drain();
         self.udp_queue.flush(&self.udp);
-        if let Some(mut conn) = self.conn.take() {
-            if let Some(ws) = conn.socket() {
-                let _ = ws.close(Some(CloseFrame {
-                    code: CloseCode::Away,
-                    reason: "gateway shutting down".into(),
-                }));
-                let _ = ws.flush();
-            }
-            conn.close(self.poll.registry());
-        }
-        for (_, mut f) in self.fetches.drain() {
-            f.close(self.poll.registry());
-        }
-        for (_, mut b) in self.bridges.drain() {
-            if let Some(ws) = b.socket() {
-                let _ = ws.close(None);
-                let _ = ws.flush();
-            }
-            b.close(self.poll.registry());
+        for token in self.conns.tokens() {
+            let frame = CloseFrame {
+                code: CloseCode::Away,
+                reason: "gateway shutting down".into(),
+            };
+            self.close(token, Some(frame));
         }
         log::info!("gateway stopped");
     }
 
-    /// Look up the STUN servers of the ICE list; each answer starts a reflexive discovery.
-    fn gather_reflexive(&mut self) {
-        for server in stun_servers_from_ice_servers(&self.config.ice_servers) {
-            let id = self.resolver.lookup(&server.host, server.port);
-            self.stun_lookups.insert(id);
+    /// Carry out everything both machines ask for until neither has more, flushing what was
+    /// written (once per connection and turn); returns the earliest deadline of the two.
+    fn drain(&mut self) -> Option<Instant> {
+        loop {
+            let deadline = self.pump();
+            if self.dirty.is_empty() {
+                return deadline;
+            }
+            for token in std::mem::take(&mut self.dirty) {
+                let flushed = self.conns.get_mut(token).map(|c| c.link.flush());
+                if let Some(Err(why)) = flushed {
+                    self.drop_conn(token, End::Failed(why));
+                }
+            }
         }
     }
 
-    fn read_udp(&mut self, buf: &mut [u8]) {
+    /// Carry out the machines' outputs (writes are only queued); returns their next deadline.
+    fn pump(&mut self) -> Option<Instant> {
         loop {
-            match self.udp.recv_from(buf) {
+            let mut idle = true;
+            while let Some(output) = self.signaling.poll_output() {
+                idle = false;
+                self.on_signaling_output(output);
+            }
+            let core_deadline = loop {
+                match self.core.poll_output() {
+                    Next::Output(o) => self.on_core_output(o),
+                    Next::Timeout(t) => break t,
+                }
+                idle = false;
+            };
+            if idle {
+                return earliest(core_deadline, Some(self.signaling.poll_timeout()));
+            }
+        }
+    }
+
+    // ---- sockets ---------------------------------------------------------------------------
+
+    fn read_udp(&mut self) {
+        loop {
+            match self.udp.recv_from(&mut self.buf) {
                 Ok((n, source)) => {
-                    self.core.datagram(Instant::now(), source, &buf[..n]);
-                    self.drain_core();
+                    self.core
+                        .handle_datagram(Instant::now(), source, &self.buf[..n]);
+                    self.pump();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    // ICMP errors surface here on Linux; they concern one peer only.
-                    log::debug!("UDP receive error: {e}");
-                }
+                // ICMP errors surface here on Linux; they concern one peer only.
+                Err(e) => log::debug!("UDP receive error: {e}"),
             }
         }
     }
 
     fn on_dns_answers(&mut self) {
         for (id, answer) in self.resolver.poll() {
-            if self.stun_lookups.remove(&id) {
-                match answer {
-                    Ok(addrs) => {
-                        let family_ok = |a: &&SocketAddr| {
-                            a.is_ipv4() == self.config.udp_bind.is_ipv4()
-                                || self.config.udp_bind.is_ipv6()
-                        };
-                        if let Some(addr) = addrs.iter().find(family_ok) {
-                            self.core.gather_from(Instant::now(), *addr);
-                        }
-                    }
-                    Err(e) => log::info!("STUN server lookup failed: {e}"),
+            match self.lookups.remove(&id) {
+                Some(Lookup::Conn(token)) => {
+                    let Some(conn) = self.conns.get_mut(token) else {
+                        continue;
+                    };
+                    let progress = conn.link.on_resolved(self.poll.registry(), answer);
+                    self.on_progress(token, progress);
                 }
-                continue;
-            }
-            if let Some(conn) = self.conn.as_mut().filter(|c| c.lookup() == Some(id)) {
-                let progress = conn.on_resolved(self.poll.registry(), answer);
-                self.on_signaling_progress(progress);
-                continue;
-            }
-            let fetch = self
-                .fetches
-                .iter()
-                .find(|(_, c)| c.lookup() == Some(id))
-                .map(|(c, _)| *c);
-            if let Some(conn) = fetch {
-                if let Some(client) = self.fetches.get_mut(&conn) {
-                    let ready = client.on_resolved(self.poll.registry(), answer);
-                    self.on_fetch_progress(conn, ready);
+                Some(Lookup::Core(key)) => {
+                    let answer = answer.map_err(|e| e.to_string());
+                    self.core.handle_resolved(Instant::now(), key, answer);
                 }
-                continue;
-            }
-            let found = self
-                .bridges
-                .iter()
-                .find(|(_, c)| c.lookup() == Some(id))
-                .map(|(b, _)| *b);
-            if let Some(bridge) = found {
-                if let Some(conn) = self.bridges.get_mut(&bridge) {
-                    let progress = conn.on_resolved(self.poll.registry(), answer);
-                    self.on_bridge_progress(bridge, progress);
-                }
+                None => {}
             }
         }
     }
 
-    // ---- signaling -------------------------------------------------------------------------
-
-    fn on_signaling_ready(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
-            return;
-        };
-        let progress = conn.on_ready(self.poll.registry());
-        self.on_signaling_progress(progress);
+    /// Open an outgoing connection for `owner`.
+    fn open(&mut self, owner: Owner, start: impl FnOnce(Token, &mut Resolver) -> Link) {
+        let resolver = &mut self.resolver;
+        let token = self.conns.insert(|token| Conn {
+            owner,
+            link: start(token, resolver),
+        });
+        if let Some(id) = self.conns.get(token).and_then(|c| c.link.lookup()) {
+            self.lookups.insert(id, Lookup::Conn(token));
+        }
+        self.by_owner.insert(owner, token);
     }
 
-    fn on_signaling_progress(&mut self, progress: Progress) {
+    fn on_ready(&mut self, token: Token) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            return;
+        };
+        let progress = conn.link.on_ready(self.poll.registry());
+        self.on_progress(token, progress);
+    }
+
+    fn on_progress(&mut self, token: Token, progress: Progress) {
+        let Some(owner) = self.conns.get(token).map(|c| c.owner) else {
+            return;
+        };
         let now = Instant::now();
         match progress {
-            Progress::Pending => {}
-            Progress::Failed(why) => {
-                self.conn = None;
-                self.signaling.handle_closed(now, None, &why);
-            }
-            Progress::Opened => {
-                log::info!(
-                    "signaling: connected to {}",
-                    self.config.signaling_url.to_url()
-                );
-                self.signaling.handle_open(now);
-                self.drain_signaling();
-                self.read_signaling();
-            }
-            Progress::Open => self.read_signaling(),
+            Progress::Pending => return,
+            Progress::Failed(why) => return self.drop_conn(token, End::Failed(why)),
+            Progress::Opened => match owner {
+                Owner::Signaling => {
+                    let url = self.config.signaling_url.to_url();
+                    log::info!("signaling: connected to {url}");
+                    self.signaling.handle_open(now);
+                }
+                Owner::Bridge(bridge) => self.core.handle_ws_opened(now, bridge),
+                Owner::Fetch(_) => {}
+            },
+            Progress::Open => {}
         }
-        self.drain_signaling();
+        self.read(token);
     }
 
-    /// Read every frame the socket has (mio is edge-triggered), then flush what is queued.
-    fn read_signaling(&mut self) {
-        let Some(ws) = self.conn.as_mut().and_then(WsClient::socket) else {
-            return;
-        };
-        let mut closed: Option<(Option<u16>, String)> = None;
+    /// Read until the socket would block (mio is edge-triggered), or until the core pauses a
+    /// bridge whose client is slow ([`CoreOutput::ResumeWsRead`] resumes it).
+    fn read(&mut self, token: Token) {
+        // Whatever the read queues (pongs, close replies) goes out with this turn's flush.
+        self.dirty.insert(token);
         loop {
-            match ws.read() {
-                Ok(Message::Text(text)) => {
-                    self.signaling.handle_text(Instant::now(), text.as_str())
-                }
-                Ok(Message::Close(frame)) => {
-                    let (code, reason) = frame
-                        .map(|f| (Some(u16::from(f.code)), f.reason.to_string()))
-                        .unwrap_or((None, String::new()));
-                    closed = Some((code, reason));
-                    break;
-                }
-                Ok(_) => self.signaling.handle_frame(Instant::now()),
-                Err(e) if is_would_block(&e) => break,
-                Err(e) => {
-                    closed = Some((None, e.to_string()));
-                    break;
+            let Some(conn) = self.conns.get_mut(token) else {
+                return;
+            };
+            let owner = conn.owner;
+            if let Owner::Bridge(bridge) = owner {
+                if !self.core.ws_read_allowed(bridge) {
+                    return;
                 }
             }
-        }
-        if let Some((code, reason)) = closed {
-            // tungstenite queued the close reply: flush it, then drop the socket.
-            let _ = ws.flush();
-            self.drop_signaling();
-            self.signaling.handle_closed(Instant::now(), code, &reason);
-        } else {
-            self.flush_signaling();
+            let now = Instant::now();
+            match conn.link.read(&mut self.buf) {
+                Ok(None) => return,
+                Ok(Some(Incoming::Closed { code, reason })) => {
+                    return self.drop_conn(token, End::Closed { code, reason })
+                }
+                Err(why) => return self.drop_conn(token, End::Failed(why)),
+                Ok(Some(incoming)) => match (owner, incoming) {
+                    (Owner::Signaling, Incoming::Message(Message::Text(text))) => {
+                        self.signaling.handle_text(now, text.as_str())
+                    }
+                    (Owner::Signaling, _) => self.signaling.handle_frame(now),
+                    (Owner::Bridge(b), Incoming::Message(m @ Message::Text(_)))
+                    | (Owner::Bridge(b), Incoming::Message(m @ Message::Binary(_))) => {
+                        self.core.handle_ws_message(now, b, m);
+                        self.pump();
+                    }
+                    (Owner::Fetch(c), Incoming::Bytes(n)) => {
+                        self.core.handle_fetch_data(now, c, &self.buf[..n])
+                    }
+                    // Pings are answered by tungstenite on the next flush.
+                    _ => {}
+                },
+            }
         }
     }
 
-    fn flush_signaling(&mut self) {
-        let Some(ws) = self.conn.as_mut().and_then(WsClient::socket) else {
+    fn send(&mut self, token: Token, msg: Message) {
+        let Some(conn) = self.conns.get_mut(token) else {
+            log::debug!("not connected: an outgoing message is dropped");
             return;
         };
-        match ws.flush() {
-            Ok(()) => {}
-            Err(e) if is_would_block(&e) => {}
-            Err(e) => {
-                self.drop_signaling();
-                self.signaling
-                    .handle_closed(Instant::now(), None, &e.to_string());
+        let why = match conn.link.send(msg) {
+            Ok(()) => {
+                self.dirty.insert(token);
+                return;
             }
+            Err(Some(why)) => why,
+            Err(None) if conn.owner == Owner::Signaling => {
+                "the signaling server does not keep up (write buffer full)".into()
+            }
+            Err(None) => {
+                "the local service does not keep up with the client (write buffer full)".into()
+            }
+        };
+        self.drop_conn(token, End::Failed(why));
+    }
+
+    /// Close a connection its machine no longer wants (no report back to the machine).
+    fn close(&mut self, token: Token, frame: Option<CloseFrame>) {
+        if let Some(mut conn) = self.forget(token) {
+            conn.link.close(self.poll.registry(), frame);
         }
     }
 
-    fn drop_signaling(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.close(self.poll.registry());
+    fn token_of(&self, owner: Owner) -> Option<Token> {
+        self.by_owner.get(&owner).copied()
+    }
+
+    fn forget(&mut self, token: Token) -> Option<Conn> {
+        let conn = self.conns.remove(token)?;
+        self.by_owner.remove(&conn.owner);
+        self.dirty.remove(&token);
+        Some(conn)
+    }
+
+    /// A connection ended on its own: drop it and tell its machine.
+    fn drop_conn(&mut self, token: Token, end: End) {
+        let Some(mut conn) = self.forget(token) else {
+            return;
+        };
+        conn.link.close(self.poll.registry(), None);
+        let now = Instant::now();
+        match (conn.owner, end) {
+            (Owner::Signaling, End::Closed { code, reason }) => {
+                self.signaling.handle_closed(now, code, &reason)
+            }
+            (Owner::Signaling, End::Failed(why)) => self.signaling.handle_closed(now, None, &why),
+            (Owner::Bridge(b), End::Closed { code, reason }) => {
+                let why = code.map_or("closed".into(), |c| format!("closed ({c} {reason})"));
+                self.core.handle_ws_closed(now, b, &why)
+            }
+            (Owner::Bridge(b), End::Failed(why)) => self.core.handle_ws_closed(now, b, &why),
+            (Owner::Fetch(c), End::Closed { .. }) => self.core.handle_fetch_eof(now, c),
+            (Owner::Fetch(c), End::Failed(why)) => self.core.handle_fetch_failed(now, c, &why),
+        }
+    }
+
+    // ---- the machines' outputs -------------------------------------------------------------
+
+    fn on_signaling_output(&mut self, output: Output) {
+        let conn = self.token_of(Owner::Signaling);
+        match output {
+            Output::Connect => {
+                if let Some(token) = conn {
+                    self.close(token, None);
+                }
+                let url = self.config.signaling_url.clone();
+                log::info!("signaling: connecting to {}", url.to_url());
+                let tls = self.tls.clone();
+                let config = ws_config(SIGNALING_MAX_MESSAGE, SIGNALING_MAX_WRITE_BUFFER);
+                self.open(Owner::Signaling, |token, resolver| {
+                    Link::websocket(&url, tls, config, token, resolver)
+                });
+            }
+            Output::Send(text) => self.send_signaling(Message::text(text)),
+            Output::Ping => self.send_signaling(Message::Ping(Default::default())),
+            Output::Disconnect => {
+                if let Some(token) = conn {
+                    self.close(token, None);
+                }
+            }
+            Output::Event(event) => self.on_signaling_event(event),
         }
     }
 
     fn send_signaling(&mut self, msg: Message) {
-        let Some(ws) = self.conn.as_mut().and_then(WsClient::socket) else {
-            log::debug!("signaling: not connected, dropping an outgoing message");
-            return;
-        };
-        match ws.write(msg) {
-            // WouldBlock: queued in tungstenite's buffer, flushed when the socket is writable.
-            Ok(()) => {}
-            Err(e) if is_would_block(&e) => {}
-            Err(e) => {
-                log::warn!("signaling: send failed: {e}");
-                self.drop_signaling();
-                self.signaling
-                    .handle_closed(Instant::now(), None, &e.to_string());
-            }
+        match self.token_of(Owner::Signaling) {
+            Some(token) => self.send(token, msg),
+            None => log::debug!("signaling: not connected, dropping an outgoing message"),
         }
-    }
-
-    /// Carry out everything both state machines asked for, until neither has more.
-    fn drain(&mut self) {
-        loop {
-            let a = self.drain_signaling();
-            let b = self.drain_core();
-            if !a && !b {
-                break;
-            }
-        }
-        self.flush_bridges();
-    }
-
-    fn drain_signaling(&mut self) -> bool {
-        let mut wrote = false;
-        let mut any = false;
-        while let Some(output) = self.signaling.poll_output() {
-            any = true;
-            match output {
-                Output::Connect => {
-                    self.drop_signaling();
-                    log::info!(
-                        "signaling: connecting to {}",
-                        self.config.signaling_url.to_url()
-                    );
-                    self.conn = Some(WsClient::start(
-                        &self.config.signaling_url,
-                        self.tls.clone(),
-                        signaling_ws_config(),
-                        SIGNALING,
-                        &mut self.resolver,
-                    ));
-                }
-                Output::Send(text) => {
-                    self.send_signaling(Message::text(text));
-                    wrote = true;
-                }
-                Output::Ping => {
-                    self.send_signaling(Message::Ping(Default::default()));
-                    wrote = true;
-                }
-                Output::Disconnect => self.drop_signaling(),
-                Output::Event(event) => self.on_signaling_event(event),
-            }
-        }
-        if wrote {
-            self.flush_signaling();
-        }
-        any
     }
 
     fn on_signaling_event(&mut self, event: Event) {
@@ -509,286 +514,107 @@ impl Driver {
                     crate::identity::app_link(&remote_id)
                 );
                 emit_event(json!({"event": "registered", "remote_id": remote_id}));
-                // Our public address may have changed while we were away (new DHCP lease,
-                // router restart): ask the STUN servers again.
-                self.gather_reflexive();
+                self.core.handle_registered(now);
             }
             Event::Lost => {
                 log::warn!("signaling: disconnected; new remote clients cannot reach this gateway");
                 emit_event(json!({"event": "disconnected"}));
             }
-            Event::ClientConnected { session_id } => self.core.client_connected(now, &session_id),
-            Event::Offer { session_id, sdp } => self.core.offer(now, &session_id, &sdp),
+            Event::ClientConnected { session_id } => {
+                self.core.handle_client_connected(now, &session_id)
+            }
+            Event::Offer { session_id, sdp } => self.core.handle_offer(now, &session_id, &sdp),
             Event::RemoteCandidate {
                 session_id,
                 candidate,
-            } => self.core.remote_candidate(now, &session_id, &candidate),
-            Event::ClientDisconnected { session_id } => self.core.client_disconnected(&session_id),
+            } => self
+                .core
+                .handle_remote_candidate(now, &session_id, &candidate),
+            Event::ClientDisconnected { session_id } => {
+                self.core.handle_client_disconnected(now, &session_id)
+            }
         }
     }
 
-    // ---- the gateway core ------------------------------------------------------------------
-
-    fn drain_core(&mut self) -> bool {
-        let mut any = false;
-        while let Some(output) = self.core.poll_output() {
-            any = true;
-            match output {
-                CoreOutput::SessionReady { session_id } => {
-                    let ice = self.config.ice_servers.clone();
-                    if let Err(e) = self
-                        .signaling
-                        .session_ready(Instant::now(), &session_id, &ice)
-                    {
-                        log::warn!("[{session_id}] session-ready not sent: {e:?}");
+    fn on_core_output(&mut self, output: CoreOutput) {
+        let now = Instant::now();
+        match output {
+            CoreOutput::SessionReady { session_id } => {
+                let ice = self.config.ice_servers.clone();
+                if let Err(e) = self.signaling.session_ready(now, &session_id, &ice) {
+                    log::warn!("[{session_id}] session-ready not sent: {e:?}");
+                }
+            }
+            CoreOutput::Answer { session_id, sdp } => {
+                self.signaling.send_answer(&session_id, &sdp);
+            }
+            CoreOutput::Candidate {
+                session_id,
+                candidate,
+            } => {
+                self.signaling.send_candidate(&session_id, candidate);
+            }
+            CoreOutput::Transmit(t) => self.udp_queue.send(&self.udp, t.destination, t.contents),
+            CoreOutput::OpenWs { bridge, url } => {
+                let tls = self.tls.clone();
+                let config = ws_config(LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER);
+                self.open(Owner::Bridge(bridge), |token, resolver| {
+                    Link::websocket(&url, tls, config, token, resolver)
+                });
+            }
+            CoreOutput::FetchConnect { conn } => {
+                let url = &self.config.local_ws_url;
+                let (host, port) = (url.host.clone(), url.port);
+                let tls = self.tls.clone().filter(|_| url.tls);
+                self.open(Owner::Fetch(conn), |token, resolver| {
+                    Link::stream(&host, port, tls, token, resolver)
+                });
+            }
+            CoreOutput::WsSend { bridge, msg } => {
+                if let Some(token) = self.token_of(Owner::Bridge(bridge)) {
+                    self.send(token, msg);
+                }
+            }
+            CoreOutput::FetchWrite { conn, bytes } => {
+                let token = self.token_of(Owner::Fetch(conn));
+                let written = token
+                    .and_then(|t| self.conns.get_mut(t))
+                    .map(|c| c.link.write(&bytes));
+                match (token, written) {
+                    (Some(token), Some(Ok(()))) => {
+                        self.dirty.insert(token);
                     }
-                }
-                CoreOutput::Answer { session_id, sdp } => {
-                    self.signaling.send_answer(&session_id, &sdp);
-                }
-                CoreOutput::Candidate {
-                    session_id,
-                    candidate,
-                } => {
-                    self.signaling.send_candidate(&session_id, candidate);
-                }
-                CoreOutput::Transmit(t) => {
-                    self.udp_queue.send(&self.udp, t.destination, t.contents)
-                }
-                CoreOutput::OpenWs { bridge, url } => {
-                    let conn = WsClient::start(
-                        &url,
-                        self.tls.clone(),
-                        local_ws_config(),
-                        bridge_token(bridge),
-                        &mut self.resolver,
-                    );
-                    self.bridges.insert(bridge, conn);
-                }
-                CoreOutput::WsSend { bridge, msg } => self.send_bridge(bridge, msg),
-                CoreOutput::CloseWs { bridge } => {
-                    if let Some(mut conn) = self.bridges.remove(&bridge) {
-                        if let Some(ws) = conn.socket() {
-                            let _ = ws.close(None);
-                            let _ = ws.flush();
-                        }
-                        conn.close(self.poll.registry());
-                    }
-                    self.dirty.remove(&bridge);
-                }
-                CoreOutput::ResumeWsRead { bridge } => self.read_bridge(bridge),
-                CoreOutput::FetchConnect { conn } => {
-                    let url = &self.config.local_ws_url;
-                    let tls = if url.tls { self.tls.clone() } else { None };
-                    let client = TcpClient::start(
-                        &url.host,
-                        url.port,
-                        tls,
-                        fetch_token(conn),
-                        &mut self.resolver,
-                    );
-                    self.fetches.insert(conn, client);
-                }
-                CoreOutput::FetchWrite { conn, bytes } => {
-                    let ok = self.fetches.get_mut(&conn).is_some_and(|c| c.write(&bytes));
-                    if !ok {
-                        self.fail_fetch(conn, "request too large for the connection buffer");
-                    } else {
-                        self.flush_fetch(conn);
-                    }
-                }
-                CoreOutput::FetchClose { conn } => {
-                    if let Some(mut c) = self.fetches.remove(&conn) {
-                        c.close(self.poll.registry());
-                    }
-                }
-                CoreOutput::SendspinPlayer {
-                    session_id,
-                    client_id,
-                } => emit_event(json!({
-                    "event": "sendspin_player",
-                    "session_id": session_id,
-                    "client_id": client_id,
-                })),
-            }
-        }
-        any
-    }
-
-    // ---- HTTP proxy connections ------------------------------------------------------------
-
-    fn on_fetch_ready(&mut self, conn: ConnId) {
-        let Some(client) = self.fetches.get_mut(&conn) else {
-            return;
-        };
-        let ready = client.on_ready(self.poll.registry());
-        self.on_fetch_progress(conn, ready);
-    }
-
-    fn on_fetch_progress(&mut self, conn: ConnId, ready: Ready) {
-        match ready {
-            Ready::Pending => {}
-            Ready::Failed(why) => {
-                self.fetches.remove(&conn);
-                self.core.fetch_failed(Instant::now(), conn, &why);
-            }
-            Ready::Connected | Ready::Open => {
-                self.flush_fetch(conn);
-                self.read_fetch(conn);
-            }
-        }
-    }
-
-    fn flush_fetch(&mut self, conn: ConnId) {
-        let Some(client) = self.fetches.get_mut(&conn) else {
-            return;
-        };
-        if let Err(e) = client.flush() {
-            self.fail_fetch(conn, &e.to_string());
-        }
-    }
-
-    fn read_fetch(&mut self, conn: ConnId) {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let Some(client) = self.fetches.get_mut(&conn) else {
-                return;
-            };
-            match client.read(&mut buf) {
-                Ok(None) => return,
-                Ok(Some(0)) => {
-                    if let Some(mut c) = self.fetches.remove(&conn) {
-                        c.close(self.poll.registry());
-                    }
-                    self.core.fetch_eof(Instant::now(), conn);
-                    return;
-                }
-                Ok(Some(n)) => self.core.fetch_data(Instant::now(), conn, &buf[..n]),
-                Err(e) => {
-                    self.fail_fetch(conn, &e.to_string());
-                    return;
+                    (Some(token), Some(Err(why))) => self.drop_conn(token, End::Failed(why)),
+                    _ => self.core.handle_fetch_failed(now, conn, "no connection"),
                 }
             }
-        }
-    }
-
-    fn fail_fetch(&mut self, conn: ConnId, why: &str) {
-        if let Some(mut c) = self.fetches.remove(&conn) {
-            c.close(self.poll.registry());
-        }
-        self.core.fetch_failed(Instant::now(), conn, why);
-    }
-
-    // ---- local WebSockets ------------------------------------------------------------------
-
-    fn on_bridge_ready(&mut self, bridge: BridgeId) {
-        let Some(conn) = self.bridges.get_mut(&bridge) else {
-            return;
-        };
-        let progress = conn.on_ready(self.poll.registry());
-        self.on_bridge_progress(bridge, progress);
-    }
-
-    fn on_bridge_progress(&mut self, bridge: BridgeId, progress: Progress) {
-        match progress {
-            Progress::Pending => {}
-            Progress::Failed(why) => {
-                self.bridges.remove(&bridge);
-                self.core.ws_closed(bridge, &why);
-            }
-            Progress::Opened => {
-                self.core.ws_opened(bridge);
-                self.drain_core();
-                self.read_bridge(bridge);
-            }
-            Progress::Open => {
-                self.read_bridge(bridge);
-                // Writable again: push out what tungstenite holds.
-                self.dirty.insert(bridge);
-            }
-        }
-    }
-
-    /// Read messages while the core accepts them (it pauses a bridge whose client is slow).
-    fn read_bridge(&mut self, bridge: BridgeId) {
-        let mut closed = None;
-        while self.core.ws_read_allowed(bridge) {
-            let Some(ws) = self.bridges.get_mut(&bridge).and_then(WsClient::socket) else {
-                return;
-            };
-            match ws.read() {
-                Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
-                    self.core.ws_message(Instant::now(), bridge, msg);
-                    self.drain_core();
-                }
-                Ok(Message::Close(frame)) => {
-                    closed = Some(frame.map_or("closed".to_string(), |f| {
-                        format!("closed ({} {})", f.code, f.reason)
-                    }));
-                    break;
-                }
-                // Pings are answered by tungstenite on the next flush.
-                Ok(_) => {}
-                Err(e) if is_would_block(&e) => break,
-                Err(e) => {
-                    closed = Some(e.to_string());
-                    break;
+            CoreOutput::CloseWs { bridge } => {
+                if let Some(token) = self.token_of(Owner::Bridge(bridge)) {
+                    self.close(token, None);
                 }
             }
-        }
-        self.dirty.insert(bridge);
-        if let Some(why) = closed {
-            self.drop_bridge(bridge, &why);
-        }
-    }
-
-    fn send_bridge(&mut self, bridge: BridgeId, msg: Message) {
-        let Some(ws) = self.bridges.get_mut(&bridge).and_then(WsClient::socket) else {
-            log::debug!("bridge {bridge}: not open, message dropped");
-            return;
-        };
-        match ws.write(msg) {
-            Ok(()) => {}
-            Err(e) if is_would_block(&e) => {}
-            Err(tungstenite::Error::WriteBufferFull(_)) => {
-                self.drop_bridge(
-                    bridge,
-                    "the local service does not keep up with the client (write buffer full)",
-                );
-                return;
-            }
-            Err(e) => {
-                self.drop_bridge(bridge, &e.to_string());
-                return;
-            }
-        }
-        self.dirty.insert(bridge);
-    }
-
-    fn drop_bridge(&mut self, bridge: BridgeId, why: &str) {
-        if let Some(mut conn) = self.bridges.remove(&bridge) {
-            conn.close(self.poll.registry());
-        }
-        self.dirty.remove(&bridge);
-        self.core.ws_closed(bridge, why);
-    }
-
-    /// Flush every bridge written to in this turn (one flush per batch, not per message).
-    fn flush_bridges(&mut self) {
-        let dirty: Vec<BridgeId> = self.dirty.drain().collect();
-        for bridge in dirty {
-            let Some(ws) = self.bridges.get_mut(&bridge).and_then(WsClient::socket) else {
-                continue;
-            };
-            match ws.flush() {
-                Ok(()) => {}
-                Err(e) if is_would_block(&e) => {}
-                Err(e) => {
-                    let why = e.to_string();
-                    self.drop_bridge(bridge, &why);
-                    self.drain_core();
+            CoreOutput::FetchClose { conn } => {
+                if let Some(token) = self.token_of(Owner::Fetch(conn)) {
+                    self.close(token, None);
                 }
             }
+            CoreOutput::ResumeWsRead { bridge } => {
+                if let Some(token) = self.token_of(Owner::Bridge(bridge)) {
+                    self.read(token);
+                }
+            }
+            CoreOutput::Lookup { key, host, port } => {
+                let id = self.resolver.lookup(&host, port);
+                self.lookups.insert(id, Lookup::Core(key));
+            }
+            CoreOutput::SendspinPlayer {
+                session_id,
+                client_id,
+            } => emit_event(json!({
+                "event": "sendspin_player",
+                "session_id": session_id,
+                "client_id": client_id,
+            })),
         }
     }
 }

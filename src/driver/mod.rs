@@ -6,6 +6,7 @@
 pub mod connect;
 pub mod gateway;
 pub mod signal;
+pub mod table;
 
 use std::io::Write;
 

@@ -1,9 +1,12 @@
 //! The gateway core (sans-IO): remote sessions, their data channels and the bridges to local
 //! services.
 //!
-//! Inputs are signaling events, UDP datagrams, local WebSocket events and `now`; outputs are
-//! drained with [`Gateway::poll_output`]: signaling replies, datagrams to send, and local
-//! WebSocket actions for the driver. Nothing here touches a socket or the clock.
+//! A [`Machine`]: inputs are signaling events, UDP datagrams, local WebSocket and HTTP events,
+//! DNS answers, each with `now`; outputs are drained with [`Machine::poll_output`]: signaling
+//! replies, datagrams to send, DNS lookups, and local socket actions for the driver. Nothing
+//! here touches a socket or the clock. It also decides when to discover the server-reflexive
+//! address (at every registration with the signaling server, since the public address may
+//! have changed while we were away).
 
 pub mod bridge;
 pub mod channels;
@@ -24,12 +27,16 @@ use crate::chunk::{self, Chunker};
 use crate::config::WsUrl;
 use crate::http_proxy::response::ProxyResponse;
 use crate::http_proxy::{request as proxy_request, ConnId, PoolConfig, PoolOutput, ProxyPool};
+use crate::machine::{earliest, Machine, Next};
 use crate::webrtc::router::{Route, Router};
 use crate::webrtc::session::{PeerSession, SessionConfig, SessionEvent, SessionOutput, Transmit};
-use crate::webrtc::stun_gather::{GatherConfig, GatherEvent, GatherOutput, StunGatherer};
+use crate::webrtc::stun_gather::{GatherConfig, GatherEvent, GatherOutput, StunGatherer, StunUrl};
 
 /// Identifies a session inside the gateway (the signaling session id is a string).
 pub type SessionKey = u64;
+
+/// Identifies a DNS lookup the core asked for ([`Output::Lookup`]).
+pub type LookupKey = u64;
 
 /// How long a closing session waits for the client to complete the channel resets (so the
 /// client sees each channel close at once) before DTLS is closed and the session forgotten.
@@ -46,6 +53,8 @@ pub struct CoreConfig {
     pub offer_timeout: Duration,
     pub session: SessionConfig,
     pub limits: Limits,
+    /// STUN servers asked for our public address at every registration.
+    pub stun_servers: Vec<StunUrl>,
 }
 
 impl CoreConfig {
@@ -61,6 +70,7 @@ impl CoreConfig {
             offer_timeout: Duration::from_secs(30),
             session: SessionConfig::default(),
             limits: Limits::default(),
+            stun_servers: Vec::new(),
         }
     }
 }
@@ -98,6 +108,12 @@ pub enum Output {
     FetchWrite { conn: ConnId, bytes: Vec<u8> },
     /// Close a proxy connection.
     FetchClose { conn: ConnId },
+    /// Resolve `host` (off the loop); answer with [`Gateway::handle_resolved`].
+    Lookup {
+        key: LookupKey,
+        host: String,
+        port: u16,
+    },
 }
 
 /// Who asked for an HTTP proxy response: a channel of a session.
@@ -133,13 +149,19 @@ pub struct Gateway {
     reflexive: Vec<(SocketAddr, SocketAddr)>,
     next_key: SessionKey,
     next_bridge: BridgeId,
-    /// The latest `now` seen, for inputs that carry none.
+    /// STUN server lookups in flight (a late answer to an older round is ignored).
+    lookups: HashMap<LookupKey, ()>,
+    next_lookup: LookupKey,
+    /// The sub-machines' deadlines, as their last poll said.
+    gatherer_deadline: Option<Instant>,
+    proxy_deadline: Option<Instant>,
+    /// The latest `now` seen (internal steps act at the time of the input that caused them).
     now: Instant,
     out: VecDeque<Output>,
 }
 
 impl Gateway {
-    pub fn new(cfg: CoreConfig, cert: DtlsCert) -> Gateway {
+    pub fn new(now: Instant, cfg: CoreConfig, cert: DtlsCert) -> Gateway {
         Gateway {
             proxy: ProxyPool::new(PoolConfig::new(cfg.local_ws_url.host_port())),
             cfg,
@@ -156,13 +178,13 @@ impl Gateway {
             reflexive: Vec::new(),
             next_key: 1,
             next_bridge: 1,
-            now: Instant::now(),
+            lookups: HashMap::new(),
+            next_lookup: 1,
+            gatherer_deadline: None,
+            proxy_deadline: None,
+            now,
             out: VecDeque::new(),
         }
-    }
-
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
     }
 
     /// Sessions open (closing ones excluded).
@@ -173,8 +195,8 @@ impl Gateway {
             .count()
     }
 
-    /// The next moment [`Gateway::handle_timeout`] must run.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next moment [`Machine::handle_timeout`] must run.
+    fn deadline(&self) -> Option<Instant> {
         let sessions = self.sessions.values().map(|s| {
             let t = s.peer.next_timeout();
             match s.closing {
@@ -183,14 +205,16 @@ impl Gateway {
                 None => t,
             }
         });
-        sessions
-            .chain(self.gatherer.poll_timeout())
-            .chain(self.proxy.poll_timeout())
-            .min()
+        let sessions = sessions.min();
+        earliest(
+            sessions,
+            earliest(self.gatherer_deadline, self.proxy_deadline),
+        )
     }
 
     /// Add a host candidate (an address the UDP socket receives on); given to every session.
-    pub fn add_host_candidate(&mut self, addr: SocketAddr) {
+    pub fn handle_host_candidate(&mut self, now: Instant, addr: SocketAddr) {
+        self.now = now;
         if !self.hosts.contains(&addr) {
             self.hosts.push(addr);
             let keys: Vec<_> = self.sessions.keys().copied().collect();
@@ -200,16 +224,61 @@ impl Gateway {
         }
     }
 
-    /// Start a server-reflexive discovery with a (resolved) STUN server.
-    pub fn gather_from(&mut self, now: Instant, server: SocketAddr) {
-        if let Err(e) = self.gatherer.start(now, server) {
+    /// Registered with the signaling server: our public address may have changed while we were
+    /// away (new DHCP lease, router restart), so ask the STUN servers again.
+    pub fn handle_registered(&mut self, now: Instant) {
+        self.now = now;
+        self.lookups.clear();
+        for server in &self.cfg.stun_servers {
+            let key = self.next_lookup;
+            self.next_lookup += 1;
+            self.lookups.insert(key, ());
+            self.out.push_back(Output::Lookup {
+                key,
+                host: server.host.clone(),
+                port: server.port,
+            });
+        }
+    }
+
+    /// The answer to an [`Output::Lookup`]: start a server-reflexive discovery with it.
+    pub fn handle_resolved(
+        &mut self,
+        now: Instant,
+        key: LookupKey,
+        answer: Result<Vec<SocketAddr>, String>,
+    ) {
+        self.now = now;
+        if self.lookups.remove(&key).is_none() {
+            return;
+        }
+        let addrs = match answer {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                log::info!("STUN server lookup failed: {e}");
+                return;
+            }
+        };
+        // Only a server we can reach from the socket's address family.
+        let reachable = |a: &&SocketAddr| self.hosts.iter().any(|h| h.is_ipv4() == a.is_ipv4());
+        let Some(server) = addrs.iter().find(reachable).copied() else {
+            return;
+        };
+        if let Err(e) = self.gatherer.handle_gather(now, server) {
             log::debug!("STUN gathering with {server} not started: {e}");
         }
         self.drain_gatherer();
     }
 
     fn drain_gatherer(&mut self) {
-        while let Some(o) = self.gatherer.poll_output() {
+        loop {
+            let o = match self.gatherer.poll_output() {
+                Next::Output(o) => o,
+                Next::Timeout(t) => {
+                    self.gatherer_deadline = t;
+                    return;
+                }
+            };
             match o {
                 GatherOutput::Transmit {
                     destination,
@@ -253,7 +322,7 @@ impl Gateway {
     // ---- signaling -------------------------------------------------------------------------
 
     /// `client-connected`: create the session and reply `session-ready`.
-    pub fn client_connected(&mut self, now: Instant, session_id: &str) {
+    pub fn handle_client_connected(&mut self, now: Instant, session_id: &str) {
         self.now = now;
         if let Some(key) = self.by_id.get(session_id).copied() {
             log::info!("[{session_id}] connected again: replacing the old session");
@@ -300,7 +369,7 @@ impl Gateway {
     }
 
     /// An SDP offer (the first, or an ICE restart).
-    pub fn offer(&mut self, now: Instant, session_id: &str, sdp: &str) {
+    pub fn handle_offer(&mut self, now: Instant, session_id: &str, sdp: &str) {
         self.now = now;
         let Some(key) = self.by_id.get(session_id).copied() else {
             log::warn!("[{session_id}] offer for an unknown session; ignored");
@@ -310,7 +379,7 @@ impl Gateway {
             return;
         };
         let restart = s.got_offer;
-        match s.peer.accept_offer(now, sdp) {
+        match s.peer.handle_offer(now, sdp) {
             Ok(answer) => {
                 s.got_offer = true;
                 let ufrag = s.peer.local_ufrag().to_string();
@@ -356,8 +425,8 @@ impl Gateway {
             }
             s.candidates.push(addr);
             let added = match base {
-                None => s.peer.add_local_host_candidate(addr),
-                Some(base) => s.peer.add_local_srflx_candidate(addr, base),
+                None => s.peer.handle_host_candidate(self.now, addr),
+                Some(base) => s.peer.handle_srflx_candidate(self.now, addr, base),
             };
             match added {
                 Ok(Some(candidate)) => self.out.push_back(Output::Candidate {
@@ -373,7 +442,7 @@ impl Gateway {
     }
 
     /// A trickled remote candidate.
-    pub fn remote_candidate(&mut self, now: Instant, session_id: &str, candidate: &Value) {
+    pub fn handle_remote_candidate(&mut self, now: Instant, session_id: &str, candidate: &Value) {
         self.now = now;
         let Some(key) = self.by_id.get(session_id).copied() else {
             log::debug!("[{session_id}] candidate for an unknown session; ignored");
@@ -382,7 +451,7 @@ impl Gateway {
         let Some(s) = self.sessions.get_mut(&key) else {
             return;
         };
-        match s.peer.add_remote_candidate(candidate) {
+        match s.peer.handle_remote_candidate(now, candidate) {
             Ok(outcome) => log::debug!("[{session_id}] remote candidate: {outcome:?}"),
             Err(e) => log::warn!("[{session_id}] remote candidate refused: {e}"),
         }
@@ -390,7 +459,8 @@ impl Gateway {
     }
 
     /// `client-disconnected`, or the signaling connection is gone.
-    pub fn client_disconnected(&mut self, session_id: &str) {
+    pub fn handle_client_disconnected(&mut self, now: Instant, session_id: &str) {
+        self.now = now;
         if let Some(key) = self.by_id.get(session_id).copied() {
             self.close_session(key, "client disconnected from signaling");
         }
@@ -399,7 +469,7 @@ impl Gateway {
     // ---- UDP -------------------------------------------------------------------------------
 
     /// A datagram arrived on the shared UDP socket from `source`.
-    pub fn datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
         self.now = now;
         let gatherer = &self.gatherer;
         match self.router.route(source, bytes, |txid| gatherer.owns(txid)) {
@@ -414,7 +484,7 @@ impl Gateway {
                 self.drain_session(key, now);
             }
             Route::Gather => {
-                self.gatherer.handle_response(source, bytes);
+                self.gatherer.handle_response(now, source, bytes);
                 self.drain_gatherer();
             }
             Route::Drop(reason) => log::trace!("dropped a datagram from {source}: {reason:?}"),
@@ -423,7 +493,7 @@ impl Gateway {
 
     // ---- time ------------------------------------------------------------------------------
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn timeout(&mut self, now: Instant) {
         self.now = now;
         self.gatherer.handle_timeout(now);
         self.drain_gatherer();
@@ -459,7 +529,8 @@ impl Gateway {
     // ---- local WebSockets ------------------------------------------------------------------
 
     /// The bridge's local WebSocket is open.
-    pub fn ws_opened(&mut self, bridge: BridgeId) {
+    pub fn handle_ws_opened(&mut self, now: Instant, bridge: BridgeId) {
+        self.now = now;
         let Some((key, ch)) = self.bridges.get(&bridge).copied() else {
             return;
         };
@@ -486,7 +557,7 @@ impl Gateway {
     }
 
     /// A message from a bridge's local WebSocket.
-    pub fn ws_message(&mut self, now: Instant, bridge: BridgeId, msg: Message) {
+    pub fn handle_ws_message(&mut self, now: Instant, bridge: BridgeId, msg: Message) {
         self.now = now;
         let Some((key, ch)) = self.bridges.get(&bridge).copied() else {
             return;
@@ -526,7 +597,8 @@ impl Gateway {
     }
 
     /// A bridge's local WebSocket closed or failed (also: its write buffer overflowed).
-    pub fn ws_closed(&mut self, bridge: BridgeId, why: &str) {
+    pub fn handle_ws_closed(&mut self, now: Instant, bridge: BridgeId, why: &str) {
+        self.now = now;
         let Some((key, ch)) = self.bridges.remove(&bridge) else {
             return;
         };
@@ -553,12 +625,12 @@ impl Gateway {
                 return;
             };
             match s.peer.poll_output() {
-                SessionOutput::Timeout(_) => return,
-                SessionOutput::Transmit(t) => {
+                Next::Timeout(_) => return,
+                Next::Output(SessionOutput::Transmit(t)) => {
                     self.router.note_transmit(key, t.destination);
                     self.out.push_back(Output::Transmit(t));
                 }
-                SessionOutput::Event(e) => self.session_event(key, now, e),
+                Next::Output(SessionOutput::Event(e)) => self.session_event(key, now, e),
             }
         }
     }
@@ -687,11 +759,11 @@ impl Gateway {
             match request {
                 Ok(req) => {
                     log::debug!("[{}] proxy {:?} {}", s.id, req.method, req.path);
-                    self.proxy.submit(now, (key, id), req);
+                    self.proxy.handle_request(now, (key, id), req);
                 }
                 Err(e) => {
                     log::warn!("[{}] refused proxy request: {e:?}", s.id);
-                    self.proxy.reject(now, (key, id), e);
+                    self.proxy.handle_refused(now, (key, id), e);
                 }
             }
             self.drain_proxy();
@@ -739,7 +811,7 @@ impl Gateway {
         let Some(b) = s.bridges.remove(&id) else {
             return;
         };
-        self.proxy.cancel_requester(self.now, &(key, id));
+        self.proxy.handle_cancel(self.now, &(key, id));
         log::info!("[{}] channel {} closed by the client", s.id, b.kind.name());
         if let Some(bridge) = b.local {
             self.bridges.remove(&bridge);
@@ -782,7 +854,7 @@ impl Gateway {
         log::info!("[{}] session closed: {why}", s.id);
         self.by_id.remove(&s.id);
         for (ch, b) in s.bridges.drain() {
-            self.proxy.cancel_requester(now, &(key, ch));
+            self.proxy.handle_cancel(now, &(key, ch));
             if let Some(bridge) = b.local {
                 self.bridges.remove(&bridge);
                 self.out.push_back(Output::CloseWs { bridge });
@@ -804,7 +876,14 @@ impl Gateway {
     fn drain_proxy(&mut self) {
         // Sessions written to: their packets must go out now, not at their next timer.
         let mut touched = Vec::new();
-        while let Some(o) = self.proxy.poll_output() {
+        loop {
+            let o = match self.proxy.poll_output() {
+                Next::Output(o) => o,
+                Next::Timeout(t) => {
+                    self.proxy_deadline = t;
+                    break;
+                }
+            };
             match o {
                 PoolOutput::Connect { conn } => self.out.push_back(Output::FetchConnect { conn }),
                 PoolOutput::Write { conn, bytes } => {
@@ -854,12 +933,12 @@ impl Gateway {
         let now = self.now;
         let budget = self.cfg.session.sctp_max_buffered_amount / 2;
         let Some(s) = self.sessions.get_mut(&key) else {
-            self.proxy.cancel_requester(now, &(key, ch));
+            self.proxy.handle_cancel(now, &(key, ch));
             return;
         };
         let limit = chunk::send_limit(s.peer.remote_max_message_size(), budget);
         let Some(b) = s.bridges.get_mut(&ch) else {
-            self.proxy.cancel_requester(now, &(key, ch));
+            self.proxy.handle_cancel(now, &(key, ch));
             return;
         };
         if b.kind == ChannelKind::HttpProxy {
@@ -879,7 +958,7 @@ impl Gateway {
                 let _ = b.push_text(error.to_json(), &mut self.chunker, limit);
             }
             // The JSON form carries its id: the next response may follow at once.
-            self.proxy.response_done(now, &(key, ch));
+            self.proxy.handle_delivered(now, &(key, ch));
         }
         self.flush_bridge(key, ch);
     }
@@ -906,10 +985,10 @@ impl Gateway {
         }
         if b.proxy_busy {
             if b.has_queued_for_peer() {
-                self.proxy.response_progress(now, &(key, ch));
+                self.proxy.handle_progress(now, &(key, ch));
             } else {
                 b.proxy_busy = false;
-                self.proxy.response_done(now, &(key, ch));
+                self.proxy.handle_delivered(now, &(key, ch));
             }
             self.drain_proxy();
         }
@@ -917,29 +996,30 @@ impl Gateway {
     }
 
     /// A proxy connection received bytes.
-    pub fn fetch_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+    pub fn handle_fetch_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         self.now = now;
-        self.proxy.data(now, conn, bytes);
+        self.proxy.handle_data(now, conn, bytes);
         self.drain_proxy();
     }
 
     /// A proxy connection reached its end.
-    pub fn fetch_eof(&mut self, now: Instant, conn: ConnId) {
+    pub fn handle_fetch_eof(&mut self, now: Instant, conn: ConnId) {
         self.now = now;
-        self.proxy.eof(now, conn);
+        self.proxy.handle_eof(now, conn);
         self.drain_proxy();
     }
 
     /// A proxy connection failed (DNS, connect, TLS, I/O).
-    pub fn fetch_failed(&mut self, now: Instant, conn: ConnId, error: &str) {
+    pub fn handle_fetch_failed(&mut self, now: Instant, conn: ConnId, error: &str) {
         self.now = now;
-        self.proxy.failed(now, conn, error);
+        self.proxy.handle_failed(now, conn, error);
         self.drain_proxy();
     }
 
     /// Shutting down: close every session now (DTLS close, so clients notice at once instead
     /// of waiting for ICE consent to expire).
-    pub fn close_all(&mut self, why: &str) {
+    pub fn handle_shutdown(&mut self, now: Instant, why: &str) {
+        self.now = now;
         let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
         for key in keys {
             if let Some(s) = self.sessions.get(&key) {
@@ -958,13 +1038,26 @@ impl Gateway {
             self.by_id.remove(&s.id);
         }
         self.router.remove_session(key);
-        s.peer.close();
-        loop {
-            match s.peer.poll_output() {
-                SessionOutput::Transmit(t) => self.out.push_back(Output::Transmit(t)),
-                SessionOutput::Event(_) => {}
-                SessionOutput::Timeout(_) => break,
+        s.peer.handle_close(self.now);
+        while let Next::Output(o) = s.peer.poll_output() {
+            if let SessionOutput::Transmit(t) = o {
+                self.out.push_back(Output::Transmit(t));
             }
+        }
+    }
+}
+
+impl Machine for Gateway {
+    type Output = Output;
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.timeout(now);
+    }
+
+    fn poll_output(&mut self) -> Next<Output> {
+        match self.out.pop_front() {
+            Some(o) => Next::Output(o),
+            None => Next::Timeout(self.deadline()),
         }
     }
 }

@@ -12,6 +12,7 @@ use super::bridge::BridgeId;
 use super::{CoreConfig, Gateway, Output};
 use crate::config::WsUrl;
 use crate::identity::Identity;
+use crate::machine::{Machine, Next};
 use crate::remote_client::{ClientEvent, ClientOutput, RemoteClient};
 
 const SID: &str = "AbCdEfGh12345678";
@@ -41,6 +42,7 @@ impl Sim {
         let identity = Identity::generate().unwrap();
         let now = Instant::now();
         let mut gw = Gateway::new(
+            now,
             CoreConfig::new(
                 url("ws://127.0.0.1:8095/ws"),
                 url("ws://127.0.0.1:8927/sendspin"),
@@ -50,7 +52,7 @@ impl Sim {
         );
         let gw_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let client_addr: SocketAddr = "127.0.0.1:50000".parse().unwrap();
-        gw.add_host_candidate(gw_addr);
+        gw.handle_host_candidate(now, gw_addr);
         Sim {
             now,
             gw,
@@ -71,7 +73,7 @@ impl Sim {
     fn pump(&mut self) {
         loop {
             let mut moved = false;
-            while let Some(o) = self.gw.poll_output() {
+            while let Next::Output(o) = self.gw.poll_output() {
                 moved = true;
                 match o {
                     Output::SessionReady { session_id } => {
@@ -98,6 +100,7 @@ impl Sim {
                     Output::CloseWs { bridge } => self.closed_ws.push(bridge),
                     Output::ResumeWsRead { bridge } => self.resumed.push(bridge),
                     Output::SendspinPlayer { .. }
+                    | Output::Lookup { .. }
                     | Output::FetchConnect { .. }
                     | Output::FetchWrite { .. }
                     | Output::FetchClose { .. } => {}
@@ -109,12 +112,15 @@ impl Sim {
                     ClientOutput::Signal(text) => {
                         let v: Value = serde_json::from_str(&text).unwrap();
                         match v["type"].as_str().unwrap() {
-                            "connect-request" => self.gw.client_connected(self.now, SID),
-                            "offer" => {
-                                self.gw
-                                    .offer(self.now, SID, v["data"]["sdp"].as_str().unwrap())
+                            "connect-request" => self.gw.handle_client_connected(self.now, SID),
+                            "offer" => self.gw.handle_offer(
+                                self.now,
+                                SID,
+                                v["data"]["sdp"].as_str().unwrap(),
+                            ),
+                            "ice-candidate" => {
+                                self.gw.handle_remote_candidate(self.now, SID, &v["data"])
                             }
-                            "ice-candidate" => self.gw.remote_candidate(self.now, SID, &v["data"]),
                             other => panic!("unexpected {other}"),
                         }
                     }
@@ -126,7 +132,7 @@ impl Sim {
             }
             while let Some((src, bytes)) = self.to_gw.pop_front() {
                 moved = true;
-                self.gw.datagram(self.now, src, &bytes);
+                self.gw.handle_datagram(self.now, src, &bytes);
             }
             while let Some((src, bytes)) = self.to_client.pop_front() {
                 moved = true;
@@ -142,9 +148,10 @@ impl Sim {
     fn run(&mut self, n: usize) {
         for _ in 0..n {
             self.pump();
-            let next = self
-                .gw
-                .poll_timeout()
+            let Next::Timeout(gw_next) = self.gw.poll_output() else {
+                panic!("pumped, yet the gateway has output");
+            };
+            let next = gw_next
                 .into_iter()
                 .chain([self.client.poll_timeout(self.now)])
                 .min()
@@ -200,7 +207,7 @@ fn session_ready_answer_trickle_and_the_api_bridge() {
     }
     sim.run(3);
     assert!(sim.ws[&bridge].1.is_empty(), "held until the socket opens");
-    sim.gw.ws_opened(bridge);
+    sim.gw.handle_ws_opened(sim.now, bridge);
     sim.pump();
     let sent: Vec<String> = sim.ws[&bridge]
         .1
@@ -211,12 +218,12 @@ fn session_ready_answer_trickle_and_the_api_bridge() {
 
     // MA -> client: small whole, 1 MiB chunked and reassembled.
     sim.gw
-        .ws_message(sim.now, bridge, Message::text("{\"server_info\":1}"));
+        .handle_ws_message(sim.now, bridge, Message::text("{\"server_info\":1}"));
     let big: String = (0..1024 * 1024)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
     sim.gw
-        .ws_message(sim.now, bridge, Message::text(big.clone()));
+        .handle_ws_message(sim.now, bridge, Message::text(big.clone()));
     // The driver reads the next message only when the core allows it (backpressure).
     for _ in 0..500 {
         if sim.gw.ws_read_allowed(bridge) {
@@ -224,7 +231,8 @@ fn session_ready_answer_trickle_and_the_api_bridge() {
         }
         sim.run(1);
     }
-    sim.gw.ws_message(sim.now, bridge, Message::text("after"));
+    sim.gw
+        .handle_ws_message(sim.now, bridge, Message::text("after"));
     sim.run(50);
     assert_eq!(
         sim.texts(),
@@ -236,13 +244,13 @@ fn session_ready_answer_trickle_and_the_api_bridge() {
 fn backpressure_pauses_the_local_socket_and_resumes_it() {
     let mut sim = Sim::new(4);
     let bridge = sim.connect();
-    sim.gw.ws_opened(bridge);
+    sim.gw.handle_ws_opened(sim.now, bridge);
     // Flood from MA without letting the client read: the bridge must pause reading.
     let chunk = "x".repeat(200_000);
     let mut n = 0;
     while sim.gw.ws_read_allowed(bridge) {
         sim.gw
-            .ws_message(sim.now, bridge, Message::text(chunk.clone()));
+            .handle_ws_message(sim.now, bridge, Message::text(chunk.clone()));
         n += 1;
         assert!(n < 1000, "never paused");
     }
@@ -257,8 +265,8 @@ fn backpressure_pauses_the_local_socket_and_resumes_it() {
 fn the_session_goes_with_its_ma_socket() {
     let mut sim = Sim::new(4);
     let bridge = sim.connect();
-    sim.gw.ws_opened(bridge);
-    sim.gw.ws_closed(bridge, "MA went away");
+    sim.gw.handle_ws_opened(sim.now, bridge);
+    sim.gw.handle_ws_closed(sim.now, bridge, "MA went away");
     sim.run(5);
     assert_eq!(sim.gw.session_count(), 0);
     assert!(
@@ -274,7 +282,7 @@ fn the_session_goes_with_its_ma_socket() {
 fn client_disconnected_frees_everything() {
     let mut sim = Sim::new(4);
     let bridge = sim.connect();
-    sim.gw.client_disconnected(SID);
+    sim.gw.handle_client_disconnected(sim.now, SID);
     sim.run(5);
     assert_eq!(sim.gw.session_count(), 0);
     assert!(
@@ -284,16 +292,16 @@ fn client_disconnected_frees_everything() {
     assert!(sim.closed_ws.contains(&bridge));
     // Datagrams from the old client are dropped, not routed anywhere.
     sim.gw
-        .datagram(sim.now, sim.client_addr, b"\x17\xfe\xfd junk");
-    assert!(sim.gw.poll_output().is_none());
+        .handle_datagram(sim.now, sim.client_addr, b"\x17\xfe\xfd junk");
+    assert!(sim.gw.poll_output().output().is_none());
 }
 
 #[test]
 fn session_limit_and_offer_deadline() {
     let mut sim = Sim::new(1);
-    sim.gw.client_connected(sim.now, "one");
-    sim.gw.client_connected(sim.now, "two");
-    let ready: Vec<String> = std::iter::from_fn(|| sim.gw.poll_output())
+    sim.gw.handle_client_connected(sim.now, "one");
+    sim.gw.handle_client_connected(sim.now, "two");
+    let ready: Vec<String> = std::iter::from_fn(|| sim.gw.poll_output().output())
         .filter_map(|o| match o {
             Output::SessionReady { session_id } => Some(session_id),
             _ => None,
@@ -305,17 +313,17 @@ fn session_limit_and_offer_deadline() {
     sim.gw.handle_timeout(later);
     assert_eq!(sim.gw.session_count(), 0);
     // Unknown sessions are ignored.
-    sim.gw.offer(later, "nobody", "v=0");
+    sim.gw.handle_offer(later, "nobody", "v=0");
     sim.gw
-        .remote_candidate(later, "nobody", &json!({"candidate": ""}));
-    sim.gw.client_disconnected("nobody");
+        .handle_remote_candidate(later, "nobody", &json!({"candidate": ""}));
+    sim.gw.handle_client_disconnected(sim.now, "nobody");
 }
 
 #[test]
 fn shutdown_closes_every_session_at_once() {
     let mut sim = Sim::new(4);
     sim.connect();
-    sim.gw.close_all("test shutdown");
+    sim.gw.handle_shutdown(sim.now, "test shutdown");
     sim.pump();
     assert_eq!(sim.gw.session_count(), 0);
     assert!(

@@ -84,6 +84,8 @@ use std::fmt;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+use crate::machine::{Machine, Next};
+
 pub use self::client::{HttpConn, HttpError, Limits};
 pub use self::request::{ProxyRequest, RequestError};
 pub use self::response::ProxyResponse;
@@ -224,10 +226,6 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
         }
     }
 
-    pub fn poll_output(&mut self) -> Option<PoolOutput<R>> {
-        self.out.pop_front()
-    }
-
     /// Fetches in flight.
     pub fn in_flight(&self) -> usize {
         self.fetches.len()
@@ -243,8 +241,8 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
         self.idle.len()
     }
 
-    /// The next moment [`ProxyPool::handle_timeout`] must run.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The next moment [`Machine::handle_timeout`] must run.
+    fn deadline(&self) -> Option<Instant> {
         let fetches = self.fetches.values().map(|f| f.deadline);
         let idle = self
             .idle
@@ -260,7 +258,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     // ---- requests --------------------------------------------------------------------------
 
     /// A validated request from `requester`.
-    pub fn submit(&mut self, now: Instant, requester: R, req: ProxyRequest) {
+    pub fn handle_request(&mut self, now: Instant, requester: R, req: ProxyRequest) {
         let max_queued = self.cfg.max_queued_per_requester;
         let r = self.requesters.entry(requester.clone()).or_default();
         if r.queued.len() >= max_queued {
@@ -291,7 +289,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
 
     /// A request that failed validation: answered 400 when it has an id, else logged and
     /// dropped.
-    pub fn reject(&mut self, now: Instant, requester: R, err: RequestError) {
+    pub fn handle_refused(&mut self, now: Instant, requester: R, err: RequestError) {
         let Some(id) = err.id.clone() else {
             log::info!("http proxy: {requester:?}: {err}; dropped (no id to answer)");
             return;
@@ -303,7 +301,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     }
 
     /// The caller has written part of the delivered response: the drain deadline starts over.
-    pub fn response_progress(&mut self, now: Instant, requester: &R) {
+    pub fn handle_progress(&mut self, now: Instant, requester: &R) {
         let timeout = self.cfg.drain_timeout;
         if let Some(r) = self.requesters.get_mut(requester) {
             if r.delivered_deadline.is_some() {
@@ -313,7 +311,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     }
 
     /// The delivered response is fully written (or was discarded): the next may come.
-    pub fn response_done(&mut self, now: Instant, requester: &R) {
+    pub fn handle_delivered(&mut self, now: Instant, requester: &R) {
         let Some(r) = self.requesters.get_mut(requester) else {
             return;
         };
@@ -325,7 +323,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
 
     /// The requester is gone (channel or session closed): drop its queued requests and
     /// responses, abort its fetches.
-    pub fn cancel_requester(&mut self, now: Instant, requester: &R) {
+    pub fn handle_cancel(&mut self, now: Instant, requester: &R) {
         self.drop_requester(requester);
         self.schedule(now);
     }
@@ -357,7 +355,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     // ---- connections -----------------------------------------------------------------------
 
     /// Bytes read from a connection.
-    pub fn data(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+    pub fn handle_data(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         if !self.fetches.contains_key(&conn) {
             if self.conns.contains_key(&conn) {
                 log::debug!("http proxy: data on idle connection {conn}; closing it");
@@ -390,7 +388,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     }
 
     /// The server closed the connection (a read returned 0). The driver drops the socket.
-    pub fn eof(&mut self, now: Instant, conn: ConnId) {
+    pub fn handle_eof(&mut self, now: Instant, conn: ConnId) {
         let Some(mut http) = self.forget_conn(conn) else {
             return;
         };
@@ -415,7 +413,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
 
     /// The connection failed (DNS, connect, TLS, read or write error). The driver drops the
     /// socket.
-    pub fn failed(&mut self, now: Instant, conn: ConnId, error: &str) {
+    pub fn handle_failed(&mut self, now: Instant, conn: ConnId, error: &str) {
         let Some(http) = self.forget_conn(conn) else {
             return;
         };
@@ -456,7 +454,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
 
     // ---- time ------------------------------------------------------------------------------
 
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn timeout(&mut self, now: Instant) {
         let expired: Vec<ConnId> = self
             .fetches
             .iter()
@@ -653,6 +651,21 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             .is_some_and(Requester::is_empty)
         {
             self.requesters.remove(requester);
+        }
+    }
+}
+
+impl<R: Clone + Eq + Hash + fmt::Debug> Machine for ProxyPool<R> {
+    type Output = PoolOutput<R>;
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.timeout(now);
+    }
+
+    fn poll_output(&mut self) -> Next<PoolOutput<R>> {
+        match self.out.pop_front() {
+            Some(o) => Next::Output(o),
+            None => Next::Timeout(self.deadline()),
         }
     }
 }

@@ -50,8 +50,16 @@ impl Harness {
         Harness::new(PoolConfig::new("127.0.0.1:8095".into()))
     }
 
+    /// The pool's next deadline (its outputs must be drained first).
+    fn deadline(&mut self) -> Option<Instant> {
+        match self.pool.poll_output() {
+            Next::Timeout(t) => t,
+            Next::Output(o) => panic!("undrained output {o:?}"),
+        }
+    }
+
     fn drain(&mut self) {
-        while let Some(o) = self.pool.poll_output() {
+        while let Next::Output(o) = self.pool.poll_output() {
             match o {
                 PoolOutput::Connect { conn } => {
                     self.connects += 1;
@@ -90,7 +98,7 @@ impl Harness {
     }
 
     fn submit(&mut self, who: Key, id: &str) {
-        self.pool.submit(self.now, who, req(id));
+        self.pool.handle_request(self.now, who, req(id));
         self.drain();
     }
 
@@ -129,26 +137,26 @@ impl Harness {
 
     fn answer(&mut self, id: &str, bytes: &[u8]) {
         let conn = self.conn_of(id);
-        self.pool.data(self.now, conn, bytes);
+        self.pool.handle_data(self.now, conn, bytes);
         self.drain();
     }
 
     /// The driver saw the server close the connection.
     fn eof(&mut self, conn: ConnId) {
         self.open.remove(&conn);
-        self.pool.eof(self.now, conn);
+        self.pool.handle_eof(self.now, conn);
         self.drain();
     }
 
     /// The driver saw the connection fail.
     fn fail(&mut self, conn: ConnId, why: &str) {
         self.open.remove(&conn);
-        self.pool.failed(self.now, conn, why);
+        self.pool.handle_failed(self.now, conn, why);
         self.drain();
     }
 
     fn done(&mut self, who: Key) {
-        self.pool.response_done(self.now, &who);
+        self.pool.handle_delivered(self.now, &who);
         self.drain();
     }
 
@@ -273,7 +281,7 @@ fn timeout_gives_504() {
     let mut h = Harness::default();
     h.submit("a", "a0");
     let conn = h.conn_of("a0");
-    assert_eq!(h.pool.poll_timeout(), Some(h.now + Duration::from_secs(15)));
+    assert_eq!(h.deadline(), Some(h.now + Duration::from_secs(15)));
     h.advance(Duration::from_secs(14));
     assert!(h.responses.is_empty());
     h.answer(
@@ -287,7 +295,7 @@ fn timeout_gives_504() {
     assert_eq!(resp.headers[0], ("Content-Type", "text/plain".to_string()));
     assert_eq!(h.pool.in_flight(), 0);
     // Late bytes for the closed connection are ignored.
-    h.pool.data(h.now, conn, b"more");
+    h.pool.handle_data(h.now, conn, b"more");
     h.drain();
     assert_eq!(h.responses.len(), 1);
 }
@@ -300,7 +308,7 @@ fn cancel_frees_slots() {
     }
     h.submit("b", "b0");
     assert_eq!(h.pool.in_flight(), 6);
-    h.pool.cancel_requester(h.now, &"a");
+    h.pool.handle_cancel(h.now, &"a");
     h.drain();
     assert_eq!(h.closed.len(), 6);
     assert_eq!(h.pool.in_flight(), 1);
@@ -394,18 +402,18 @@ fn idle_connections_expire_and_close() {
     // One kept, the other closed (max_idle = 1).
     assert_eq!(h.pool.idle_connections(), 1);
     assert_eq!(h.closed.len(), 1);
-    assert_eq!(h.pool.poll_timeout(), Some(h.now + Duration::from_secs(15)));
+    assert_eq!(h.deadline(), Some(h.now + Duration::from_secs(15)));
     h.advance(Duration::from_secs(15));
     assert_eq!(h.pool.idle_connections(), 0);
     assert_eq!(h.closed.len(), 2);
     assert!(h.open.is_empty());
-    assert_eq!(h.pool.poll_timeout(), None);
+    assert_eq!(h.deadline(), None);
     // Data or EOF on an idle connection.
     h.submit("a", "a2");
     let c = h.conn_of("a2");
     h.answer("a2", OK);
     h.done("a");
-    h.pool.data(h.now, c, b"HTTP/1.1 200 OK\r\n");
+    h.pool.handle_data(h.now, c, b"HTTP/1.1 200 OK\r\n");
     h.drain();
     assert_eq!(h.closed.last(), Some(&c));
     h.submit("a", "a3");
@@ -456,13 +464,13 @@ fn reject_answers_400_or_drops() {
     let mut h = Harness::default();
     let err = request::parse(r#"{"type":"http-proxy-request","id":"r1","path":"//evil.com/"}"#)
         .unwrap_err();
-    h.pool.reject(h.now, "a", err);
+    h.pool.handle_refused(h.now, "a", err);
     h.drain();
     let resp = &h.responses[0].1;
     assert_eq!((resp.id.as_str(), resp.status), ("r1", 400));
     assert!(String::from_utf8_lossy(&resp.body).contains("invalid path"));
     let err = request::parse(r#"{"type":"http-proxy-request","path":"/x"}"#).unwrap_err();
-    h.pool.reject(h.now, "b", err);
+    h.pool.handle_refused(h.now, "b", err);
     h.drain();
     assert_eq!(h.responses.len(), 1);
     assert!(!h.pool.requesters.contains_key("b"));
@@ -479,10 +487,10 @@ fn stalled_requester_is_dropped() {
     h.answer("a0", OK);
     h.answer("a1", OK);
     assert_eq!(h.responses.len(), 1);
-    assert_eq!(h.pool.poll_timeout(), Some(h.now + Duration::from_secs(15)));
+    assert_eq!(h.deadline(), Some(h.now + Duration::from_secs(15)));
     // Progress moves the drain deadline.
     h.advance(Duration::from_secs(10));
-    h.pool.response_progress(h.now, &"a");
+    h.pool.handle_progress(h.now, &"a");
     h.advance(Duration::from_secs(25));
     assert!(h.stalled.is_empty());
     // Fetches a2, a3 and b0 timed out at 15 s (they were never answered).

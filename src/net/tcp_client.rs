@@ -10,6 +10,7 @@ use mio::{Registry, Token};
 use super::connect::{secure, Step, TcpConnect};
 use super::resolve::{LookupId, Resolver};
 use super::stream::Stream;
+use super::Progress;
 
 /// Bytes a connection may hold unsent.
 pub const MAX_WRITE_BUFFER: usize = 64 * 1024;
@@ -18,19 +19,6 @@ enum State {
     Connecting(TcpConnect),
     Open(Stream),
     Closed,
-}
-
-/// What happened on a readiness event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ready {
-    /// Still connecting.
-    Pending,
-    /// Connected just now (reported once).
-    Connected,
-    /// Connected; read with [`TcpClient::read`].
-    Open,
-    /// Failed; the connection is closed.
-    Failed(String),
 }
 
 pub struct TcpClient {
@@ -67,45 +55,45 @@ impl TcpClient {
         &mut self,
         registry: &Registry,
         answer: io::Result<Vec<SocketAddr>>,
-    ) -> Ready {
+    ) -> Progress {
         match &mut self.state {
             State::Connecting(c) => {
                 let step = c.on_resolved(registry, answer);
                 self.on_step(step)
             }
-            _ => Ready::Pending,
+            _ => Progress::Pending,
         }
     }
 
-    fn on_step(&mut self, step: Step) -> Ready {
+    fn on_step(&mut self, step: Step) -> Progress {
         match step {
-            Step::Pending => Ready::Pending,
+            Step::Pending => Progress::Pending,
             Step::Failed(why) => {
                 self.state = State::Closed;
-                Ready::Failed(why)
+                Progress::Failed(why)
             }
             Step::Connected(tcp) => match secure(tcp, self.tls.as_ref(), &self.host) {
                 Ok(stream) => {
                     self.state = State::Open(stream);
-                    Ready::Connected
+                    Progress::Opened
                 }
                 Err(e) => {
                     self.state = State::Closed;
-                    Ready::Failed(e)
+                    Progress::Failed(e)
                 }
             },
         }
     }
 
     /// Advance on a readiness event.
-    pub fn on_ready(&mut self, registry: &Registry) -> Ready {
+    pub fn on_ready(&mut self, registry: &Registry) -> Progress {
         match &mut self.state {
             State::Connecting(c) => {
                 let step = c.on_ready(registry);
                 self.on_step(step)
             }
-            State::Open(_) => Ready::Open,
-            State::Closed => Ready::Failed("connection closed".into()),
+            State::Open(_) => Progress::Open,
+            State::Closed => Progress::Failed("connection closed".into()),
         }
     }
 

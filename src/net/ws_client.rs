@@ -15,20 +15,8 @@ use tungstenite::WebSocket;
 use super::connect::{secure, Step, TcpConnect};
 use super::resolve::{LookupId, Resolver};
 use super::stream::Stream;
+pub use super::Progress;
 use crate::config::WsUrl;
-
-/// Where a connection attempt stands after an input.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Progress {
-    /// Still resolving, connecting or handshaking.
-    Pending,
-    /// The WebSocket just opened (reported once).
-    Opened,
-    /// Already open: read and write through [`WsClient::socket`].
-    Open,
-    /// The attempt failed; the client is closed.
-    Failed(String),
-}
 
 enum State {
     Connecting(TcpConnect),

@@ -3,12 +3,12 @@
 //!
 //! Properties the driver can rely on:
 //! - Every call that changes the `Rtc` is followed by a full `poll_output` drain into an internal
-//!   queue (str0m's "drain after every mutation" rule), so [`PeerSession::poll_output`] only pops.
+//!   queue (str0m's "drain after every mutation" rule), so [`Machine::poll_output`] only pops.
 //! - Every call into str0m runs under `catch_unwind`: a str0m panic ends this session with
 //!   [`SessionEvent::Closed`] ([`CloseReason::Panic`]) and the `Rtc` is never touched again.
 //! - Incoming packets are never gated on `Rtc::accepts()` (the early-DTLS trap).
 //! - Local ICE credentials come from aws-lc-rs randomness, also after an ICE restart (where str0m
-//!   would pick new ones with a non-cryptographic RNG): see [`PeerSession::accept_offer`].
+//!   would pick new ones with a non-cryptographic RNG): see [`PeerSession::handle_offer`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -22,6 +22,8 @@ use str0m::channel::ChannelId;
 use str0m::config::{DtlsCert, Fingerprint};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
+
+use crate::machine::{Machine, Next};
 
 /// `a=max-message-size` assumed when the offer has none (RFC 8841 §6.1).
 pub const DEFAULT_REMOTE_MAX_MESSAGE_SIZE: usize = 65_536;
@@ -150,7 +152,7 @@ pub enum SessionEvent {
     /// smallest refused one). Retry pending writes on all channels. Emitted once per refusal
     /// episode; more reliable than the per-channel low-water event since the budget is shared.
     Writable,
-    /// The session is over (last event). Keep draining [`PeerSession::poll_output`] until the
+    /// The session is over (last event). Keep draining [`Machine::poll_output`] until the
     /// timeout (close_notify may still go out), then drop the session.
     Closed {
         /// Why.
@@ -158,15 +160,13 @@ pub enum SessionEvent {
     },
 }
 
-/// One output of [`PeerSession::poll_output`].
+/// One output of [`Machine::poll_output`].
 #[derive(Debug)]
 pub enum SessionOutput {
     /// Send this datagram.
     Transmit(Transmit),
     /// Handle this event.
     Event(SessionEvent),
-    /// Nothing more for now: call [`PeerSession::handle_timeout`] at this instant (or earlier).
-    Timeout(Instant),
 }
 
 /// What happened to a trickled remote candidate.
@@ -335,7 +335,7 @@ impl PeerSession {
 
     /// Our current ICE ufrag: STUN from the client carries `USERNAME = ourUfrag:theirUfrag`.
     /// It changes when an offer restarts ICE: re-register it with the router after every
-    /// [`PeerSession::accept_offer`].
+    /// [`PeerSession::handle_offer`].
     pub fn local_ufrag(&self) -> &str {
         &self.local_creds.ufrag
     }
@@ -404,7 +404,7 @@ impl PeerSession {
     /// old path until a new pair is nominated) and answers with new local credentials. Those are
     /// replaced here by our own random ones (in the `Rtc` and in the answer text), so
     /// [`PeerSession::local_ufrag`] changes: update the router.
-    pub fn accept_offer(&mut self, now: Instant, sdp: &str) -> Result<String, SessionError> {
+    pub fn handle_offer(&mut self, now: Instant, sdp: &str) -> Result<String, SessionError> {
         self.ensure_alive()?;
         self.last_now = self.last_now.max(now);
         if sdp.len() > MAX_SDP_LEN {
@@ -485,21 +485,25 @@ impl PeerSession {
     /// the signaling JSON `{"candidate","sdpMid","sdpMLineIndex"}` to trickle, or `None` when
     /// str0m found it redundant. Added before the offer, it is also in the answer SDP (trickling
     /// it as well is harmless).
-    pub fn add_local_host_candidate(
+    pub fn handle_host_candidate(
         &mut self,
+        now: Instant,
         addr: SocketAddr,
     ) -> Result<Option<Value>, SessionError> {
+        self.last_now = self.last_now.max(now);
         let c = Candidate::host(addr, "udp").map_err(|e| SessionError::Candidate(e.to_string()))?;
         self.add_local(c)
     }
 
     /// Add a server-reflexive candidate `addr` (found by STUN) whose base is the host address
-    /// `base` the request went out from. Same return as [`PeerSession::add_local_host_candidate`].
-    pub fn add_local_srflx_candidate(
+    /// `base` the request went out from. Same return as [`PeerSession::handle_host_candidate`].
+    pub fn handle_srflx_candidate(
         &mut self,
+        now: Instant,
         addr: SocketAddr,
         base: SocketAddr,
     ) -> Result<Option<Value>, SessionError> {
+        self.last_now = self.last_now.max(now);
         let c = Candidate::server_reflexive(addr, base, "udp")
             .map_err(|e| SessionError::Candidate(e.to_string()))?;
         self.add_local(c)
@@ -529,11 +533,13 @@ impl PeerSession {
     /// `sdpMid`/`sdpMLineIndex`; takes `usernameFragment` when the string has no `ufrag`.
     /// Empty/null = end of candidates, `.local` (mDNS) hosts and non-UDP are ignored (`Ok`);
     /// garbage is an `Err`. Never fatal for the session.
-    pub fn add_remote_candidate(
+    pub fn handle_remote_candidate(
         &mut self,
+        now: Instant,
         data: &Value,
     ) -> Result<RemoteCandidateOutcome, SessionError> {
         self.ensure_alive()?;
+        self.last_now = self.last_now.max(now);
         let (text, ufrag) = match data {
             Value::Null => return Ok(RemoteCandidateOutcome::EndOfCandidates),
             Value::String(s) => (s.as_str(), None),
@@ -629,7 +635,7 @@ impl PeerSession {
     }
 
     /// Advance time: str0m timers and our deadlines (connect, disconnected).
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn timeout(&mut self, now: Instant) {
         if self.dead {
             return;
         }
@@ -656,15 +662,7 @@ impl PeerSession {
         self.check_writable();
     }
 
-    /// Next output: queued transmits and events in order, then the next timeout.
-    pub fn poll_output(&mut self) -> SessionOutput {
-        if let Some(o) = self.out.pop_front() {
-            return o;
-        }
-        SessionOutput::Timeout(self.next_timeout())
-    }
-
-    /// The instant [`PeerSession::handle_timeout`] is next wanted (given the queue is drained).
+    /// The instant [`Machine::handle_timeout`] is next wanted (given the queue is drained).
     pub fn next_timeout(&self) -> Instant {
         if self.dead {
             return self.last_now + DEAD_TIMEOUT;
@@ -771,7 +769,8 @@ impl PeerSession {
 
     /// Close the session gracefully (SCTP shutdown, DTLS close_notify). Emits
     /// [`SessionEvent::Closed`] with [`CloseReason::Local`]; drain the outputs, then drop it.
-    pub fn close(&mut self) {
+    pub fn handle_close(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         if self.dead || self.closed_emitted {
             return;
         }
@@ -967,6 +966,23 @@ impl PeerSession {
     }
 }
 
+impl Machine for PeerSession {
+    type Output = SessionOutput;
+
+    /// Advance time: str0m timers and our deadlines (connect, disconnected).
+    fn handle_timeout(&mut self, now: Instant) {
+        self.timeout(now);
+    }
+
+    /// Queued transmits and events in order, then the next timeout.
+    fn poll_output(&mut self) -> Next<SessionOutput> {
+        match self.out.pop_front() {
+            Some(o) => Next::Output(o),
+            None => Next::Timeout(Some(self.next_timeout())),
+        }
+    }
+}
+
 /// Random ICE credentials from aws-lc-rs: ufrag 16 and password 32 chars of `[A-Za-z0-9]`.
 pub(crate) fn random_ice_creds() -> Result<IceCreds, SessionError> {
     Ok(IceCreds {
@@ -1116,7 +1132,7 @@ enum ParsedCandidate {
     Candidate(Candidate),
 }
 
-/// Parse a trickled candidate string leniently (see [`PeerSession::add_remote_candidate`]).
+/// Parse a trickled candidate string leniently (see [`PeerSession::handle_remote_candidate`]).
 fn parse_remote_candidate(text: &str) -> Result<ParsedCandidate, SessionError> {
     let s = text.trim();
     let s = s.strip_prefix("a=").unwrap_or(s);

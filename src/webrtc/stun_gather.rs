@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::machine::{Machine, Next};
+
 use super::{is_stun, STUN_MAGIC_COOKIE};
 
 /// A STUN transaction id (96 bits).
@@ -237,10 +239,9 @@ struct Pending {
     next: Instant,
 }
 
-/// Server-reflexive discovery state. Sans-IO: [`StunGatherer::start`] per server, send the
-/// transmits of [`StunGatherer::poll_output`], call [`StunGatherer::handle_timeout`] at
-/// [`StunGatherer::poll_timeout`], feed responses routed to it to
-/// [`StunGatherer::handle_response`].
+/// Server-reflexive discovery state, a [`Machine`]: [`StunGatherer::handle_gather`] per
+/// server, send the transmits of [`Machine::poll_output`], call [`Machine::handle_timeout`] at
+/// the deadline it returns, feed responses routed to it to [`StunGatherer::handle_response`].
 #[derive(Debug, Default)]
 pub struct StunGatherer {
     cfg: GatherConfig,
@@ -259,7 +260,7 @@ impl StunGatherer {
     }
 
     /// Start a Binding transaction with `server` (a request is queued at once).
-    pub fn start(
+    pub fn handle_gather(
         &mut self,
         now: Instant,
         server: SocketAddr,
@@ -293,7 +294,7 @@ impl StunGatherer {
     }
 
     /// Retransmit what is due; give up on transactions out of tries.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn timeout(&mut self, now: Instant) {
         let mut expired = Vec::new();
         for (txid, p) in self.pending.iter_mut() {
             if now < p.next {
@@ -324,12 +325,8 @@ impl StunGatherer {
     }
 
     /// Next transmit or event.
-    pub fn poll_output(&mut self) -> Option<GatherOutput> {
-        self.out.pop_front()
-    }
-
-    /// When [`StunGatherer::handle_timeout`] is next wanted (`None`: nothing in flight).
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// When [`Machine::handle_timeout`] is next wanted (`None`: nothing in flight).
+    fn deadline(&self) -> Option<Instant> {
         self.pending.values().map(|p| p.next).min()
     }
 
@@ -345,7 +342,7 @@ impl StunGatherer {
 
     /// Feed a datagram routed here. Returns false (ignore it) unless it is a Binding response
     /// to one of our transactions, from that transaction's server.
-    pub fn handle_response(&mut self, source: SocketAddr, bytes: &[u8]) -> bool {
+    pub fn handle_response(&mut self, _now: Instant, source: SocketAddr, bytes: &[u8]) -> bool {
         let Some((txid, response)) = parse_binding_response(bytes) else {
             return false;
         };
@@ -372,6 +369,21 @@ impl StunGatherer {
         };
         self.out.push_back(GatherOutput::Event(event));
         true
+    }
+}
+
+impl Machine for StunGatherer {
+    type Output = GatherOutput;
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.timeout(now);
+    }
+
+    fn poll_output(&mut self) -> Next<GatherOutput> {
+        match self.out.pop_front() {
+            Some(o) => Next::Output(o),
+            None => Next::Timeout(self.deadline()),
+        }
     }
 }
 
@@ -485,6 +497,13 @@ fn parse_address(v: &[u8], txid: Option<&TransactionId>) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deadline(g: &mut StunGatherer) -> Option<Instant> {
+        match g.poll_output() {
+            Next::Timeout(t) => t,
+            Next::Output(o) => panic!("unexpected output {o:?}"),
+        }
+    }
     use serde_json::json;
 
     fn addr(s: &str) -> SocketAddr {
@@ -630,15 +649,15 @@ mod tests {
         let now = Instant::now();
         let server = addr("203.0.113.5:19302");
         let mut g = StunGatherer::new(GatherConfig::default());
-        let txid = g.start(now, server).expect("start");
-        let (dest, req) = transmit(g.poll_output());
+        let txid = g.handle_gather(now, server).expect("start");
+        let (dest, req) = transmit(g.poll_output().output());
         assert_eq!(dest, server);
         assert_eq!(req.len(), 20);
         assert_eq!(&req[0..4], &[0, 1, 0, 0]);
         assert_eq!(&req[4..8], &STUN_MAGIC_COOKIE.to_be_bytes());
         assert_eq!(&req[8..20], &txid);
         assert!(g.owns(&txid));
-        assert!(g.poll_output().is_none());
+        assert!(g.poll_output().output().is_none());
 
         let mapped = addr("198.51.100.20:61000");
         let resp = success_response(&txid, mapped);
@@ -649,17 +668,17 @@ mod tests {
             super::super::Route::Gather
         );
         // From another address: refused.
-        assert!(!g.handle_response(addr("203.0.113.6:19302"), &resp));
-        assert!(g.handle_response(server, &resp));
+        assert!(!g.handle_response(now, addr("203.0.113.6:19302"), &resp));
+        assert!(g.handle_response(now, server, &resp));
         assert_eq!(
-            g.poll_output(),
+            g.poll_output().output(),
             Some(GatherOutput::Event(GatherEvent::Mapped { server, mapped }))
         );
         assert!(!g.owns(&txid));
         assert_eq!(g.outstanding(), 0);
-        assert_eq!(g.poll_timeout(), None);
+        assert_eq!(deadline(&mut g), None);
         // A duplicate response is no longer ours.
-        assert!(!g.handle_response(server, &resp));
+        assert!(!g.handle_response(now, server, &resp));
     }
 
     #[test]
@@ -710,19 +729,19 @@ mod tests {
         let t0 = Instant::now();
         let server = addr("203.0.113.5:3478");
         let mut g = StunGatherer::new(GatherConfig::default());
-        let txid = g.start(t0, server).expect("start");
-        let (_, first) = transmit(g.poll_output());
+        let txid = g.handle_gather(t0, server).expect("start");
+        let (_, first) = transmit(g.poll_output().output());
         let ms = Duration::from_millis;
-        assert_eq!(g.poll_timeout(), Some(t0 + ms(500)));
+        assert_eq!(deadline(&mut g), Some(t0 + ms(500)));
         // Not yet due: nothing.
         g.handle_timeout(t0 + ms(499));
-        assert!(g.poll_output().is_none());
+        assert!(g.poll_output().output().is_none());
         let mut now = t0;
         let mut sends = vec![0u64];
-        while let Some(t) = g.poll_timeout() {
+        while let Some(t) = deadline(&mut g) {
             now = t;
             g.handle_timeout(now);
-            match g.poll_output() {
+            match g.poll_output().output() {
                 Some(GatherOutput::Transmit { contents, .. }) => {
                     assert_eq!(contents, first, "a retransmission is the same request");
                     sends.push((now - t0).as_millis() as u64);
@@ -737,7 +756,7 @@ mod tests {
         assert_eq!(sends, vec![0, 500, 1500, 3500]);
         assert_eq!((now - t0).as_millis(), 7500);
         assert!(!g.owns(&txid));
-        assert_eq!(g.poll_timeout(), None);
+        assert_eq!(deadline(&mut g), None);
     }
 
     #[test]
@@ -747,11 +766,15 @@ mod tests {
             max_outstanding: 2,
             ..GatherConfig::default()
         });
-        let a = g.start(now, addr("203.0.113.1:3478")).expect("start");
-        let b = g.start(now, addr("203.0.113.2:3478")).expect("start");
+        let a = g
+            .handle_gather(now, addr("203.0.113.1:3478"))
+            .expect("start");
+        let b = g
+            .handle_gather(now, addr("203.0.113.2:3478"))
+            .expect("start");
         assert_ne!(a, b);
         assert_eq!(
-            g.start(now, addr("203.0.113.3:3478")),
+            g.handle_gather(now, addr("203.0.113.3:3478")),
             Err(GatherError::TooManyOutstanding)
         );
         assert_eq!(g.outstanding(), 2);
