@@ -26,11 +26,15 @@ use data_encoding::BASE64;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::webrtc::session::DEFAULT_REMOTE_MAX_MESSAGE_SIZE;
+
 /// Slice size of Music Assistant's framing: 64 KiB of message bytes per frame
 /// (87 384 base64 characters, the most current clients accept in one frame).
 pub const DEFAULT_SLICE_SIZE: usize = 64 * 1024;
-/// The peer's limit when its SDP has no `a=max-message-size` (RFC 8841).
-pub const DEFAULT_PEER_MAX_MESSAGE_SIZE: usize = 64 * 1024;
+/// The slice size the gateway uses: the largest multiple of 3 below [`DEFAULT_SLICE_SIZE`],
+/// so base64 padding never lands in the middle of the joined payload (some clients join the
+/// parts before decoding, others decode each; both work).
+pub const GATEWAY_SLICE_SIZE: usize = DEFAULT_SLICE_SIZE / 3 * 3;
 /// Highest id before the counter wraps to 1 (`Number.MAX_SAFE_INTEGER`).
 const MAX_ID: u64 = (1 << 53) - 1;
 
@@ -47,7 +51,7 @@ const FIXED_LEN: usize = PREFIX.len() + SEQ.len() + COUNT.len() + B64.len() + SU
 /// message larger than its buffered-amount budget).
 pub fn send_limit(peer_max_message_size: Option<usize>, send_budget: usize) -> usize {
     match peer_max_message_size {
-        None => DEFAULT_PEER_MAX_MESSAGE_SIZE.min(send_budget),
+        None => DEFAULT_REMOTE_MAX_MESSAGE_SIZE.min(send_budget),
         Some(0) => send_budget,
         Some(n) => n.min(send_budget),
     }

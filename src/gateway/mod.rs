@@ -12,7 +12,7 @@ pub mod bridge;
 pub mod channels;
 pub mod queue;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -150,7 +150,7 @@ pub struct Gateway {
     next_key: SessionKey,
     next_bridge: BridgeId,
     /// STUN server lookups in flight (a late answer to an older round is ignored).
-    lookups: HashMap<LookupKey, ()>,
+    lookups: HashSet<LookupKey>,
     next_lookup: LookupKey,
     /// The sub-machines' deadlines, as their last poll said.
     gatherer_deadline: Option<Instant>,
@@ -171,14 +171,12 @@ impl Gateway {
             bridges: HashMap::new(),
             router: Router::new(),
             gatherer: StunGatherer::new(GatherConfig::default()),
-            // Slices of 65 535 bytes (a multiple of 3) keep base64 padding out of the middle of
-            // the joined payload, which clients that decode all parts at once need.
-            chunker: Chunker::with_slice_size(65_535),
+            chunker: Chunker::with_slice_size(chunk::GATEWAY_SLICE_SIZE),
             hosts: Vec::new(),
             reflexive: Vec::new(),
             next_key: 1,
             next_bridge: 1,
-            lookups: HashMap::new(),
+            lookups: HashSet::new(),
             next_lookup: 1,
             gatherer_deadline: None,
             proxy_deadline: None,
@@ -232,7 +230,7 @@ impl Gateway {
         for server in &self.cfg.stun_servers {
             let key = self.next_lookup;
             self.next_lookup += 1;
-            self.lookups.insert(key, ());
+            self.lookups.insert(key);
             self.out.push_back(Output::Lookup {
                 key,
                 host: server.host.clone(),
@@ -249,7 +247,7 @@ impl Gateway {
         answer: Result<Vec<SocketAddr>, String>,
     ) {
         self.now = now;
-        if self.lookups.remove(&key).is_none() {
+        if !self.lookups.remove(&key) {
             return;
         }
         let addrs = match answer {
@@ -1020,6 +1018,10 @@ impl Gateway {
     /// of waiting for ICE consent to expire).
     pub fn handle_shutdown(&mut self, now: Instant, why: &str) {
         self.now = now;
+        if self.router.dropped() > 0 {
+            let n = self.router.dropped();
+            log::info!("{n} datagrams from unknown sources were dropped since the start");
+        }
         let keys: Vec<SessionKey> = self.sessions.keys().copied().collect();
         for key in keys {
             if let Some(s) = self.sessions.get(&key) {
@@ -1038,6 +1040,10 @@ impl Gateway {
             self.by_id.remove(&s.id);
         }
         self.router.remove_session(key);
+        if s.peer.ignored_datagrams() > 0 {
+            let n = s.peer.ignored_datagrams();
+            log::info!("[{}] {n} unparseable datagrams were ignored", s.id);
+        }
         s.peer.handle_close(self.now);
         while let Next::Output(o) = s.peer.poll_output() {
             if let SessionOutput::Transmit(t) = o {

@@ -82,7 +82,9 @@ fn outward_ip() -> Option<IpAddr> {
 #[derive(Default)]
 pub struct SendQueue {
     queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Dropped since the start, and since the last report.
     dropped: u64,
+    unreported: u64,
 }
 
 impl SendQueue {
@@ -100,7 +102,14 @@ impl SendQueue {
             }
         }
         if self.queue.len() >= MAX_QUEUED_DATAGRAMS {
+            if self.unreported == 0 {
+                log::warn!(
+                    "UDP send queue full ({MAX_QUEUED_DATAGRAMS} datagrams): dropping until the \
+                     socket drains"
+                );
+            }
             self.dropped += 1;
+            self.unreported += 1;
             return;
         }
         self.queue.push_back((dest, data));
@@ -116,5 +125,18 @@ impl SendQueue {
             }
             self.queue.pop_front();
         }
+        if self.unreported > 0 {
+            log::warn!(
+                "UDP send queue drained: {} datagrams were dropped ({} since start)",
+                self.unreported,
+                self.dropped
+            );
+            self.unreported = 0;
+        }
+    }
+
+    /// Datagrams dropped since the start because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
     }
 }

@@ -26,7 +26,7 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use crate::machine::{Machine, Next};
 
 /// `a=max-message-size` assumed when the offer has none (RFC 8841 §6.1).
-pub const DEFAULT_REMOTE_MAX_MESSAGE_SIZE: usize = 65_536;
+pub const DEFAULT_REMOTE_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
 /// Largest offer SDP we parse.
 const MAX_SDP_LEN: usize = 128 * 1024;
