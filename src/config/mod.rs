@@ -379,6 +379,18 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The gateway core's settings.
+    pub fn core_config(&self) -> crate::gateway::CoreConfig {
+        let mut core = crate::gateway::CoreConfig::new(
+            self.local_ws_url.clone(),
+            self.sendspin_url.clone(),
+            self.max_sessions,
+        );
+        core.stun_servers =
+            crate::webrtc::stun_gather::stun_servers_from_ice_servers(&self.ice_servers);
+        core
+    }
+
     pub fn from_args(a: &GatewayArgs) -> Result<GatewayConfig, ConfigError> {
         let ws = |var, flag, v: &str| WsUrl::parse(v).map_err(|e| bad(var, flag, e));
         let dur = |var, flag, v: &str| parse_duration(v).map_err(|e| bad(var, flag, e));

@@ -4,6 +4,7 @@
 //! them and the sans-IO state machines.
 
 pub mod connect;
+pub mod connections;
 pub mod gateway;
 pub mod signal;
 pub mod table;
@@ -90,4 +91,12 @@ fn print_id(config: &GatewayConfig) -> i32 {
     let _ = writeln!(out, "Fingerprint: sha-256 {}", id.fingerprint_colon_hex());
     let _ = writeln!(out, "Data folder: {}", config.data_dir.display());
     0
+}
+
+/// Machine-readable events for a supervising process: one JSON object per line on stdout
+/// (docs/protocol.md#supervisor-events).
+pub(crate) fn emit_event(v: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
 }

@@ -278,6 +278,12 @@ fn write(
     }
 }
 
+/// Largest message accepted from a local service (MA's player and library lists can be large;
+/// they are chunked towards the client).
+pub const LOCAL_MAX_MESSAGE: usize = 32 * 1024 * 1024;
+/// Bytes queued towards a local service before the client counts as flooding it.
+pub const LOCAL_MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
+
 /// Queue bounds of a bridge.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -16,6 +16,14 @@ use super::ws_client::WsClient;
 use super::{would_block, Progress};
 use crate::config::WsUrl;
 
+/// A WebSocket configuration with bounded messages, frames and write buffer.
+pub fn ws_config(max_message: usize, max_write_buffer: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+        .max_write_buffer_size(max_write_buffer)
+}
+
 /// What one read from a link produced.
 #[derive(Debug)]
 pub enum Incoming {

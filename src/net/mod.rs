@@ -10,6 +10,9 @@ pub mod tls;
 pub mod udp;
 pub mod ws_client;
 
+/// Read buffer of the drivers: the largest UDP payload, and a good size for stream reads.
+pub const READ_BUFFER: usize = 64 * 1024;
+
 /// Where an outgoing connection stands after an input.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {

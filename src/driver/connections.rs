@@ -1,0 +1,291 @@
+//! The outgoing connections of a driver, whatever they carry (docs/design.md#the-gateway-driver):
+//! one table keyed by mio [`Token`], each connection tagged with the owner the driver gives it
+//! (which machine it serves). Resolving, connecting, reading until `WouldBlock`, flushing once
+//! per turn and dropping are written here once for every kind; the driver only learns, per
+//! owner, that a connection opened, what it received and how it ended.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mio::{Registry, Token, Waker};
+use tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tungstenite::Message;
+
+use super::table::Table;
+use crate::config::WsUrl;
+use crate::net::link::{Incoming, Link};
+use crate::net::resolve::{LookupId, Resolver};
+use crate::net::{Progress, READ_BUFFER};
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The peer closed it cleanly (a close frame, or the end of a byte stream).
+    Closed {
+        code: Option<u16>,
+        reason: String,
+    },
+    /// The other end does not read as fast as we write: the bounded write buffer is full.
+    Full,
+    Failed(String),
+}
+
+/// What the driver learns about a connection besides the data it reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Connected (a WebSocket: handshake done); writes queued before now go out.
+    Opened,
+    /// Gone, and forgotten here.
+    Ended(End),
+}
+
+/// Data read from a connection: borrowed, so nothing is copied on the way to its machine.
+pub enum Data<'a> {
+    Message(Message),
+    Bytes(&'a [u8]),
+}
+
+pub struct Connections<O> {
+    registry: Registry,
+    resolver: Resolver,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    table: Table<(O, Link)>,
+    by_owner: HashMap<O, Token>,
+    /// DNS lookups by id: a connection's, or the driver's own (`None`).
+    lookups: HashMap<LookupId, Option<Token>>,
+    /// Written to in this turn: flushed once by [`Connections::flush`].
+    dirty: HashSet<Token>,
+    events: VecDeque<(O, Event)>,
+    buf: Vec<u8>,
+}
+
+impl<O: Copy + Eq + Hash> Connections<O> {
+    /// Tokens from `first_token` up; DNS answers wake `waker`.
+    pub fn new(
+        registry: &Registry,
+        waker: Arc<Waker>,
+        first_token: usize,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> io::Result<Connections<O>> {
+        Ok(Connections {
+            registry: registry.try_clone()?,
+            resolver: Resolver::new(waker),
+            tls,
+            table: Table::new(first_token),
+            by_owner: HashMap::new(),
+            lookups: HashMap::new(),
+            dirty: HashSet::new(),
+            events: VecDeque::new(),
+            buf: vec![0; READ_BUFFER],
+        })
+    }
+
+    /// Open a WebSocket for `owner` (replacing one it may have).
+    pub fn open_websocket(&mut self, owner: O, url: &WsUrl, config: WebSocketConfig) {
+        let tls = self.tls.clone();
+        self.open(owner, |token, resolver| {
+            Link::websocket(url, tls, config, token, resolver)
+        });
+    }
+
+    /// Open a byte stream for `owner` to the host of `url` (TLS for `wss://`).
+    pub fn open_stream(&mut self, owner: O, url: &WsUrl) {
+        let tls = self.tls.clone().filter(|_| url.tls);
+        self.open(owner, |token, resolver| {
+            Link::stream(&url.host, url.port, tls, token, resolver)
+        });
+    }
+
+    fn open(&mut self, owner: O, start: impl FnOnce(Token, &mut Resolver) -> Link) {
+        self.close(owner, None);
+        let resolver = &mut self.resolver;
+        let token = self.table.insert(|token| (owner, start(token, resolver)));
+        if let Some(id) = self.table.get(token).and_then(|(_, l)| l.lookup()) {
+            self.lookups.insert(id, Some(token));
+        }
+        self.by_owner.insert(owner, token);
+    }
+
+    /// Resolve a name for the driver itself; the answer comes from [`Connections::on_dns`].
+    pub fn resolve(&mut self, host: &str, port: u16) -> LookupId {
+        let id = self.resolver.lookup(host, port);
+        self.lookups.insert(id, None);
+        id
+    }
+
+    /// DNS answers are in: advance the connections waiting for theirs; return the driver's.
+    pub fn on_dns(&mut self) -> Vec<(LookupId, io::Result<Vec<SocketAddr>>)> {
+        let mut own = Vec::new();
+        for (id, answer) in self.resolver.poll() {
+            match self.lookups.remove(&id) {
+                Some(Some(token)) => {
+                    // The token may have been reused since: only its own lookup counts.
+                    let link = self.table.get_mut(token).map(|(_, l)| l);
+                    if let Some(link) = link.filter(|l| l.lookup() == Some(id)) {
+                        let progress = link.on_resolved(&self.registry, answer);
+                        self.on_progress(token, progress);
+                    }
+                }
+                Some(None) => own.push((id, answer)),
+                None => {}
+            }
+        }
+        own
+    }
+
+    /// The owner of a token, if it is one of ours.
+    pub fn owner(&self, token: Token) -> Option<O> {
+        self.table.get(token).map(|(o, _)| *o)
+    }
+
+    /// The token of `owner`'s connection.
+    pub fn token_of(&self, owner: O) -> Option<Token> {
+        self.by_owner.get(&owner).copied()
+    }
+
+    /// A readiness event: advance a connection still connecting. `true`: it is open, read it.
+    pub fn on_ready(&mut self, token: Token) -> bool {
+        let Some((_, link)) = self.table.get_mut(token) else {
+            return false;
+        };
+        let progress = link.on_ready(&self.registry);
+        self.on_progress(token, progress)
+    }
+
+    fn on_progress(&mut self, token: Token, progress: Progress) -> bool {
+        match progress {
+            Progress::Pending => false,
+            Progress::Failed(why) => {
+                self.end(token, End::Failed(why));
+                false
+            }
+            Progress::Opened => {
+                if let Some(owner) = self.owner(token) {
+                    self.events.push_back((owner, Event::Opened));
+                }
+                self.dirty.insert(token);
+                true
+            }
+            Progress::Open => true,
+        }
+    }
+
+    /// Read until the socket would block (mio is edge-triggered) or `deliver` says stop (it
+    /// returns whether to go on: the core pauses a bridge whose client is slow).
+    pub fn read(&mut self, token: Token, mut deliver: impl FnMut(O, Data<'_>) -> bool) {
+        // Whatever reading queues (pongs, close replies) goes out with this turn's flush.
+        self.dirty.insert(token);
+        loop {
+            let Some((owner, link)) = self.table.get_mut(token) else {
+                return;
+            };
+            let owner = *owner;
+            let more = match link.read(&mut self.buf) {
+                Ok(None) => return,
+                Ok(Some(Incoming::Message(msg))) => deliver(owner, Data::Message(msg)),
+                Ok(Some(Incoming::Bytes(n))) => deliver(owner, Data::Bytes(&self.buf[..n])),
+                Ok(Some(Incoming::Closed { code, reason })) => {
+                    return self.end(token, End::Closed { code, reason })
+                }
+                Err(why) => return self.end(token, End::Failed(why)),
+            };
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Queue a WebSocket message for `owner`; `false` if it has no connection.
+    pub fn send(&mut self, owner: O, msg: Message) -> bool {
+        let Some(token) = self.by_owner.get(&owner).copied() else {
+            return false;
+        };
+        let Some((_, link)) = self.table.get_mut(token) else {
+            return false;
+        };
+        match link.send(msg) {
+            Ok(()) => {
+                self.dirty.insert(token);
+            }
+            Err(None) => self.end(token, End::Full),
+            Err(Some(why)) => self.end(token, End::Failed(why)),
+        }
+        true
+    }
+
+    /// Queue bytes on `owner`'s byte stream; `false` if it has no connection.
+    pub fn write(&mut self, owner: O, bytes: &[u8]) -> bool {
+        let Some(token) = self.by_owner.get(&owner).copied() else {
+            return false;
+        };
+        let Some((_, link)) = self.table.get_mut(token) else {
+            return false;
+        };
+        match link.write(bytes) {
+            Ok(()) => {
+                self.dirty.insert(token);
+            }
+            Err(why) => self.end(token, End::Failed(why)),
+        }
+        true
+    }
+
+    /// Push out what this turn queued, once per connection.
+    pub fn flush(&mut self) {
+        for token in std::mem::take(&mut self.dirty) {
+            let flushed = self.table.get_mut(token).map(|(_, l)| l.flush());
+            if let Some(Err(why)) = flushed {
+                self.end(token, End::Failed(why));
+            }
+        }
+    }
+
+    /// Whether a flush is due.
+    pub fn has_writes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<(O, Event)> {
+        self.events.pop_front()
+    }
+
+    /// Close `owner`'s connection because its machine no longer wants it (no event follows).
+    pub fn close(&mut self, owner: O, frame: Option<CloseFrame>) {
+        if let Some(token) = self.by_owner.get(&owner).copied() {
+            if let Some(mut link) = self.forget(token) {
+                link.close(&self.registry, frame);
+            }
+        }
+    }
+
+    /// Close every connection (shutting down).
+    pub fn close_all(&mut self, frame: CloseFrame) {
+        for token in self.table.tokens() {
+            if let Some(mut link) = self.forget(token) {
+                link.close(&self.registry, Some(frame.clone()));
+            }
+        }
+    }
+
+    fn forget(&mut self, token: Token) -> Option<Link> {
+        let (owner, link) = self.table.remove(token)?;
+        if self.by_owner.get(&owner) == Some(&token) {
+            self.by_owner.remove(&owner);
+        }
+        self.dirty.remove(&token);
+        Some(link)
+    }
+
+    /// The connection ended on its own: drop it and tell the driver.
+    fn end(&mut self, token: Token, end: End) {
+        let owner = self.owner(token);
+        if let (Some(owner), Some(mut link)) = (owner, self.forget(token)) {
+            link.close(&self.registry, None);
+            self.events.push_back((owner, Event::Ended(end)));
+        }
+    }
+}
