@@ -24,6 +24,14 @@ pub enum Next<O> {
 }
 
 impl<O> Next<O> {
+    /// An output if there is one (the front of a machine's queue), else its deadline.
+    pub fn or_timeout(output: Option<O>, deadline: impl FnOnce() -> Option<Instant>) -> Next<O> {
+        match output {
+            Some(o) => Next::Output(o),
+            None => Next::Timeout(deadline()),
+        }
+    }
+
     /// The output, if this is one.
     pub fn output(self) -> Option<O> {
         match self {

@@ -200,35 +200,31 @@ impl<O: Copy + Eq + Hash> Connections<O> {
 
     /// Queue a WebSocket message for `owner`; `false` if it has no connection.
     pub fn send(&mut self, owner: O, msg: Message) -> bool {
-        let Some(token) = self.by_owner.get(&owner).copied() else {
-            return false;
-        };
-        let Some((_, link)) = self.table.get_mut(token) else {
-            return false;
-        };
-        match link.send(msg) {
-            Ok(()) => {
-                self.dirty.insert(token);
-            }
-            Err(None) => self.end(token, End::Full),
-            Err(Some(why)) => self.end(token, End::Failed(why)),
-        }
-        true
+        self.queue(owner, |link| match link.send(msg) {
+            Ok(()) => Ok(()),
+            Err(None) => Err(End::Full),
+            Err(Some(why)) => Err(End::Failed(why)),
+        })
     }
 
     /// Queue bytes on `owner`'s byte stream; `false` if it has no connection.
     pub fn write(&mut self, owner: O, bytes: &[u8]) -> bool {
+        self.queue(owner, |link| link.write(bytes).map_err(End::Failed))
+    }
+
+    /// Queue something on `owner`'s connection for this turn's flush; a failure ends it.
+    fn queue(&mut self, owner: O, put: impl FnOnce(&mut Link) -> Result<(), End>) -> bool {
         let Some(token) = self.by_owner.get(&owner).copied() else {
             return false;
         };
         let Some((_, link)) = self.table.get_mut(token) else {
             return false;
         };
-        match link.write(bytes) {
+        match put(link) {
             Ok(()) => {
                 self.dirty.insert(token);
             }
-            Err(why) => self.end(token, End::Failed(why)),
+            Err(end) => self.end(token, end),
         }
         true
     }

@@ -7,13 +7,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde_json::json;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook_mio::v1_0::Signals;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
@@ -139,12 +137,7 @@ impl Driver {
     }
 
     fn run(mut self) -> Result<(), String> {
-        let mut signals = Signals::new([SIGINT, SIGTERM])
-            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        self.poll
-            .registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)
-            .map_err(|e| e.to_string())?;
+        let mut signals = super::shutdown_signals(&self.poll, SIGNALS)?;
         let (signaling, api) = (&self.config.signaling_url, &self.config.local_ws_url);
         log::info!(
             "gateway starting: signaling {}, MA API {}",
@@ -157,10 +150,7 @@ impl Driver {
             self.signaling.handle_timeout(now);
             self.core.handle_timeout(now);
             let deadline = self.drain();
-            // Round up to whole milliseconds so we never wake just before a deadline.
-            let wait = deadline
-                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(999));
-            match self.poll.poll(&mut events, wait) {
+            match self.poll.poll(&mut events, super::wait_until(deadline)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("event loop failed: {e}")),

@@ -10,6 +10,10 @@ pub mod signal;
 pub mod table;
 
 use std::io::Write;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
 
 use clap::Parser;
 
@@ -91,6 +95,22 @@ fn print_id(config: &GatewayConfig) -> i32 {
     let _ = writeln!(out, "Fingerprint: sha-256 {}", id.fingerprint_colon_hex());
     let _ = writeln!(out, "Data folder: {}", config.data_dir.display());
     0
+}
+
+/// SIGINT and SIGTERM as a mio source registered under `token` (async-signal-safe).
+pub(crate) fn shutdown_signals(poll: &mio::Poll, token: mio::Token) -> Result<Signals, String> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    poll.registry()
+        .register(&mut signals, token, mio::Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    Ok(signals)
+}
+
+/// How long `poll` may sleep for `deadline` (`None`: no timer at all). Rounded up to whole
+/// milliseconds, the resolution of epoll, so a loop never wakes just before its deadline.
+pub(crate) fn wait_until(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(999))
 }
 
 /// Machine-readable events for a supervising process: one JSON object per line on stdout

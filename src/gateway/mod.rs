@@ -1061,10 +1061,7 @@ impl Machine for Gateway {
     }
 
     fn poll_output(&mut self) -> Next<Output> {
-        match self.out.pop_front() {
-            Some(o) => Next::Output(o),
-            None => Next::Timeout(self.deadline()),
-        }
+        Next::or_timeout(self.out.pop_front(), || self.deadline())
     }
 }
 

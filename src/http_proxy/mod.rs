@@ -663,10 +663,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> Machine for ProxyPool<R> {
     }
 
     fn poll_output(&mut self) -> Next<PoolOutput<R>> {
-        match self.out.pop_front() {
-            Some(o) => Next::Output(o),
-            None => Next::Timeout(self.deadline()),
-        }
+        Next::or_timeout(self.out.pop_front(), || self.deadline())
     }
 }
 

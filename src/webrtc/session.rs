@@ -976,10 +976,7 @@ impl Machine for PeerSession {
 
     /// Queued transmits and events in order, then the next timeout.
     fn poll_output(&mut self) -> Next<SessionOutput> {
-        match self.out.pop_front() {
-            Some(o) => Next::Output(o),
-            None => Next::Timeout(Some(self.next_timeout())),
-        }
+        Next::or_timeout(self.out.pop_front(), || Some(self.next_timeout()))
     }
 }
 

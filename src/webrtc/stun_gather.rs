@@ -380,10 +380,7 @@ impl Machine for StunGatherer {
     }
 
     fn poll_output(&mut self) -> Next<GatherOutput> {
-        match self.out.pop_front() {
-            Some(o) => Next::Output(o),
-            None => Next::Timeout(self.deadline()),
-        }
+        Next::or_timeout(self.out.pop_front(), || self.deadline())
     }
 }
 
