@@ -115,6 +115,10 @@ use common::ma_standin::image;
 use ma_webrtc_gateway::driver::connect::Connection;
 use serde_json::{json, Value};
 
+/// A whole proxy reply: a 5 MiB image is 10 MiB of hex JSON, which a debug build on a loaded
+/// 2-core machine needs about 20 s to fetch, encode, chunk, send and reassemble.
+const REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn proxy_request(id: &str, method: &str, path: &str) -> String {
     json!({"type": "http-proxy-request", "id": id, "method": method, "path": path,
            "headers": {"Accept": "image/*", "Cookie": "session=1", "X-Forwarded-For": "1.2.3.4"}})
@@ -124,7 +128,7 @@ fn proxy_request(id: &str, method: &str, path: &str) -> String {
 /// A proxy response on `ma-api`: the compact JSON form with a hex body.
 fn api_proxy(c: &mut Connection, id: &str, method: &str, path: &str) -> (Value, Vec<u8>) {
     c.send_text(&proxy_request(id, method, path), WAIT).unwrap();
-    let text = c.recv_text(WAIT).unwrap();
+    let text = c.recv_text(REPLY_WAIT).unwrap();
     let prefix = format!(r#"{{"type":"http-proxy-response","id":"{id}","status":"#);
     assert!(
         text.starts_with(&prefix),
