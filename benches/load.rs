@@ -43,6 +43,7 @@ use clap::{Args, Parser};
 use ma_webrtc_gateway::config::{parse_duration, WsUrl};
 use ma_webrtc_gateway::driver::connect::Connection;
 use ma_webrtc_gateway::remote_client::ClientEvent;
+use ma_webrtc_gateway::stats::percentile;
 
 /// Header: kind (1) + session (6 hex) + seq (10 hex) + length (8 hex).
 const HEADER: usize = 25;
@@ -847,14 +848,6 @@ fn plan_bind_for_warmup(bind: SocketAddr) -> SocketAddr {
     } else {
         bind
     }
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn mib(bytes: f64) -> f64 {

@@ -29,6 +29,7 @@ use common::ma_standin::{self, MaStandin, Seen};
 use common::{temp_dir, Proc};
 use data_encoding::{BASE32_NOPAD, HEXLOWER, HEXUPPER};
 use http_standin::{MaFront, SendspinStandin};
+use ma_webrtc_gateway::stats::percentile;
 use serde_json::{json, Value};
 
 /// Set in the environment of the re-executed test that runs inside the namespace.
@@ -685,14 +686,6 @@ impl Checks {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn inner(browser: Browser, exe: &Path, netns: bool) {
     let t_start = Instant::now();
     let deadline = t_start + RUN_LIMIT;
@@ -1044,8 +1037,8 @@ fn check_main(
         s.sort_by(|a, b| a.total_cmp(b));
         bench += &format!(
             "  echo round trip page -> gateway -> stand-in -> page: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} round trips)\n",
-            percentile(&s, 50.0),
-            percentile(&s, 99.0),
+            percentile(&s, 0.50),
+            percentile(&s, 0.99),
             s.last().copied().unwrap_or(f64::NAN),
             s.len()
         );
