@@ -7,7 +7,7 @@ pub mod stack;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -141,14 +141,20 @@ impl Proc {
     }
 
     fn fail(&mut self, what: &str, timeout: Duration, e: RecvTimeoutError) -> ! {
+        // The last log lines may still be on their way, and the process on its way out.
+        let until = Instant::now() + Duration::from_secs(1);
+        while let Ok(line) = self
+            .logs
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
         let when = match e {
             RecvTimeoutError::Timeout => format!("within {timeout:?}"),
-            RecvTimeoutError::Disconnected => {
-                format!(
-                    "before the process closed its output ({:?})",
-                    self.child.try_wait()
-                )
-            }
+            RecvTimeoutError::Disconnected => match exit_status(&mut self.child, until) {
+                Some(status) => format!("before the process exited ({status})"),
+                None => "before the process closed its output".into(),
+            },
         };
         let events = self.events();
         panic!(
@@ -170,6 +176,17 @@ impl Proc {
                 panic!("process did not exit within {timeout:?} of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The exit status of `child` once it exits, if that is before `until`.
+fn exit_status(child: &mut Child, until: Instant) -> Option<ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(10)),
+            _ => return None,
         }
     }
 }
