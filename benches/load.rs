@@ -1055,6 +1055,7 @@ struct SignalingArgs {
 #[derive(Debug, Parser)]
 #[command(
     name = "load",
+    bin_name = "cargo bench --bench load --",
     about = "Load generator for ma-webrtc-gateway (see benches/load.rs)"
 )]
 struct Cli {
