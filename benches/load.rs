@@ -5,10 +5,10 @@
 //! the gateway binary next to it and tells it the path (`CARGO_BIN_EXE_ma-webrtc-gateway`).
 //! Run without `--bench` (as `cargo test --benches` does), it only checks its own codec.
 //!
-//! N remote clients N remote clients (one thread each, each a
-//! [`Connection`]) connect through a signaling server to a gateway whose local WebSocket is an
-//! echo peer, then measure set-up time, echo round trips and throughput, and check every
-//! message: a lost, duplicated, reordered or corrupted message makes the exit code 1.
+//! N remote clients (one thread each, each a [`Connection`]) connect through a signaling
+//! server to a gateway whose local WebSocket is an echo peer, then measure set-up time, echo
+//! round trips and throughput, and check every message: a lost, duplicated, reordered or
+//! corrupted message makes the exit code 1.
 //!
 //! The echo peer must send a first message when a socket opens (as MA does) and echo every
 //! message back unchanged. A real MA server does not echo: use the echo server built in here,
@@ -43,6 +43,7 @@ use clap::{Args, Parser};
 use ma_webrtc_gateway::config::{parse_duration, WsUrl};
 use ma_webrtc_gateway::driver::connect::Connection;
 use ma_webrtc_gateway::remote_client::ClientEvent;
+use ma_webrtc_gateway::stats::percentile;
 
 /// Header: kind (1) + session (6 hex) + seq (10 hex) + length (8 hex).
 const HEADER: usize = 25;
@@ -633,11 +634,16 @@ fn echo_connection(stream: TcpStream) {
 
 // ---- processes under test ------------------------------------------------------------------
 
-/// A child process (signal or gateway) killed when dropped; its stderr is drained by a thread.
+/// A child process (signal or gateway) killed when dropped. Two threads drain its stderr
+/// (logs, quoted in errors and written to `--log-dir`) and its stdout (the gateway's events,
+/// one JSON object per line) for as long as it runs: a full pipe would stall it.
 struct Spawned {
     name: &'static str,
     child: Child,
-    lines: mpsc::Receiver<String>,
+    logs: mpsc::Receiver<String>,
+    events: mpsc::Receiver<String>,
+    /// Log lines read so far.
+    seen: Vec<String>,
 }
 
 impl Spawned {
@@ -651,7 +657,7 @@ impl Spawned {
         let mut cmd = Command::new(exe);
         cmd.args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, _) in std::env::vars() {
             if k.starts_with("MA_") {
@@ -665,42 +671,116 @@ impl Spawned {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {name}: {e}"))?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut file = log.and_then(|p| std::fs::File::create(p).ok());
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(f) = file.as_mut() {
-                    let _ = writeln!(f, "{line}");
-                }
-                // The receiver goes away once start-up is seen; keep draining.
-                let _ = tx.send(line);
-            }
-        });
-        Ok(Spawned { name, child, lines })
+        let file = Arc::new(Mutex::new(log.and_then(|p| std::fs::File::create(p).ok())));
+        let (tx, logs) = mpsc::channel();
+        drain(
+            child.stderr.take().ok_or("no stderr")?,
+            "",
+            file.clone(),
+            tx,
+        );
+        let (tx, events) = mpsc::channel();
+        drain(child.stdout.take().ok_or("no stdout")?, "event: ", file, tx);
+        Ok(Spawned {
+            name,
+            child,
+            logs,
+            events,
+            seen: Vec::new(),
+        })
     }
 
+    /// Wait for a log line containing `needle` (for `signal`, which has no events).
     fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return Ok(line),
-                Ok(_) => {}
-                Err(_) => {
-                    return Err(format!(
-                        "{} did not log {needle:?} within {timeout:?}",
-                        self.name
-                    ))
+            match self.logs.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
                 }
+                Err(e) => return Err(self.failed(&format!("log {needle:?}"), timeout, e)),
             }
         }
+    }
+
+    /// Wait for the next event (stdout line) whose `"event"` is `name`; returns it.
+    fn wait_for_event(&mut self, name: &str, timeout: Duration) -> Result<Value, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(line) => {
+                    let event: Value = serde_json::from_str(&line).map_err(|e| {
+                        format!(
+                            "{} wrote a stdout line that is not JSON ({e}): {line:?}",
+                            self.name
+                        )
+                    })?;
+                    if event["event"] == name {
+                        return Ok(event);
+                    }
+                }
+                Err(e) => return Err(self.failed(&format!("send a {name:?} event"), timeout, e)),
+            }
+        }
+    }
+
+    /// Why a wait failed, with the last lines of the log.
+    fn failed(&mut self, what: &str, timeout: Duration, e: mpsc::RecvTimeoutError) -> String {
+        // The last lines may still be on their way, and the process on its way out.
+        let until = Instant::now() + Duration::from_secs(1);
+        while let Ok(line) = self
+            .logs
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
+        let when = match e {
+            mpsc::RecvTimeoutError::Timeout => format!("within {timeout:?}"),
+            mpsc::RecvTimeoutError::Disconnected => loop {
+                match self.child.try_wait() {
+                    Ok(Some(status)) => break format!("before it exited ({status})"),
+                    Ok(None) if Instant::now() < until => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    _ => break "before it closed its output".into(),
+                }
+            },
+        };
+        let tail = &self.seen[self.seen.len().saturating_sub(20)..];
+        format!(
+            "{} did not {what} {when}; its last log lines:\n{}",
+            self.name,
+            tail.join("\n")
+        )
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Read `pipe` line by line until it closes: each line to `tx` (while anyone listens) and,
+/// with `prefix`, to the log file.
+fn drain(
+    pipe: impl io::Read + Send + 'static,
+    prefix: &'static str,
+    file: Arc<Mutex<Option<std::fs::File>>>,
+    tx: mpsc::Sender<String>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if let Some(f) = file.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                let _ = writeln!(f, "{prefix}{line}");
+            }
+            let _ = tx.send(line);
+        }
+    });
 }
 
 impl Drop for Spawned {
@@ -822,13 +902,10 @@ fn spawn_stack(args: &BenchArgs, echo: SocketAddr) -> Result<Stack, String> {
         &env,
         args.log_dir.as_ref().map(|d| d.join("gateway.log")),
     )?;
-    let line = gateway.wait_for("registered with the signaling server", wait)?;
-    let remote_id = line
-        .split("Remote ID ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .ok_or_else(|| format!("cannot read the Remote ID from {line:?}"))?
-        .trim()
+    let registered = gateway.wait_for_event("registered", wait)?;
+    let remote_id = registered["remote_id"]
+        .as_str()
+        .ok_or_else(|| format!("no remote_id in the registered event {registered}"))?
         .to_string();
     Ok(Stack {
         _signal: signal,
@@ -847,14 +924,6 @@ fn plan_bind_for_warmup(bind: SocketAddr) -> SocketAddr {
     } else {
         bind
     }
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn mib(bytes: f64) -> f64 {
@@ -893,7 +962,7 @@ fn idle_footprint(out: &mut impl Write, pid: u32, label: &str, secs: Duration) {
     );
 }
 
-/// Settings of the `bench` load generator (it also reads MA_SIGNALING_URL unless --spawn).
+/// Settings of the load generator (it also reads MA_SIGNALING_URL unless --spawn).
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// The Remote ID to connect to (not needed with --spawn).
@@ -948,8 +1017,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "127.0.0.1:0")]
     pub bind: SocketAddr,
 
-    /// Start `signal`, the gateway and the echo server on loopback (this binary), and measure
-    /// the gateway's footprint.
+    /// Start `signal`, the gateway (the binary Cargo built) and the echo server on loopback,
+    /// and measure the gateway's footprint.
     #[arg(long)]
     pub spawn: bool,
 
@@ -972,7 +1041,6 @@ pub struct BenchArgs {
     pub log_dir: Option<PathBuf>,
 }
 
-/// Settings of the `connect` diagnostic client (it also reads MA_SIGNALING_URL).
 /// The signaling server to use when not `--spawn`ing one, as the gateway reads it.
 #[derive(Debug, Clone, Args)]
 struct SignalingArgs {
@@ -987,6 +1055,7 @@ struct SignalingArgs {
 #[derive(Debug, Parser)]
 #[command(
     name = "load",
+    bin_name = "cargo bench --bench load --",
     about = "Load generator for ma-webrtc-gateway (see benches/load.rs)"
 )]
 struct Cli {

@@ -16,6 +16,7 @@
 //! - [`config`]: flags and environment variables.
 //! - [`identity`]: DTLS certificate, Remote ID and its pin check.
 //! - [`backoff`]: reconnect schedule with jitter.
+//! - [`stats`]: percentiles for the figures diagnostics and benchmarks print.
 //! - [`net`]: non-blocking TCP/TLS/WebSocket/UDP for mio, DNS off the loop.
 //! - [`driver`]: the event loops (`gateway`, `connect`) and the command dispatch.
 
@@ -30,4 +31,5 @@ pub mod machine;
 pub mod net;
 pub mod remote_client;
 pub mod signaling;
+pub mod stats;
 pub mod webrtc;

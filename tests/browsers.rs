@@ -26,9 +26,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::ma_standin::{self, MaStandin, Seen};
+use common::stack::start_signal;
 use common::{temp_dir, Proc};
 use data_encoding::{BASE32_NOPAD, HEXLOWER, HEXUPPER};
 use http_standin::{MaFront, SendspinStandin};
+use ma_webrtc_gateway::stats::percentile;
 use serde_json::{json, Value};
 
 /// Set in the environment of the re-executed test that runs inside the namespace.
@@ -215,19 +217,10 @@ fn reexec_in_netns(test_name: &str) {
 
 // ---- the stack ------------------------------------------------------------------------------
 
-fn start_signal() -> (Proc, u16) {
-    let mut signal = Proc::start(&["signal", "--listen", "127.0.0.1:0"], &[]);
-    let line = signal.wait_for("listening on ", WAIT);
-    let addr = line.split("listening on ").nth(1).unwrap();
-    let addr = addr.split_whitespace().next().unwrap();
-    (signal, addr.parse::<SocketAddr>().unwrap().port())
-}
-
-/// A gateway process, its stdout events collected.
+/// A gateway process and the Remote ID it registered.
 struct Gateway {
     proc: Proc,
     remote_id: String,
-    events: Arc<Mutex<Vec<String>>>,
 }
 
 impl Gateway {
@@ -253,45 +246,19 @@ impl Gateway {
         ];
         env.extend(extra.iter().cloned());
         let mut proc = Proc::start(&[], &env);
-        let events = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stdout) = proc.child.stdout.take() {
-            let events = events.clone();
-            std::thread::spawn(move || {
-                use std::io::BufRead;
-                for line in std::io::BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    events.lock().unwrap().push(line);
-                }
-            });
-        }
-        let line = proc.wait_for("registered with the signaling server", WAIT);
-        let remote_id = line.split("Remote ID ").nth(1).unwrap();
-        let remote_id = remote_id.split(',').next().unwrap().trim().to_string();
-        Gateway {
-            proc,
-            remote_id,
-            events,
-        }
+        let registered = proc.wait_for_event("registered", WAIT);
+        let remote_id = registered["remote_id"].as_str().unwrap().to_string();
+        Gateway { proc, remote_id }
     }
 
-    /// Its stdout events so far (tests/common may read stdout itself and pass it on among
-    /// the log lines, prefixed "stdout: ").
-    fn events(&mut self) -> Vec<String> {
-        let mut out = self.events.lock().unwrap().clone();
-        out.extend(
-            self.log()
-                .iter()
-                .filter_map(|l| l.strip_prefix("stdout: ").map(str::to_string)),
-        );
-        out
+    /// Its stdout events so far.
+    fn events(&mut self) -> Vec<Value> {
+        self.proc.events()
     }
 
     /// Everything it logged so far.
     fn log(&mut self) -> Vec<String> {
-        while let Ok(line) = self.proc.lines.try_recv() {
-            self.proc.seen.push(line);
-        }
-        self.proc.seen.clone()
+        self.proc.log()
     }
 }
 
@@ -685,14 +652,6 @@ impl Checks {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn inner(browser: Browser, exe: &Path, netns: bool) {
     let t_start = Instant::now();
     let deadline = t_start + RUN_LIMIT;
@@ -731,7 +690,7 @@ fn inner(browser: Browser, exe: &Path, netns: bool) {
     let mut reports: HashMap<String, Value> = HashMap::new();
     let mut restart_ms = None;
     let mut first_gw_log: Vec<String> = Vec::new();
-    let mut first_gw_events: Vec<String> = Vec::new();
+    let mut first_gw_events: Vec<Value> = Vec::new();
     let mut udp_drops = None;
     let mut stuck = None;
     loop {
@@ -953,7 +912,7 @@ fn check_main(
     ma: &MaStandin,
     front: &MaFront,
     sendspin: &SendspinStandin,
-    gw_events: &[String],
+    gw_events: &[Value],
 ) -> String {
     let mut bench = String::new();
     let Some(r) = r else {
@@ -1044,8 +1003,8 @@ fn check_main(
         s.sort_by(|a, b| a.total_cmp(b));
         bench += &format!(
             "  echo round trip page -> gateway -> stand-in -> page: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} round trips)\n",
-            percentile(&s, 50.0),
-            percentile(&s, 99.0),
+            percentile(&s, 0.50),
+            percentile(&s, 0.99),
             s.last().copied().unwrap_or(f64::NAN),
             s.len()
         );
@@ -1145,11 +1104,9 @@ fn check_main(
             },
         );
         let want_event = format!("browser-{}", browser.name());
-        let seen_event = gw_events.iter().any(|l| {
-            serde_json::from_str::<Value>(l).is_ok_and(|v| {
-                v["event"] == "sendspin_player" && v["client_id"] == want_event.as_str()
-            })
-        });
+        let seen_event = gw_events
+            .iter()
+            .any(|v| v["event"] == "sendspin_player" && v["client_id"] == want_event.as_str());
         c.check(seen_event, || {
             format!(
                 "no sendspin_player event for {want_event} on the gateway's stdout: {gw_events:?}"

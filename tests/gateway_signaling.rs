@@ -64,7 +64,10 @@ fn registers_answers_session_ready_and_survives_a_server_restart() {
         &mut ws,
         json!({"type": "registered", "remoteId": remote_id}),
     );
-    gw.wait_for("registered with the signaling server", WAIT);
+    assert_eq!(
+        gw.wait_for_event("registered", WAIT)["remote_id"],
+        remote_id
+    );
 
     // A client arrives: session-ready comes back with the ICE servers.
     send_json(
@@ -84,9 +87,10 @@ fn registers_answers_session_ready_and_survives_a_server_restart() {
     send_json(&mut ws, json!({"type": "ping"}));
     assert_eq!(read_json(&mut ws), json!({"type": "pong"}));
 
-    // Kill the server: the socket and the listener go away.
+    // Kill the server: the socket and the listener go away, and a supervisor is told.
     drop(ws);
     drop(listener);
+    gw.wait_for_event("disconnected", WAIT);
     gw.wait_for("reconnecting in", WAIT);
 
     // Restart on the same port: the gateway comes back and registers the same ID again.
@@ -99,7 +103,10 @@ fn registers_answers_session_ready_and_survives_a_server_restart() {
         &mut ws,
         json!({"type": "registered", "remoteId": remote_id}),
     );
-    gw.wait_for("registered with the signaling server", WAIT);
+    assert_eq!(
+        gw.wait_for_event("registered", WAIT)["remote_id"],
+        remote_id
+    );
 
     // SIGTERM: a clean exit well within a second, with a close frame to the server.
     let (code, took) = gw.terminate(Duration::from_secs(5));

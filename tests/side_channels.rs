@@ -25,9 +25,7 @@ fn sendspin_frames_echo_intact_and_the_player_is_reported() {
         c.recv_on("sendspin", WAIT).unwrap(),
         (false, auth.as_bytes().to_vec())
     );
-    let event = s.gateway.wait_for("stdout: {\"client_id\"", WAIT);
-    let event: serde_json::Value =
-        serde_json::from_str(event.trim_start_matches("stdout: ")).unwrap();
+    let event = s.gateway.wait_for_event("sendspin_player", WAIT);
     assert_eq!(
         event,
         serde_json::json!({"event": "sendspin_player", "session_id": sid, "client_id": "web-player-42"})

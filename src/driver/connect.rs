@@ -446,7 +446,7 @@ pub fn run(gateway: &GatewayConfig, args: &ConnectArgs) -> i32 {
     }
     if !rtts.is_empty() {
         rtts.sort_by(f64::total_cmp);
-        let p = |q: f64| rtts[((rtts.len() - 1) as f64 * q).round() as usize];
+        let p = |q: f64| crate::stats::percentile(&rtts, q);
         let _ = writeln!(
             out,
             "echo round trip over {} messages: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",

@@ -52,15 +52,8 @@ pub fn start_gateway(
     ];
     env.extend(extra.iter().cloned());
     let mut gateway = Proc::start(&[], &env);
-    let line = gateway.wait_for("registered with the signaling server", WAIT);
-    let remote_id = line
-        .split("Remote ID ")
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_string();
+    let registered = gateway.wait_for_event("registered", WAIT);
+    let remote_id = registered["remote_id"].as_str().unwrap().to_string();
     (gateway, remote_id)
 }
 

@@ -1,0 +1,49 @@
+//! Summary statistics for the measurements the diagnostics, tests and benchmarks print.
+
+/// The `q`-quantile (`0.0..=1.0`) of ascending `sorted` values, by the nearest-rank method:
+/// the smallest value that at least a fraction `q` of the values are less than or equal to.
+/// Always one of the values (no interpolation); NaN when there are none.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn empty_is_nan() {
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn one_value_is_every_percentile() {
+        for q in [0.0, 0.01, 0.5, 0.99, 1.0] {
+            assert_eq!(percentile(&[7.0], q), 7.0);
+        }
+    }
+
+    #[test]
+    fn nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.95), 95.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        // Between ranks: the next value up, never an interpolation.
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.5), 2.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 0.51), 3.0);
+        assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.5), 2.0);
+    }
+
+    #[test]
+    fn out_of_range_q_is_clamped() {
+        assert_eq!(percentile(&[1.0, 2.0], -1.0), 1.0);
+        assert_eq!(percentile(&[1.0, 2.0], 2.0), 2.0);
+    }
+}
