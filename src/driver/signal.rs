@@ -28,6 +28,7 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 use crate::config::signal::SignalConfig;
 use crate::config::{bad, SignalArgs};
 use crate::net::stream::{Stream, TlsStream};
+use crate::signaling::protocol::{err_rate_limited, FromServer};
 use crate::signaling::server::http::{self, Parsed, Route};
 use crate::signaling::server::{Check, ConnId, Output, ServerConfig, SignalServer};
 
@@ -546,7 +547,7 @@ impl Driver {
                     (http::json_response(200, "OK", &body, &[], head_only), None)
                 }
                 Check::Limited { retry_after } => {
-                    let error = format!("Rate limited. Try again in {retry_after} seconds.");
+                    let error = err_rate_limited(retry_after);
                     let body = serde_json::json!({ "error": error }).to_string();
                     let secs = retry_after.to_string();
                     let extra = [("Retry-After", secs.as_str())];
@@ -701,7 +702,7 @@ impl Driver {
                         // A WebSocket ping for liveness, a JSON one like the public server's.
                         for ping in [
                             Message::Ping(Default::default()),
-                            Message::text(r#"{"type":"ping"}"#),
+                            Message::text(FromServer::Ping.to_text()),
                         ] {
                             match ws.write(ping) {
                                 Ok(()) => {}

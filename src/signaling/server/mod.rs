@@ -1,7 +1,8 @@
-//! The signaling server's relay logic (PROTOCOL.md §2) as a sans-IO state machine.
+//! The signaling server's relay logic (docs/protocol.md#relay-rules) as a sans-IO state machine.
 //!
 //! The driver reports connections opening and closing and the text frames they send; this
-//! machine decides what to send where, and when to close a connection. Inputs carry `now`;
+//! machine decides what to send where, and when to close a connection. The messages, close codes
+//! and error texts are those of [`crate::signaling::protocol`]. Inputs carry `now`;
 //! outputs are drained with [`SignalServer::poll_output`] and the next deadline is
 //! [`SignalServer::poll_timeout`].
 //!
@@ -21,30 +22,18 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+
+use crate::signaling::protocol::{
+    err_rate_limited, FromServer, ParseError, Relay, SessionId, ToServer, CLOSE_BLOCKED,
+    CLOSE_BLOCKED_REASON, CLOSE_RATE_LIMITED, CLOSE_RATE_LIMITED_REASON, CLOSE_REPLACED,
+    CLOSE_REPLACED_REASON, ERR_BINARY, ERR_INVALID_JSON, ERR_INVALID_REMOTE_ID, ERR_NOT_AN_OBJECT,
+    ERR_NOT_REGISTERED, ERR_REMOTE_ID_REQUIRED, ERR_SERVER_BUSY, ERR_SERVER_DISCONNECTED,
+    ERR_SERVER_NOT_FOUND, ERR_SESSION_ID_REQUIRED, ERR_SESSION_NOT_FOUND,
+};
 
 /// Identifies one connection; chosen by the driver, never reused while it is open.
 pub type ConnId = u64;
-
-/// Close code: the same Remote ID registered again from another socket.
-pub const CLOSE_REPLACED: u16 = 4000;
-/// Close code: too many failed Remote ID lookups from this IP.
-pub const CLOSE_BLOCKED: u16 = 4008;
-/// Close code: too many messages from this IP.
-pub const CLOSE_RATE_LIMITED: u16 = 4029;
-
-pub const ERR_REMOTE_ID_REQUIRED: &str = "Remote ID required";
-pub const ERR_SESSION_ID_REQUIRED: &str = "Session ID required";
-pub const ERR_SERVER_NOT_FOUND: &str =
-    "Server not found. Make sure your Music Assistant server is running and has Remote Access enabled.";
-pub const ERR_SESSION_NOT_FOUND: &str = "Session not found";
-pub const ERR_SERVER_DISCONNECTED: &str = "Server disconnected";
-pub const ERR_NOT_REGISTERED: &str = "Not registered";
-pub const ERR_INVALID_JSON: &str = "Invalid JSON";
-pub const ERR_NOT_AN_OBJECT: &str = "Invalid message: expected a JSON object";
-pub const ERR_INVALID_REMOTE_ID: &str = "Invalid Remote ID";
-pub const ERR_SERVER_BUSY: &str = "Server busy. Try again later.";
-pub const ERR_BINARY: &str = "Binary messages are not supported";
 
 /// Longest Remote ID accepted (current IDs have 26 characters, legacy ones 12).
 const MAX_REMOTE_ID_LEN: usize = 64;
@@ -138,7 +127,7 @@ enum Role {
     /// `session` is `None` once the gateway has gone.
     Client {
         remote_id: String,
-        session: Option<String>,
+        session: Option<SessionId>,
     },
 }
 
@@ -152,7 +141,7 @@ struct Conn {
 struct Gateway {
     conn: ConnId,
     ice_servers: Value,
-    sessions: HashSet<String>,
+    sessions: HashSet<SessionId>,
     pending: usize,
 }
 
@@ -177,23 +166,17 @@ pub struct SignalServer {
     config: ServerConfig,
     conns: HashMap<ConnId, Conn>,
     gateways: HashMap<String, Gateway>,
-    sessions: HashMap<String, Session>,
+    sessions: HashMap<SessionId, Session>,
     /// Deadlines of pending sessions, earliest first.
-    deadlines: BTreeSet<(Instant, String)>,
+    deadlines: BTreeSet<(Instant, SessionId)>,
     ips: HashMap<IpAddr, IpRecord>,
     next_prune: Instant,
     out: VecDeque<Output>,
 }
 
-fn str_field<'a>(msg: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    msg.get(key)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
-
-fn error_text(error: &str) -> String {
-    json!({"type": "error", "error": error}).to_string()
+/// A Remote ID as received: trimmed, and `None` when missing or blank.
+fn given(remote_id: Option<&str>) -> Option<&str> {
+    remote_id.map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// `Unknown message type: X`, with X bounded and rendered like JavaScript would.
@@ -224,7 +207,7 @@ fn valid_remote_id(id: &str) -> bool {
 }
 
 /// A fresh session id: 16 characters `[A-Za-z0-9]`, uniformly chosen.
-fn new_session_id() -> Option<String> {
+fn new_session_id() -> Option<SessionId> {
     let mut id = String::with_capacity(SESSION_ID_LEN);
     let mut buf = [0u8; 32];
     for _ in 0..8 {
@@ -235,7 +218,7 @@ fn new_session_id() -> Option<String> {
                 SESSION_ID_ALPHABET[usize::from(*b) % SESSION_ID_ALPHABET.len()],
             ));
             if id.len() == SESSION_ID_LEN {
-                return Some(id);
+                return SessionId::try_from(id).ok();
             }
         }
     }
@@ -348,23 +331,40 @@ impl SignalServer {
             self.rate_limited(conn, secs);
             return;
         }
-        let mut msg = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return self.error(conn, ERR_NOT_AN_OBJECT),
-            Err(_) => return self.error(conn, ERR_INVALID_JSON),
-        };
-        let kind = msg.get("type").and_then(Value::as_str).unwrap_or_default();
-        match kind {
-            "ping" => self.send(conn, r#"{"type":"pong"}"#.to_string()),
-            "pong" => {}
-            "register-server" => self.register(conn, &msg),
-            "connect-request" => self.connect_request(now, conn, ip, &msg),
-            "session-ready" => self.session_ready(conn, &msg),
-            "offer" | "answer" | "ice-candidate" => {
-                let is_offer = kind == "offer";
-                self.relay(conn, &mut msg, is_offer)
+        let msg = match ToServer::parse(text) {
+            Ok(msg) => msg,
+            Err(ParseError::NotJson(_)) => return self.error(conn, ERR_INVALID_JSON),
+            Err(ParseError::NotAnObject) => return self.error(conn, ERR_NOT_AN_OBJECT),
+            Err(ParseError::UnknownType(t)) => return self.error(conn, &unknown_type(t.as_ref())),
+            // No session can have an invalid id.
+            Err(e @ ParseError::InvalidSessionId { .. }) => {
+                log::debug!("signal: {ip} sent {e}");
+                return self.error(conn, ERR_SESSION_NOT_FOUND);
             }
-            _ => self.error(conn, &unknown_type(msg.get("type"))),
+            Err(e @ ParseError::Invalid { .. }) => {
+                log::debug!("signal: {ip} sent {e}");
+                return self.error(conn, ERR_INVALID_JSON);
+            }
+        };
+        match msg {
+            ToServer::Ping => self.send(conn, FromServer::Pong),
+            ToServer::Pong => {}
+            ToServer::RegisterServer {
+                remote_id,
+                ice_servers,
+            } => self.register(conn, given(remote_id.as_deref()), ice_servers),
+            ToServer::ConnectRequest { remote_id } => {
+                self.connect_request(now, conn, ip, given(remote_id.as_deref()))
+            }
+            ToServer::SessionReady {
+                session_id,
+                ice_servers,
+            } => self.session_ready(conn, session_id, ice_servers),
+            ToServer::Offer(relay) => self.relay(conn, relay, true, FromServer::Offer),
+            ToServer::Answer(relay) => self.relay(conn, relay, false, FromServer::Answer),
+            ToServer::IceCandidate(relay) => {
+                self.relay(conn, relay, false, FromServer::IceCandidate)
+            }
         }
     }
 
@@ -376,7 +376,7 @@ impl SignalServer {
             let Some((_, session_id)) = self.deadlines.pop_first() else {
                 break;
             };
-            self.session_ready_timed_out(&session_id);
+            self.session_ready_timed_out(session_id);
         }
         if now >= self.next_prune {
             self.next_prune = now + self.config.window;
@@ -384,8 +384,8 @@ impl SignalServer {
         }
     }
 
-    fn session_ready_timed_out(&mut self, session_id: &str) {
-        let Some(session) = self.sessions.get_mut(session_id) else {
+    fn session_ready_timed_out(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
         session.pending = None;
@@ -398,26 +398,26 @@ impl SignalServer {
             "signal: {remote_id} sent no session-ready for {session_id} within {:?}, using the cached ICE servers",
             self.config.session_ready_timeout
         );
-        let text = json!({
-            "type": "connected",
-            "remoteId": remote_id,
-            "sessionId": session_id,
-            "iceServers": gateway.ice_servers,
-        })
-        .to_string();
-        self.send(client, text);
+        let connected = FromServer::Connected {
+            ice_servers: Some(gateway.ice_servers.clone()),
+            remote_id: Some(remote_id),
+            session_id: Some(session_id),
+        };
+        self.send(client, connected);
     }
 
-    fn register(&mut self, conn: ConnId, msg: &Map<String, Value>) {
-        let Some(remote_id) = str_field(msg, "remoteId") else {
+    fn register(&mut self, conn: ConnId, remote_id: Option<&str>, ice_servers: Option<Value>) {
+        let Some(remote_id) = remote_id else {
             return self.error(conn, ERR_REMOTE_ID_REQUIRED);
         };
         if !valid_remote_id(remote_id) {
             return self.error(conn, ERR_INVALID_REMOTE_ID);
         }
         let remote_id = remote_id.to_ascii_uppercase();
-        let ice_servers = msg.get("iceServers").filter(|v| v.is_array()).cloned();
-        let registered = json!({"type": "registered", "remoteId": remote_id}).to_string();
+        let ice_servers = ice_servers.filter(Value::is_array);
+        let registered = FromServer::Registered {
+            remote_id: Some(remote_id.clone()),
+        };
 
         let same_registration = matches!(
             self.conns.get(&conn),
@@ -433,7 +433,7 @@ impl SignalServer {
         self.leave_role(conn);
         if let Some(old) = self.gateways.get(&remote_id).map(|g| g.conn) {
             log::info!("signal: {remote_id} registered from a new connection; closing the old one");
-            self.close(old, CLOSE_REPLACED, "Replaced by new connection");
+            self.close(old, CLOSE_REPLACED, CLOSE_REPLACED_REASON);
         }
         self.gateways.insert(
             remote_id.clone(),
@@ -453,21 +453,15 @@ impl SignalServer {
         self.send(conn, registered);
     }
 
-    fn connect_request(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        ip: IpAddr,
-        msg: &Map<String, Value>,
-    ) {
-        let Some(remote_id) = str_field(msg, "remoteId") else {
+    fn connect_request(&mut self, now: Instant, conn: ConnId, ip: IpAddr, remote_id: Option<&str>) {
+        let Some(remote_id) = remote_id else {
             return self.error(conn, ERR_REMOTE_ID_REQUIRED);
         };
         let remote_id = remote_id.to_ascii_uppercase();
         // A second connect-request on one socket ends the first session.
         self.leave_role(conn);
         if self.blocked_for(now, ip).is_some() {
-            return self.close(conn, CLOSE_BLOCKED, "Too many failed lookups");
+            return self.close(conn, CLOSE_BLOCKED, CLOSE_BLOCKED_REASON);
         }
         let found = valid_remote_id(&remote_id) && self.gateways.contains_key(&remote_id);
         if !found {
@@ -477,7 +471,7 @@ impl SignalServer {
                     "signal: {ip} looked up too many unknown Remote IDs; blocked for {:?}",
                     self.config.block_duration
                 );
-                self.close(conn, CLOSE_BLOCKED, "Too many failed lookups");
+                self.close(conn, CLOSE_BLOCKED, CLOSE_BLOCKED_REASON);
             }
             return;
         }
@@ -518,20 +512,27 @@ impl SignalServer {
         log::debug!("signal: client {ip} asks for {remote_id}: session {session_id}");
         self.send(
             gateway_conn,
-            json!({"type": "client-connected", "sessionId": session_id}).to_string(),
+            FromServer::ClientConnected {
+                session_id: Some(session_id),
+            },
         );
     }
 
-    fn session_ready(&mut self, conn: ConnId, msg: &Map<String, Value>) {
+    fn session_ready(
+        &mut self,
+        conn: ConnId,
+        session_id: Option<SessionId>,
+        ice_servers: Option<Value>,
+    ) {
         let Some(remote_id) = self.gateway_of(conn) else {
             return self.error(conn, ERR_NOT_REGISTERED);
         };
-        let Some(session_id) = str_field(msg, "sessionId") else {
+        let Some(session_id) = session_id else {
             return self.error(conn, ERR_SESSION_ID_REQUIRED);
         };
         let Some(session) = self
             .sessions
-            .get_mut(session_id)
+            .get_mut(&session_id)
             .filter(|s| s.remote_id == remote_id)
         else {
             return self.error(conn, ERR_SESSION_NOT_FOUND);
@@ -542,35 +543,41 @@ impl SignalServer {
             return;
         };
         let client = session.client;
-        self.deadlines.remove(&(deadline, session_id.to_string()));
+        let key = (deadline, session_id);
+        self.deadlines.remove(&key);
+        let (_, session_id) = key;
         let Some(gateway) = self.gateways.get_mut(&remote_id) else {
             return;
         };
         gateway.pending = gateway.pending.saturating_sub(1);
-        let ice_servers = msg
-            .get("iceServers")
-            .filter(|v| v.is_array())
-            .unwrap_or(&gateway.ice_servers);
-        let text = json!({
-            "type": "connected",
-            "remoteId": remote_id,
-            "sessionId": session_id,
-            "iceServers": ice_servers,
-        })
-        .to_string();
-        self.send(client, text);
+        let ice_servers = ice_servers
+            .filter(Value::is_array)
+            .unwrap_or_else(|| gateway.ice_servers.clone());
+        let connected = FromServer::Connected {
+            remote_id: Some(remote_id),
+            session_id: Some(session_id),
+            ice_servers: Some(ice_servers),
+        };
+        self.send(client, connected);
     }
 
     /// `offer`, `answer`, `ice-candidate`: gateway → its own session's client, or client → the
-    /// gateway of its session (with `sessionId` set by us).
-    fn relay(&mut self, conn: ConnId, msg: &mut Map<String, Value>, is_offer: bool) {
+    /// gateway of its session (with `sessionId` set by us, and `remoteId` on offers). `wrap`
+    /// makes the same type towards the other side.
+    fn relay(
+        &mut self,
+        conn: ConnId,
+        mut relay: Relay,
+        is_offer: bool,
+        wrap: fn(Relay) -> FromServer,
+    ) {
         let Some(role) = self.conns.get(&conn).map(|c| c.role.clone()) else {
             return;
         };
         match role {
             Role::None => self.error(conn, ERR_NOT_REGISTERED),
             Role::Gateway { remote_id } => {
-                let Some(session_id) = str_field(msg, "sessionId") else {
+                let Some(session_id) = &relay.session_id else {
                     return self.error(conn, ERR_SESSION_ID_REQUIRED);
                 };
                 let Some(session) = self
@@ -580,9 +587,8 @@ impl SignalServer {
                 else {
                     return self.error(conn, ERR_SESSION_NOT_FOUND);
                 };
-                let (client, session_id) = (session.client, session_id.to_string());
-                msg.insert("sessionId".into(), Value::String(session_id));
-                self.send(client, Value::Object(std::mem::take(msg)).to_string());
+                let client = session.client;
+                self.send(client, wrap(relay));
             }
             Role::Client {
                 remote_id,
@@ -591,11 +597,11 @@ impl SignalServer {
                 let Some(gateway_conn) = self.gateways.get(&remote_id).map(|g| g.conn) else {
                     return self.error(conn, ERR_SERVER_DISCONNECTED);
                 };
-                msg.insert("sessionId".into(), Value::String(session_id));
+                relay.session_id = Some(session_id);
                 if is_offer {
-                    msg.insert("remoteId".into(), Value::String(remote_id));
+                    relay.set_remote_id(&remote_id);
                 }
-                self.send(gateway_conn, Value::Object(std::mem::take(msg)).to_string());
+                self.send(gateway_conn, wrap(relay));
             }
             Role::Client { session: None, .. } => self.error(conn, ERR_SERVER_DISCONNECTED),
         }
@@ -620,7 +626,7 @@ impl SignalServer {
             Role::None => {}
             Role::Client { session, .. } => {
                 if let Some(session_id) = session {
-                    self.end_session_by_client(&session_id);
+                    self.end_session_by_client(session_id);
                 }
             }
             Role::Gateway { remote_id } => self.unregister(&remote_id, conn),
@@ -628,17 +634,17 @@ impl SignalServer {
     }
 
     /// The client of a session left: tell the gateway (pending or not).
-    fn end_session_by_client(&mut self, session_id: &str) {
-        let Some(session) = self.sessions.remove(session_id) else {
+    fn end_session_by_client(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.remove(&session_id) else {
             return;
         };
         if let Some(deadline) = session.pending {
-            self.deadlines.remove(&(deadline, session_id.to_string()));
+            self.deadlines.remove(&(deadline, session_id.clone()));
         }
         let Some(gateway) = self.gateways.get_mut(&session.remote_id) else {
             return;
         };
-        gateway.sessions.remove(session_id);
+        gateway.sessions.remove(&session_id);
         if session.pending.is_some() {
             gateway.pending = gateway.pending.saturating_sub(1);
         }
@@ -646,7 +652,9 @@ impl SignalServer {
         log::debug!("signal: client of session {session_id} left");
         self.send(
             gateway_conn,
-            json!({"type": "client-disconnected", "sessionId": session_id}).to_string(),
+            FromServer::ClientDisconnected {
+                session_id: Some(session_id),
+            },
         );
     }
 
@@ -671,14 +679,16 @@ impl SignalServer {
                     *session = None;
                 }
             }
-            let text = match session.pending {
+            let msg = match session.pending {
                 Some(deadline) => {
-                    self.deadlines.remove(&(deadline, session_id.clone()));
-                    error_text(ERR_SERVER_DISCONNECTED)
+                    self.deadlines.remove(&(deadline, session_id));
+                    FromServer::error(ERR_SERVER_DISCONNECTED)
                 }
-                None => json!({"type": "peer-disconnected", "sessionId": session_id}).to_string(),
+                None => FromServer::PeerDisconnected {
+                    session_id: Some(session_id),
+                },
             };
-            self.send(session.client, text);
+            self.send(session.client, msg);
         }
     }
 
@@ -707,21 +717,21 @@ impl SignalServer {
                 c.ip
             );
         }
-        self.error(
-            conn,
-            &format!("Rate limited. Try again in {retry_after} seconds."),
-        );
-        self.close(conn, CLOSE_RATE_LIMITED, "Rate limited");
+        self.error(conn, &err_rate_limited(retry_after));
+        self.close(conn, CLOSE_RATE_LIMITED, CLOSE_RATE_LIMITED_REASON);
     }
 
-    fn send(&mut self, conn: ConnId, text: String) {
+    fn send(&mut self, conn: ConnId, msg: FromServer) {
         if self.conns.contains_key(&conn) {
-            self.out.push_back(Output::Send { conn, text });
+            self.out.push_back(Output::Send {
+                conn,
+                text: msg.to_text(),
+            });
         }
     }
 
     fn error(&mut self, conn: ConnId, error: &str) {
-        self.send(conn, error_text(error));
+        self.send(conn, FromServer::error(error));
     }
 
     fn limited(&self, ip: IpAddr) -> bool {
@@ -832,6 +842,7 @@ impl SignalServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::net::Ipv4Addr;
 
     const GW_ID: &str = "QCPJJTJMI3IDBNURU6XJJENRYU";
@@ -1479,5 +1490,109 @@ mod tests {
         let b = new_session_id().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn invalid_session_ids_name_no_session() {
+        let mut w = world(ServerConfig::default());
+        let t0 = w.t0;
+        let sid = connect(&mut w, t0, 2, PUBLIC);
+        let long = "a".repeat(65);
+        for bad in [
+            "",
+            " ",
+            long.as_str(),
+            "a\r\nb",
+            "é",
+            "../x",
+            &format!(" {sid}"),
+        ] {
+            for msg in [
+                json!({"type": "session-ready", "sessionId": bad, "iceServers": []}),
+                json!({"type": "answer", "sessionId": bad, "data": {}}),
+                json!({"type": "ice-candidate", "sessionId": bad, "data": {}}),
+            ] {
+                let outs = send(&mut w.s, t0, 1, msg);
+                assert_eq!(one(&outs, 1)["error"], ERR_SESSION_NOT_FOUND, "{bad:?}");
+                assert!(sent_to(&outs, 2).is_empty());
+            }
+            // A client's own sessionId is replaced, but an invalid one is refused all the same.
+            let outs = send(
+                &mut w.s,
+                t0,
+                2,
+                json!({"type": "offer", "sessionId": bad, "data": {}}),
+            );
+            assert_eq!(one(&outs, 2)["error"], ERR_SESSION_NOT_FOUND, "{bad:?}");
+            assert!(sent_to(&outs, 1).is_empty());
+        }
+        // The session is untouched: session-ready still works.
+        let outs = send(
+            &mut w.s,
+            t0,
+            1,
+            json!({"type": "session-ready", "sessionId": sid}),
+        );
+        assert_eq!(one(&outs, 2)["type"], "connected");
+        // A sessionId that is not a string is no id at all, as before.
+        let outs = send(
+            &mut w.s,
+            t0,
+            1,
+            json!({"type": "answer", "sessionId": 16, "data": {}}),
+        );
+        assert_eq!(one(&outs, 1)["error"], ERR_SESSION_ID_REQUIRED);
+        let outs = send(
+            &mut w.s,
+            t0,
+            2,
+            json!({"type": "offer", "sessionId": null, "data": {"sdp": "v=0"}}),
+        );
+        assert_eq!(one(&outs, 1)["sessionId"], sid.as_str());
+    }
+
+    #[test]
+    fn relays_unknown_fields_untouched() {
+        let mut w = world(ServerConfig::default());
+        let t0 = w.t0;
+        let sid = connect(&mut w, t0, 2, PUBLIC);
+        send(
+            &mut w.s,
+            t0,
+            1,
+            json!({"type": "session-ready", "sessionId": sid}),
+        );
+        let extra = json!({"nested": {"list": [1, 2.5, null, "x"]}, "n": 18446744073709551615u64});
+        let outs = send(
+            &mut w.s,
+            t0,
+            2,
+            json!({"type": "ice-candidate", "data": null, "remoteId": 7, "extra": extra}),
+        );
+        assert_eq!(
+            one(&outs, 1),
+            json!({"type": "ice-candidate", "sessionId": sid, "data": null, "remoteId": 7, "extra": extra})
+        );
+        // Offers get the gateway's Remote ID, whatever the client put there.
+        let outs = send(
+            &mut w.s,
+            t0,
+            2,
+            json!({"type": "offer", "remoteId": "SOMEONE", "data": {"type": "offer", "sdp": "v=0"}, "x": true}),
+        );
+        assert_eq!(
+            one(&outs, 1),
+            json!({"type": "offer", "sessionId": sid, "remoteId": GW_ID, "data": {"type": "offer", "sdp": "v=0"}, "x": true})
+        );
+        let outs = send(
+            &mut w.s,
+            t0,
+            1,
+            json!({"type": "answer", "sessionId": sid, "x": [true]}),
+        );
+        assert_eq!(
+            one(&outs, 2),
+            json!({"type": "answer", "sessionId": sid, "x": [true]})
+        );
     }
 }
