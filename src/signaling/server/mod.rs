@@ -2,9 +2,9 @@
 //!
 //! The driver reports connections opening and closing and the text frames they send; this
 //! machine decides what to send where, and when to close a connection. The messages, close codes
-//! and error texts are those of [`crate::signaling::protocol`]. Inputs carry `now`;
-//! outputs are drained with [`SignalServer::poll_output`] and the next deadline is
-//! [`SignalServer::poll_timeout`].
+//! and error texts are those of [`crate::signaling::protocol`]. It shows the face of
+//! [`crate::machine`]: inputs are `handle_…` methods taking `now`, and
+//! [`Machine::poll_output`] gives the outputs, then the next deadline.
 //!
 //! A connection's role is decided by what it sends: `register-server` makes it a gateway,
 //! `connect-request` a client. Sending the other one later drops the old role first, exactly as
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::machine::{Machine, Next};
 use crate::signaling::protocol::{
     err_rate_limited, FromServer, ParseError, Relay, SessionId, ToServer, CLOSE_BLOCKED,
     CLOSE_BLOCKED_REASON, CLOSE_RATE_LIMITED, CLOSE_RATE_LIMITED_REASON, CLOSE_REPLACED,
@@ -88,7 +89,7 @@ pub enum Output {
     /// Send a text frame.
     Send { conn: ConnId, text: String },
     /// Close the connection with this code. The server has already forgotten it: nothing more
-    /// is sent to it, and its later input (including `connection_closed`) is ignored.
+    /// is sent to it, and its later input (including `handle_closed`) is ignored.
     Close {
         conn: ConnId,
         code: u16,
@@ -239,23 +240,6 @@ impl SignalServer {
         }
     }
 
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    /// The next moment [`SignalServer::handle_timeout`] must be called.
-    pub fn poll_timeout(&self) -> Instant {
-        match self.deadlines.first() {
-            Some((at, _)) => (*at).min(self.next_prune),
-            None => self.next_prune,
-        }
-    }
-
-    /// Whether output is waiting for [`SignalServer::poll_output`].
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
     /// Whether `conn` is open as far as the server knows (not closed by it or reported closed).
     pub fn is_open(&self, conn: ConnId) -> bool {
         self.conns.contains_key(&conn)
@@ -271,7 +255,7 @@ impl SignalServer {
     }
 
     /// `GET /api/check/<ID>` from `ip`: counts as a message, and a miss as a failed lookup.
-    pub fn check(&mut self, now: Instant, ip: IpAddr, id: &str) -> Check {
+    pub fn handle_check(&mut self, now: Instant, ip: IpAddr, id: &str) -> Check {
         self.ensure_ip(now, ip);
         if let Err(retry_after) = self.count_message(now, ip) {
             return Check::Limited { retry_after };
@@ -289,7 +273,8 @@ impl SignalServer {
         Check::Online(online)
     }
 
-    pub fn connection_opened(&mut self, now: Instant, conn: ConnId, ip: IpAddr) {
+    /// A WebSocket from `ip` is open (the upgrade is done).
+    pub fn handle_open(&mut self, now: Instant, conn: ConnId, ip: IpAddr) {
         if self.conns.contains_key(&conn) {
             return;
         }
@@ -306,12 +291,14 @@ impl SignalServer {
         );
     }
 
-    pub fn connection_closed(&mut self, _now: Instant, conn: ConnId) {
+    /// The connection is gone (closed by the peer, dropped by the driver); a no-op for one the
+    /// server closed itself.
+    pub fn handle_closed(&mut self, _now: Instant, conn: ConnId) {
         self.forget(conn);
     }
 
     /// A binary frame arrived: the protocol has none.
-    pub fn binary(&mut self, now: Instant, conn: ConnId) {
+    pub fn handle_binary(&mut self, now: Instant, conn: ConnId) {
         let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
             return;
         };
@@ -323,7 +310,7 @@ impl SignalServer {
     }
 
     /// A text frame arrived.
-    pub fn text(&mut self, now: Instant, conn: ConnId, text: &str) {
+    pub fn handle_text(&mut self, now: Instant, conn: ConnId, text: &str) {
         let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
             return;
         };
@@ -365,22 +352,6 @@ impl SignalServer {
             ToServer::IceCandidate(relay) => {
                 self.relay(conn, relay, false, FromServer::IceCandidate)
             }
-        }
-    }
-
-    pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((at, _)) = self.deadlines.first() {
-            if *at > now {
-                break;
-            }
-            let Some((_, session_id)) = self.deadlines.pop_first() else {
-                break;
-            };
-            self.session_ready_timed_out(session_id);
-        }
-        if now >= self.next_prune {
-            self.next_prune = now + self.config.window;
-            self.prune_ips(now, false);
         }
     }
 
@@ -839,6 +810,39 @@ impl SignalServer {
     }
 }
 
+impl Machine for SignalServer {
+    type Output = Output;
+
+    /// Pending sessions whose `session-ready` wait is over get `connected` with the cached ICE
+    /// servers; once per window, per-IP records are pruned.
+    fn handle_timeout(&mut self, now: Instant) {
+        while let Some((at, _)) = self.deadlines.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, session_id)) = self.deadlines.pop_first() else {
+                break;
+            };
+            self.session_ready_timed_out(session_id);
+        }
+        if now >= self.next_prune {
+            self.next_prune = now + self.config.window;
+            self.prune_ips(now, false);
+        }
+    }
+
+    fn poll_output(&mut self) -> Next<Output> {
+        if let Some(out) = self.out.pop_front() {
+            return Next::Output(out);
+        }
+        let next = match self.deadlines.first() {
+            Some((at, _)) => (*at).min(self.next_prune),
+            None => self.next_prune,
+        };
+        Next::Timeout(Some(next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -851,7 +855,7 @@ mod tests {
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn drain(s: &mut SignalServer) -> Vec<Output> {
-        std::iter::from_fn(|| s.poll_output()).collect()
+        std::iter::from_fn(|| s.poll_output().output()).collect()
     }
 
     /// Messages sent to `conn` (parsed), ignoring others.
@@ -882,7 +886,7 @@ mod tests {
     }
 
     fn send(s: &mut SignalServer, now: Instant, conn: ConnId, v: Value) -> Vec<Output> {
-        s.text(now, conn, &v.to_string());
+        s.handle_text(now, conn, &v.to_string());
         drain(s)
     }
 
@@ -895,7 +899,7 @@ mod tests {
     fn world(config: ServerConfig) -> World {
         let t0 = Instant::now();
         let mut s = SignalServer::new(t0, config);
-        s.connection_opened(t0, 1, OTHER);
+        s.handle_open(t0, 1, OTHER);
         let outs = send(
             &mut s,
             t0,
@@ -911,7 +915,7 @@ mod tests {
 
     /// Client `conn` asks for GW_ID; returns the session id the gateway was told.
     fn connect(w: &mut World, now: Instant, conn: ConnId, ip: IpAddr) -> String {
-        w.s.connection_opened(now, conn, ip);
+        w.s.handle_open(now, conn, ip);
         let outs = send(
             &mut w.s,
             now,
@@ -994,7 +998,7 @@ mod tests {
         assert_eq!(one(&outs, 2)["data"]["candidate"], "c2");
 
         // Client leaves → gateway told.
-        w.s.connection_closed(t0, 2);
+        w.s.handle_closed(t0, 2);
         let outs = drain(&mut w.s);
         assert_eq!(
             one(&outs, 1),
@@ -1016,7 +1020,10 @@ mod tests {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
         let sid = connect(&mut w, t0, 2, PUBLIC);
-        assert_eq!(w.s.poll_timeout(), t0 + Duration::from_secs(10));
+        assert_eq!(
+            w.s.poll_output(),
+            Next::Timeout(Some(t0 + Duration::from_secs(10)))
+        );
         w.s.handle_timeout(t0 + Duration::from_millis(9_999));
         assert!(drain(&mut w.s).is_empty());
         w.s.handle_timeout(t0 + Duration::from_secs(10));
@@ -1040,7 +1047,7 @@ mod tests {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
         let sid = connect(&mut w, t0, 2, PUBLIC);
-        w.s.connection_closed(t0, 2);
+        w.s.handle_closed(t0, 2);
         let outs = drain(&mut w.s);
         assert_eq!(
             one(&outs, 1),
@@ -1086,7 +1093,7 @@ mod tests {
         );
         connect(&mut w, t0, 3, PUBLIC);
 
-        w.s.connection_opened(t0, 4, OTHER);
+        w.s.handle_open(t0, 4, OTHER);
         let outs = send(
             &mut w.s,
             t0,
@@ -1109,7 +1116,7 @@ mod tests {
         assert_eq!(w.s.health().clients + w.s.health().pending_clients, 0);
         // The old socket is forgotten: what it still sends is ignored, its close is a no-op.
         assert!(send(&mut w.s, t0, 1, json!({"type": "ping"})).is_empty());
-        w.s.connection_closed(t0, 1);
+        w.s.handle_closed(t0, 1);
         assert!(drain(&mut w.s).is_empty());
         assert_eq!(w.s.health().servers, 1);
         // A client whose gateway went is told so.
@@ -1143,7 +1150,7 @@ mod tests {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
         let sid = connect(&mut w, t0, 2, PUBLIC);
-        w.s.connection_opened(t0, 5, OTHER);
+        w.s.handle_open(t0, 5, OTHER);
         let outs = send(
             &mut w.s,
             t0,
@@ -1167,9 +1174,9 @@ mod tests {
     fn errors_of_the_protocol() {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
-        w.s.connection_opened(t0, 2, PUBLIC);
+        w.s.handle_open(t0, 2, PUBLIC);
         let err = |w: &mut World, conn, text: &str| {
-            w.s.text(t0, conn, text);
+            w.s.handle_text(t0, conn, text);
             let outs = drain(&mut w.s);
             one(&outs, conn)["error"].as_str().unwrap().to_string()
         };
@@ -1234,11 +1241,11 @@ mod tests {
         let outs = send(&mut w.s, t0, 2, json!({"type": "ping"}));
         assert_eq!(one(&outs, 2), json!({"type": "pong"}));
         assert!(send(&mut w.s, t0, 2, json!({"type": "pong"})).is_empty());
-        w.s.binary(t0, 2);
+        w.s.handle_binary(t0, 2);
         let outs = drain(&mut w.s);
         assert_eq!(one(&outs, 2)["error"], ERR_BINARY);
         // Unknown connections are ignored.
-        w.s.text(t0, 99, r#"{"type":"ping"}"#);
+        w.s.handle_text(t0, 99, r#"{"type":"ping"}"#);
         assert!(drain(&mut w.s).is_empty());
     }
 
@@ -1250,8 +1257,8 @@ mod tests {
         };
         let mut w = world(config);
         let t0 = w.t0;
-        w.s.connection_opened(t0, 2, PUBLIC);
-        w.s.connection_opened(t0, 3, LOOPBACK);
+        w.s.handle_open(t0, 2, PUBLIC);
+        w.s.handle_open(t0, 3, LOOPBACK);
         for _ in 0..5 {
             assert_eq!(
                 one(&send(&mut w.s, t0, 2, json!({"type": "ping"})), 2)["type"],
@@ -1276,7 +1283,7 @@ mod tests {
         );
         assert_eq!(closes(&outs), vec![(2, CLOSE_RATE_LIMITED)]);
         // Another socket from that IP is limited too, until the window ends.
-        w.s.connection_opened(t0, 4, PUBLIC);
+        w.s.handle_open(t0, 4, PUBLIC);
         let outs = send(
             &mut w.s,
             t0 + Duration::from_secs(30),
@@ -1284,7 +1291,7 @@ mod tests {
             json!({"type": "ping"}),
         );
         assert_eq!(closes(&outs), vec![(4, CLOSE_RATE_LIMITED)]);
-        w.s.connection_opened(t0, 5, PUBLIC);
+        w.s.handle_open(t0, 5, PUBLIC);
         let outs = send(
             &mut w.s,
             t0 + Duration::from_secs(60),
@@ -1304,7 +1311,7 @@ mod tests {
         let mut w = world(config);
         let t0 = w.t0;
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        w.s.connection_opened(t0, 2, mapped);
+        w.s.handle_open(t0, 2, mapped);
         send(&mut w.s, t0, 2, json!({"type": "ping"}));
         send(&mut w.s, t0, 2, json!({"type": "ping"}));
         let outs = send(&mut w.s, t0, 2, json!({"type": "ping"}));
@@ -1319,7 +1326,7 @@ mod tests {
         };
         let mut w = world(config);
         let t0 = w.t0;
-        w.s.connection_opened(t0, 2, PUBLIC);
+        w.s.handle_open(t0, 2, PUBLIC);
         for i in 0..3 {
             let outs = send(
                 &mut w.s,
@@ -1353,7 +1360,7 @@ mod tests {
         assert_eq!(one(&outs, 2)["error"], ERR_SERVER_NOT_FOUND);
         assert_eq!(closes(&outs), vec![(2, CLOSE_BLOCKED)]);
         // Blocked: even a correct ID is refused, on any socket, and /api/check says so.
-        w.s.connection_opened(t0, 3, PUBLIC);
+        w.s.handle_open(t0, 3, PUBLIC);
         let outs = send(
             &mut w.s,
             t0 + Duration::from_secs(120),
@@ -1363,13 +1370,13 @@ mod tests {
         assert_eq!(closes(&outs), vec![(3, CLOSE_BLOCKED)]);
         assert!(sent_to(&outs, 1).is_empty());
         assert!(matches!(
-            w.s.check(t0 + Duration::from_secs(120), PUBLIC, GW_ID),
+            w.s.handle_check(t0 + Duration::from_secs(120), PUBLIC, GW_ID),
             Check::Limited { retry_after: 480 }
         ));
         // Other IPs are not affected; the block ends.
-        assert_eq!(w.s.check(t0, OTHER, GW_ID), Check::Online(true));
+        assert_eq!(w.s.handle_check(t0, OTHER, GW_ID), Check::Online(true));
         let later = t0 + Duration::from_secs(601);
-        assert_eq!(w.s.check(later, PUBLIC, GW_ID), Check::Online(true));
+        assert_eq!(w.s.handle_check(later, PUBLIC, GW_ID), Check::Online(true));
     }
 
     #[test]
@@ -1381,19 +1388,19 @@ mod tests {
         let mut w = world(config);
         let t0 = w.t0;
         assert_eq!(
-            w.s.check(t0, PUBLIC, &GW_ID.to_lowercase()),
+            w.s.handle_check(t0, PUBLIC, &GW_ID.to_lowercase()),
             Check::Online(true)
         );
-        assert_eq!(w.s.check(t0, PUBLIC, "X"), Check::Online(false));
-        assert_eq!(w.s.check(t0, PUBLIC, "Y"), Check::Online(false));
-        assert_eq!(w.s.check(t0, PUBLIC, "Z"), Check::Online(false));
+        assert_eq!(w.s.handle_check(t0, PUBLIC, "X"), Check::Online(false));
+        assert_eq!(w.s.handle_check(t0, PUBLIC, "Y"), Check::Online(false));
+        assert_eq!(w.s.handle_check(t0, PUBLIC, "Z"), Check::Online(false));
         assert!(matches!(
-            w.s.check(t0, PUBLIC, GW_ID),
+            w.s.handle_check(t0, PUBLIC, GW_ID),
             Check::Limited { .. }
         ));
         // Loopback is exempt by default.
         for _ in 0..10 {
-            assert_eq!(w.s.check(t0, LOOPBACK, "X"), Check::Online(false));
+            assert_eq!(w.s.handle_check(t0, LOOPBACK, "X"), Check::Online(false));
         }
     }
 
@@ -1408,7 +1415,7 @@ mod tests {
         let t0 = w.t0;
         let a = connect(&mut w, t0, 2, PUBLIC);
         connect(&mut w, t0, 3, PUBLIC);
-        w.s.connection_opened(t0, 4, PUBLIC);
+        w.s.handle_open(t0, 4, PUBLIC);
         let req = json!({"type": "connect-request", "remoteId": GW_ID});
         let outs = send(&mut w.s, t0, 4, req.clone());
         assert_eq!(
@@ -1425,14 +1432,14 @@ mod tests {
         );
         let outs = send(&mut w.s, t0, 4, req.clone());
         assert_eq!(one(&outs, 1)["type"], "client-connected");
-        w.s.connection_opened(t0, 5, PUBLIC);
+        w.s.handle_open(t0, 5, PUBLIC);
         let outs = send(&mut w.s, t0, 5, req.clone());
         assert_eq!(
             one(&outs, 5)["error"],
             ERR_SERVER_BUSY,
             "three sessions at most"
         );
-        w.s.connection_closed(t0, 2);
+        w.s.handle_closed(t0, 2);
         drain(&mut w.s);
         w.s.handle_timeout(t0 + Duration::from_secs(10));
         drain(&mut w.s);
@@ -1465,16 +1472,16 @@ mod tests {
         assert_eq!(one(&outs, 1)["error"], ERR_SERVER_NOT_FOUND);
         assert_eq!(w.s.health().servers, 0);
         assert_eq!(w.s.health().clients, 0);
-        assert_eq!(w.s.check(t0, OTHER, GW_ID), Check::Online(false));
+        assert_eq!(w.s.handle_check(t0, OTHER, GW_ID), Check::Online(false));
     }
 
     #[test]
     fn ip_records_are_pruned() {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
-        w.s.connection_opened(t0, 2, PUBLIC);
-        w.s.text(t0, 2, r#"{"type":"ping"}"#);
-        w.s.connection_closed(t0, 2);
+        w.s.handle_open(t0, 2, PUBLIC);
+        w.s.handle_text(t0, 2, r#"{"type":"ping"}"#);
+        w.s.handle_closed(t0, 2);
         assert!(w.s.ips.contains_key(&PUBLIC));
         w.s.handle_timeout(t0 + Duration::from_secs(61));
         assert!(!w.s.ips.contains_key(&PUBLIC));
