@@ -69,14 +69,14 @@ fn registered_client(now: Instant) -> SignalingClient {
         now,
         r#"{"type":"registered","remoteId":"QCPJJTJMI3IDBNURU6XJJENRYU"}"#,
     );
-    while c.poll_output().is_some() {}
+    while let Next::Output(_) = c.poll_output() {}
     assert!(c.is_registered());
     c
 }
 
 fn drain(c: &mut SignalingClient) -> usize {
     let mut n = 0;
-    while let Some(o) = c.poll_output() {
+    while let Next::Output(o) = c.poll_output() {
         n += match o {
             Output::Send(t) => t.len(),
             _ => 1,
@@ -119,10 +119,9 @@ fn gateway_client(crit: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("client-connected+session-ready", |b| {
         let mut c = registered_client(now);
-        let ice = ice_servers();
         b.iter(|| {
             c.handle_text(now, black_box(&connected_msg));
-            c.session_ready(now, SESSION, &ice).unwrap();
+            c.handle_session_ready(now, SESSION).unwrap();
             drain(&mut c)
         })
     });
@@ -130,7 +129,7 @@ fn gateway_client(crit: &mut Criterion) {
     g.bench_function("build/answer", |b| {
         let mut c = registered_client(now);
         b.iter(|| {
-            c.send_answer(SESSION, black_box(&answer));
+            c.handle_answer(now, SESSION, black_box(&answer));
             drain(&mut c)
         })
     });
@@ -138,7 +137,7 @@ fn gateway_client(crit: &mut Criterion) {
     g.bench_function("build/ice-candidate", |b| {
         let mut c = registered_client(now);
         b.iter(|| {
-            c.send_candidate(SESSION, black_box(gw_cand.clone()));
+            c.handle_candidate(now, SESSION, black_box(gw_cand.clone()));
             drain(&mut c)
         })
     });

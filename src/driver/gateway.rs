@@ -22,6 +22,7 @@ use crate::config::GatewayConfig;
 use crate::gateway::bridge::BridgeId;
 use crate::gateway::{CoreConfig, Gateway, Output as CoreOutput};
 use crate::http_proxy::ConnId;
+use crate::machine::{earliest, Machine, Next};
 use crate::net::resolve::{LookupId, Resolver};
 use crate::net::tcp_client::{Ready, TcpClient};
 use crate::net::udp::{self, SendQueue};
@@ -79,6 +80,8 @@ struct Driver {
     resolver: Resolver,
     tls: Option<Arc<rustls::ClientConfig>>,
     signaling: SignalingClient,
+    /// When `signaling` next needs `handle_timeout` (from its last drain).
+    signaling_deadline: Option<Instant>,
     conn: Option<WsClient>,
     core: Gateway,
     udp: UdpSocket,
@@ -163,6 +166,7 @@ impl Driver {
             poll,
             tls,
             signaling,
+            signaling_deadline: None,
             conn: None,
             core,
             udp,
@@ -197,16 +201,11 @@ impl Driver {
             if self.shutting_down {
                 break;
             }
-            let deadline = self
-                .core
-                .poll_timeout()
-                .map_or(self.signaling.poll_timeout(), |t| {
-                    t.min(self.signaling.poll_timeout())
-                });
+            let deadline = earliest(self.core.poll_timeout(), self.signaling_deadline);
             // Round up to whole milliseconds so we never wake just before a deadline.
-            let wait =
-                deadline.saturating_duration_since(Instant::now()) + Duration::from_micros(999);
-            match self.poll.poll(&mut events, Some(wait)) {
+            let wait = deadline
+                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_micros(999));
+            match self.poll.poll(&mut events, wait) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("event loop failed: {e}")),
@@ -465,7 +464,14 @@ impl Driver {
     fn drain_signaling(&mut self) -> bool {
         let mut wrote = false;
         let mut any = false;
-        while let Some(output) = self.signaling.poll_output() {
+        loop {
+            let output = match self.signaling.poll_output() {
+                Next::Output(output) => output,
+                Next::Timeout(deadline) => {
+                    self.signaling_deadline = deadline;
+                    break;
+                }
+            };
             any = true;
             match output {
                 Output::Connect => {
@@ -535,22 +541,23 @@ impl Driver {
             any = true;
             match output {
                 CoreOutput::SessionReady { session_id } => {
-                    let ice = self.config.ice_servers.clone();
                     if let Err(e) = self
                         .signaling
-                        .session_ready(Instant::now(), &session_id, &ice)
+                        .handle_session_ready(Instant::now(), &session_id)
                     {
                         log::warn!("[{session_id}] session-ready not sent: {e:?}");
                     }
                 }
                 CoreOutput::Answer { session_id, sdp } => {
-                    self.signaling.send_answer(&session_id, &sdp);
+                    self.signaling
+                        .handle_answer(Instant::now(), &session_id, &sdp);
                 }
                 CoreOutput::Candidate {
                     session_id,
                     candidate,
                 } => {
-                    self.signaling.send_candidate(&session_id, candidate);
+                    self.signaling
+                        .handle_candidate(Instant::now(), &session_id, candidate);
                 }
                 CoreOutput::Transmit(t) => {
                     self.udp_queue.send(&self.udp, t.destination, t.contents)

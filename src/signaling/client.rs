@@ -3,8 +3,10 @@
 //!
 //! The driver owns the WebSocket; this machine decides when to connect, what to send and when a
 //! connection is dead. Messages are those of [`crate::signaling::protocol`]; one whose session id
-//! is not valid is logged and dropped. Inputs carry `now`; outputs are drained with [`SignalingClient::poll_output`]
-//! and the next deadline is [`SignalingClient::poll_timeout`].
+//! is not valid is logged and dropped. It shows the face of [`crate::machine`]: inputs are
+//! `handle_…` methods taking `now` (from the driver: the socket's life and frames; from the
+//! gateway core: `session-ready`, answers and candidates to send), and
+//! [`Machine::poll_output`] gives the outputs, then the next deadline.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::backoff::Backoff;
+use crate::machine::{Machine, Next};
 use crate::signaling::protocol::{
     escaped, FromServer, ParseError, Relay, SessionId, ToServer, CLOSE_REPLACED,
 };
@@ -52,7 +55,7 @@ pub enum Event {
     Registered { remote_id: String },
     /// The connection is gone; every relayed session is unreachable until we register again.
     Lost,
-    /// A client wants a session: reply with [`SignalingClient::session_ready`].
+    /// A client wants a session: reply with [`SignalingClient::handle_session_ready`].
     ClientConnected { session_id: SessionId },
     /// An SDP offer (a second one on a session is an ICE restart).
     Offer { session_id: SessionId, sdp: String },
@@ -144,21 +147,17 @@ impl SignalingClient {
         )
     }
 
-    /// Replace the ICE server list; sent again at once if registered (the server then only
-    /// updates it).
-    pub fn set_ice_servers(&mut self, ice_servers: Value) {
+    /// A new ICE server list for `register-server` and every `session-ready`; sent again at
+    /// once on an open connection (the server then only updates it).
+    pub fn handle_ice_servers(&mut self, _now: Instant, ice_servers: Value) {
         self.ice_servers = ice_servers;
         if matches!(self.state, State::Open { .. }) {
             self.send_register();
         }
     }
 
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    /// The next moment [`SignalingClient::handle_timeout`] must be called.
-    pub fn poll_timeout(&self) -> Instant {
+    /// The next moment [`Machine::handle_timeout`] must be called.
+    fn deadline(&self) -> Instant {
         let state_deadline = match self.state {
             State::Waiting { at } => at,
             State::Connecting { deadline } => deadline,
@@ -174,57 +173,6 @@ impl SignalingClient {
 
     fn dead_after(&self) -> Duration {
         self.config.ping_interval * 2
-    }
-
-    pub fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            State::Waiting { at } if now >= at => {
-                self.state = State::Connecting {
-                    deadline: now + self.config.connect_timeout,
-                };
-                self.out.push_back(Output::Connect);
-            }
-            State::Connecting { deadline } if now >= deadline => {
-                log::warn!(
-                    "signaling: no connection after {:?}, giving up on this attempt",
-                    self.config.connect_timeout
-                );
-                self.out.push_back(Output::Disconnect);
-                self.lost(now, None);
-            }
-            State::Open {
-                last_rx,
-                ref mut next_ping,
-                ..
-            } => {
-                if now >= last_rx + self.config.ping_interval * 2 {
-                    log::warn!(
-                        "signaling: nothing received for {:?}, the connection is dead; reconnecting",
-                        now - last_rx
-                    );
-                    self.out.push_back(Output::Disconnect);
-                    self.lost(now, None);
-                } else if now >= *next_ping {
-                    *next_ping = now + self.config.ping_interval;
-                    self.out.push_back(Output::Ping);
-                }
-            }
-            _ => {}
-        }
-        let before = self.pending_ready.len();
-        self.pending_ready.retain(|session, deadline| {
-            let keep = now < *deadline;
-            if !keep {
-                log::warn!("signaling: session {session} got no session-ready within {SESSION_READY_WINDOW:?}");
-            }
-            keep
-        });
-        if before != self.pending_ready.len() {
-            log::debug!(
-                "signaling: {} sessions still waiting for session-ready",
-                self.pending_ready.len()
-            );
-        }
     }
 
     /// The WebSocket handshake completed.
@@ -442,12 +390,12 @@ impl SignalingClient {
         }
     }
 
-    /// Reply to `client-connected` with the session's fresh ICE servers.
-    pub fn session_ready(
+    /// The core accepted a `client-connected`: reply `session-ready` with our ICE servers, if
+    /// the session's window is still open.
+    pub fn handle_session_ready(
         &mut self,
         now: Instant,
         session_id: &str,
-        ice_servers: &Value,
     ) -> Result<(), ReadyError> {
         if !self.is_registered() {
             return Err(ReadyError::NotConnected);
@@ -462,13 +410,13 @@ impl SignalingClient {
         }
         self.send_if_open(ToServer::SessionReady {
             session_id: Some(session_id),
-            ice_servers: Some(ice_servers.clone()),
+            ice_servers: Some(self.ice_servers.clone()),
         });
         Ok(())
     }
 
-    /// Send the SDP answer for a session. False if not connected.
-    pub fn send_answer(&mut self, session_id: &str, sdp: &str) -> bool {
+    /// Send the core's SDP answer for a session. False if not connected.
+    pub fn handle_answer(&mut self, _now: Instant, session_id: &str, sdp: &str) -> bool {
         let Some(session_id) = outgoing(session_id) else {
             return false;
         };
@@ -476,13 +424,78 @@ impl SignalingClient {
     }
 
     /// Send one local ICE candidate (`candidate` holds `candidate`, `sdpMid`, `sdpMLineIndex`).
-    pub fn send_candidate(&mut self, session_id: &str, candidate: Value) -> bool {
+    /// False if not connected.
+    pub fn handle_candidate(&mut self, _now: Instant, session_id: &str, candidate: Value) -> bool {
         let Some(session_id) = outgoing(session_id) else {
             return false;
         };
         self.send_if_open(ToServer::IceCandidate(Relay::candidate(
             session_id, candidate,
         )))
+    }
+}
+
+impl Machine for SignalingClient {
+    type Output = Output;
+
+    /// Connect when the wait is over, give up on a connection attempt or a silent socket, ping,
+    /// forget sessions whose `session-ready` window closed.
+    fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Waiting { at } if now >= at => {
+                self.state = State::Connecting {
+                    deadline: now + self.config.connect_timeout,
+                };
+                self.out.push_back(Output::Connect);
+            }
+            State::Connecting { deadline } if now >= deadline => {
+                log::warn!(
+                    "signaling: no connection after {:?}, giving up on this attempt",
+                    self.config.connect_timeout
+                );
+                self.out.push_back(Output::Disconnect);
+                self.lost(now, None);
+            }
+            State::Open {
+                last_rx,
+                ref mut next_ping,
+                ..
+            } => {
+                if now >= last_rx + self.config.ping_interval * 2 {
+                    log::warn!(
+                        "signaling: nothing received for {:?}, the connection is dead; reconnecting",
+                        now - last_rx
+                    );
+                    self.out.push_back(Output::Disconnect);
+                    self.lost(now, None);
+                } else if now >= *next_ping {
+                    *next_ping = now + self.config.ping_interval;
+                    self.out.push_back(Output::Ping);
+                }
+            }
+            _ => {}
+        }
+        let before = self.pending_ready.len();
+        self.pending_ready.retain(|session, deadline| {
+            let keep = now < *deadline;
+            if !keep {
+                log::warn!("signaling: session {session} got no session-ready within {SESSION_READY_WINDOW:?}");
+            }
+            keep
+        });
+        if before != self.pending_ready.len() {
+            log::debug!(
+                "signaling: {} sessions still waiting for session-ready",
+                self.pending_ready.len()
+            );
+        }
+    }
+
+    fn poll_output(&mut self) -> Next<Output> {
+        match self.out.pop_front() {
+            Some(out) => Next::Output(out),
+            None => Next::Timeout(Some(self.deadline())),
+        }
     }
 }
 
@@ -516,7 +529,15 @@ mod tests {
     }
 
     fn drain(c: &mut SignalingClient) -> Vec<Output> {
-        std::iter::from_fn(|| c.poll_output()).collect()
+        std::iter::from_fn(|| c.poll_output().output()).collect()
+    }
+
+    /// The deadline the client reports once drained.
+    fn deadline(c: &mut SignalingClient) -> Instant {
+        match c.poll_output() {
+            Next::Timeout(Some(t)) => t,
+            other => panic!("expected a deadline, got {other:?}"),
+        }
     }
 
     fn sent_json(outputs: &[Output]) -> Vec<Value> {
@@ -561,7 +582,7 @@ mod tests {
 
     /// Lose the connection and return the delay until the client asks to connect again.
     fn delay_until_connect(c: &mut SignalingClient, now: Instant) -> Duration {
-        let at = c.poll_timeout();
+        let at = deadline(c);
         c.handle_timeout(at);
         assert!(drain(c).contains(&Output::Connect));
         at - now
@@ -619,19 +640,19 @@ mod tests {
     #[test]
     fn heartbeat_pings_and_detects_dead_socket() {
         let (mut c, t0) = registered();
-        let t = c.poll_timeout();
+        let t = deadline(&mut c);
         assert_eq!(t - t0, Duration::from_secs(35));
         c.handle_timeout(t);
         assert_eq!(drain(&mut c), vec![Output::Ping]);
         // A pong keeps it alive.
         c.handle_frame(t + Duration::from_millis(20));
-        let t2 = c.poll_timeout();
+        let t2 = deadline(&mut c);
         c.handle_timeout(t2);
         assert_eq!(drain(&mut c), vec![Output::Ping]);
         // Silence: pings keep going out, and the socket is declared dead at last_rx + 70 s.
         let last_rx = t + Duration::from_millis(20);
         let (dead, out) = loop {
-            let at = c.poll_timeout();
+            let at = deadline(&mut c);
             c.handle_timeout(at);
             let out = drain(&mut c);
             if out != vec![Output::Ping] {
@@ -651,16 +672,15 @@ mod tests {
         let mut c = client(t0);
         c.handle_timeout(t0);
         drain(&mut c);
-        assert_eq!(c.poll_timeout(), t0 + CONNECT_TIMEOUT);
+        assert_eq!(deadline(&mut c), t0 + CONNECT_TIMEOUT);
         c.handle_timeout(t0 + CONNECT_TIMEOUT);
         assert_eq!(drain(&mut c), vec![Output::Disconnect]);
-        assert!(c.poll_timeout() > t0 + CONNECT_TIMEOUT);
+        assert!(deadline(&mut c) > t0 + CONNECT_TIMEOUT);
     }
 
     #[test]
     fn session_ready_within_the_window_only() {
         let (mut c, t0) = registered();
-        let ice = json!([{"urls": "stun:x:3478"}]);
         c.handle_text(t0, r#"{"type":"client-connected","sessionId":"abc"}"#);
         assert_eq!(
             drain(&mut c),
@@ -668,25 +688,45 @@ mod tests {
                 session_id: sid("abc")
             })]
         );
-        c.session_ready(t0, "abc", &ice).unwrap();
+        c.handle_session_ready(t0, "abc").unwrap();
         let sent = sent_json(&drain(&mut c));
         assert_eq!(
             sent[0],
-            json!({"type":"session-ready","sessionId":"abc","iceServers":ice})
+            json!({"type":"session-ready","sessionId":"abc","iceServers":[{"urls": "stun:stun.l.google.com:19302"}]})
         );
         assert_eq!(
-            c.session_ready(t0, "abc", &ice),
+            c.handle_session_ready(t0, "abc"),
             Err(ReadyError::UnknownSession)
         );
 
         c.handle_text(t0, r#"{"type":"client-connected","sessionId":"late"}"#);
         drain(&mut c);
-        assert_eq!(c.poll_timeout(), t0 + SESSION_READY_WINDOW);
+        assert_eq!(deadline(&mut c), t0 + SESSION_READY_WINDOW);
         assert_eq!(
-            c.session_ready(t0 + SESSION_READY_WINDOW, "late", &ice),
+            c.handle_session_ready(t0 + SESSION_READY_WINDOW, "late"),
             Err(ReadyError::TooLate)
         );
         assert!(drain(&mut c).is_empty(), "a late session-ready is not sent");
+    }
+
+    #[test]
+    fn new_ice_servers_are_registered_and_used() {
+        let t0 = Instant::now();
+        let mut c = client(t0);
+        let ice = json!([{"urls": "stun:x:3478"}]);
+        // Before a connection there is nobody to tell.
+        c.handle_ice_servers(t0, ice.clone());
+        assert!(drain(&mut c).is_empty());
+        let (mut c, t0) = registered();
+        c.handle_ice_servers(t0, ice.clone());
+        assert_eq!(
+            sent_json(&drain(&mut c)),
+            [json!({"type": "register-server", "remoteId": ID, "iceServers": ice})]
+        );
+        c.handle_text(t0, r#"{"type":"client-connected","sessionId":"s"}"#);
+        drain(&mut c);
+        c.handle_session_ready(t0, "s").unwrap();
+        assert_eq!(sent_json(&drain(&mut c))[0]["iceServers"], ice);
     }
 
     #[test]
@@ -719,8 +759,9 @@ mod tests {
                 session_id: sid("s1")
             })
         );
-        assert!(c.send_answer("s1", "v=0 answer"));
-        assert!(c.send_candidate(
+        assert!(c.handle_answer(t0, "s1", "v=0 answer"));
+        assert!(c.handle_candidate(
+            t0,
             "s1",
             json!({"candidate":"candidate:x","sdpMid":"0","sdpMLineIndex":0})
         ));
@@ -786,10 +827,10 @@ mod tests {
         assert!(c.pending_ready.is_empty());
         assert!(c.is_registered());
         // Nothing goes out under an invalid id either.
-        assert!(!c.send_answer("a b", "v=0"));
-        assert!(!c.send_candidate("", json!({"candidate": "candidate:x"})));
+        assert!(!c.handle_answer(t0, "a b", "v=0"));
+        assert!(!c.handle_candidate(t0, "", json!({"candidate": "candidate:x"})));
         assert_eq!(
-            c.session_ready(t0, "a b", &json!([])),
+            c.handle_session_ready(t0, "a b"),
             Err(ReadyError::UnknownSession)
         );
         assert!(drain(&mut c).is_empty());
