@@ -1,11 +1,14 @@
 //! The remote side, as the MA web app plays it (sans-IO): connect through signaling, offer an
 //! `ma-api` channel, trickle ICE, pin the answer's fingerprint to the Remote ID, reassemble
 //! `__chunk__` frames. Used by the `connect` diagnostic command, the tests and the benchmarks.
-//! It speaks docs/protocol.md#client-messages with the types of [`crate::signaling::protocol`].
+//! It speaks docs/protocol.md#client-messages with the types of [`crate::signaling::protocol`],
+//! and shows the face of [`crate::machine`]: inputs are `handle_…` methods taking `now` (what
+//! the signaling socket and the UDP socket bring, and what the user of the client wants sent),
+//! and [`Machine::poll_output`] gives the outputs, then str0m's next deadline.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
@@ -14,6 +17,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::chunk::{Reassembler, ReassemblyLimits};
 use crate::identity;
+use crate::machine::{Machine, Next};
 use crate::signaling::protocol::{
     candidate_init, escaped, FromServer, ParseError, Relay, SessionId, ToServer,
 };
@@ -83,6 +87,8 @@ pub struct RemoteClient {
     session_id: Option<SessionId>,
     reassembler: Reassembler,
     out: VecDeque<ClientOutput>,
+    /// str0m's next timeout, as of the last drain (every input ends with one).
+    rtc_timeout: Option<Instant>,
     failed: bool,
     pub timings: Timings,
 }
@@ -94,7 +100,7 @@ impl RemoteClient {
         let rtc = Rtc::builder()
             .set_sctp_max_buffered_amount(512 * 1024)
             .build(now);
-        RemoteClient {
+        let mut client = RemoteClient {
             remote_id: remote_id.trim().to_string(),
             local_addr,
             label: "ma-api".into(),
@@ -105,16 +111,15 @@ impl RemoteClient {
             session_id: None,
             reassembler: Reassembler::new(ReassemblyLimits::default()),
             out: VecDeque::new(),
+            rtc_timeout: None,
             failed: false,
             timings: Timings {
                 started: Some(now),
                 ..Timings::default()
             },
-        }
-    }
-
-    pub fn poll_output(&mut self) -> Option<ClientOutput> {
-        self.out.pop_front()
+        };
+        client.drain(now);
+        client
     }
 
     pub fn is_open(&self) -> bool {
@@ -134,7 +139,7 @@ impl RemoteClient {
     }
 
     /// The signaling socket is open: ask for a session.
-    pub fn signaling_open(&mut self) {
+    pub fn handle_signaling_open(&mut self, _now: Instant) {
         let request = ToServer::ConnectRequest {
             remote_id: Some(self.remote_id.clone()),
         };
@@ -142,7 +147,7 @@ impl RemoteClient {
     }
 
     /// A text frame from the signaling server.
-    pub fn signaling_text(&mut self, now: Instant, text: &str) {
+    pub fn handle_signaling_text(&mut self, now: Instant, text: &str) {
         match FromServer::parse(text) {
             Ok(FromServer::Connected {
                 session_id: Some(session_id),
@@ -256,7 +261,7 @@ impl RemoteClient {
     }
 
     /// A datagram for the client's socket.
-    pub fn datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
         let Ok(receive) = Receive::new(Protocol::Udp, source, self.local_addr, bytes) else {
             return;
         };
@@ -266,26 +271,19 @@ impl RemoteClient {
         self.drain(now);
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
-            self.fail(format!("WebRTC error: {e}"));
-        }
-        self.drain(now);
-    }
-
     /// Send a text message on `ma-api`. `Ok(false)`: the send budget is full, try later.
-    pub fn send_text(&mut self, now: Instant, text: &str) -> Result<bool, String> {
-        self.send(now, false, text.as_bytes())
+    pub fn handle_send_text(&mut self, now: Instant, text: &str) -> Result<bool, String> {
+        self.handle_send(now, false, text.as_bytes())
     }
 
     /// Send a message on `ma-api`.
-    pub fn send(&mut self, now: Instant, binary: bool, data: &[u8]) -> Result<bool, String> {
+    pub fn handle_send(&mut self, now: Instant, binary: bool, data: &[u8]) -> Result<bool, String> {
         let id = self.channel.ok_or("the channel is not open")?;
         self.write(now, id, binary, data)
     }
 
     /// Open a side channel (in-band, no renegotiation), e.g. `sendspin` or `http_proxy`.
-    pub fn open_channel(&mut self, now: Instant, label: &str) -> Result<(), String> {
+    pub fn handle_open_channel(&mut self, now: Instant, label: &str) -> Result<(), String> {
         if self.channel.is_none() {
             return Err("open ma-api first".into());
         }
@@ -304,7 +302,7 @@ impl RemoteClient {
     }
 
     /// Send on an open side channel.
-    pub fn send_on(
+    pub fn handle_send_on(
         &mut self,
         now: Instant,
         label: &str,
@@ -334,40 +332,30 @@ impl RemoteClient {
     }
 
     /// Close the connection politely.
-    pub fn close(&mut self, now: Instant) {
+    pub fn handle_close(&mut self, now: Instant) {
         self.rtc.disconnect();
         self.drain(now);
     }
 
+    /// Take everything str0m has to say after an input, up to its next timeout.
     fn drain(&mut self, now: Instant) {
         loop {
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(_)) => return,
+                Ok(Output::Timeout(t)) => {
+                    self.rtc_timeout = Some(t);
+                    return;
+                }
                 Ok(Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit {
                     destination: t.destination,
                     contents: t.contents.into(),
                 }),
                 Ok(Output::Event(e)) => self.event(now, e),
                 Err(e) => {
+                    // The client has failed for good: no timer to keep.
+                    self.rtc_timeout = None;
                     self.fail(format!("WebRTC error: {e}"));
                     return;
                 }
-            }
-        }
-    }
-
-    /// When the client must be woken to drive timers.
-    pub fn poll_timeout(&mut self, now: Instant) -> Instant {
-        // str0m reports its timeout through poll_output; query it without losing outputs.
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return t,
-                Ok(Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit {
-                    destination: t.destination,
-                    contents: t.contents.into(),
-                }),
-                Ok(Output::Event(e)) => self.event(now, e),
-                Err(_) => return now + Duration::from_millis(100),
             }
         }
     }
@@ -438,6 +426,25 @@ impl RemoteClient {
     }
 }
 
+impl Machine for RemoteClient {
+    type Output = ClientOutput;
+
+    /// Drive str0m's timers.
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            self.fail(format!("WebRTC error: {e}"));
+        }
+        self.drain(now);
+    }
+
+    fn poll_output(&mut self) -> Next<ClientOutput> {
+        match self.out.pop_front() {
+            Some(out) => Next::Output(out),
+            None => Next::Timeout(self.rtc_timeout),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,7 +459,7 @@ mod tests {
     }
 
     fn outputs(c: &mut RemoteClient) -> Vec<ClientOutput> {
-        std::iter::from_fn(|| c.poll_output()).collect()
+        std::iter::from_fn(|| c.poll_output().output()).collect()
     }
 
     fn signals(outs: &[ClientOutput]) -> Vec<Value> {
@@ -467,14 +474,14 @@ mod tests {
     #[test]
     fn asks_offers_and_trickles_like_the_web_app() {
         let (mut c, now) = client();
-        c.signaling_open();
+        c.handle_signaling_open(now);
         assert_eq!(
             signals(&outputs(&mut c)),
             [json!({"type": "connect-request", "remoteId": ID})]
         );
-        c.signaling_text(now, r#"{"type":"ping"}"#);
+        c.handle_signaling_text(now, r#"{"type":"ping"}"#);
         assert_eq!(signals(&outputs(&mut c)), [json!({"type": "pong"})]);
-        c.signaling_text(
+        c.handle_signaling_text(
             now,
             &json!({"type": "connected", "remoteId": ID, "sessionId": "s-1", "iceServers": []})
                 .to_string(),
@@ -501,7 +508,7 @@ mod tests {
     #[test]
     fn an_invalid_session_id_fails_the_connection() {
         let (mut c, now) = client();
-        c.signaling_text(
+        c.handle_signaling_text(
             now,
             r#"{"type":"connected","remoteId":"X","sessionId":"a\r\nb","iceServers":[]}"#,
         );
