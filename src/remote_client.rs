@@ -50,7 +50,7 @@ pub enum ClientEvent {
     Text(String),
     /// A binary message.
     Binary(Vec<u8>),
-    /// A side channel (opened with [`RemoteClient::open_channel`]) is open.
+    /// A side channel (opened with [`RemoteClient::handle_open_channel`]) is open.
     SideOpen { label: String },
     /// A message on a side channel.
     Side {
