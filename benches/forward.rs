@@ -359,7 +359,7 @@ impl<P: Peer> Harness<P> {
         let i = self.clients.len();
         let addr: SocketAddr = format!("127.0.0.2:{}", 20_000 + i).parse().unwrap();
         let mut rc = RemoteClient::new(now, &self.remote_id, addr);
-        rc.signaling_open();
+        rc.handle_signaling_open(now);
         let sid = format!("session{i:05}");
         self.by_addr.insert(addr, i);
         self.by_sid.insert(sid.clone(), i);
@@ -387,10 +387,17 @@ impl<P: Peer> Harness<P> {
     fn step(&mut self) {
         let now = Instant::now();
         for c in self.clients.iter_mut() {
-            if c.rc.poll_timeout(now) <= now {
-                c.rc.handle_timeout(now);
-            }
-            while let Some(o) = c.rc.poll_output() {
+            let mut timed_out = false;
+            loop {
+                let o = match c.rc.poll_output() {
+                    Next::Output(o) => o,
+                    Next::Timeout(Some(t)) if t <= now && !timed_out => {
+                        timed_out = true;
+                        c.rc.handle_timeout(now);
+                        continue;
+                    }
+                    Next::Timeout(_) => break,
+                };
                 match o {
                     ClientOutput::Signal(text) => {
                         let v: Value = serde_json::from_str(&text).unwrap();
@@ -421,11 +428,11 @@ impl<P: Peer> Harness<P> {
             match o {
                 PeerOut::Signal { sid, text } => {
                     let i = self.by_sid[&sid];
-                    self.clients[i].rc.signaling_text(now, &text);
+                    self.clients[i].rc.handle_signaling_text(now, &text);
                 }
                 PeerOut::Transmit { to, bytes } => {
                     if let Some(i) = self.by_addr.get(&to) {
-                        self.clients[*i].rc.datagram(now, from, &bytes);
+                        self.clients[*i].rc.handle_datagram(now, from, &bytes);
                     }
                 }
             }
@@ -439,7 +446,7 @@ impl<P: Peer> Harness<P> {
         let (mut sent, mut received) = (0u64, 0u64);
         while received < n {
             while sent < n && sent - received < in_flight {
-                match self.clients[i].rc.send_text(Instant::now(), payload) {
+                match self.clients[i].rc.handle_send_text(Instant::now(), payload) {
                     Ok(true) => sent += 1,
                     Ok(false) => break,
                     Err(e) => panic!("send: {e}"),

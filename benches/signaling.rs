@@ -1,6 +1,6 @@
 //! Signaling messages: the gateway's client (`src/signaling/client.rs`) parsing what the server
-//! relays and building its replies, and the self-hosted server (`src/signal/server.rs`) parsing
-//! and relaying. Real SDP (a str0m offer with one data channel, the gateway's answer to it).
+//! relays and building its replies, and the self-hosted server (`src/signaling/server/mod.rs`)
+//! parsing and relaying. Real SDP (a str0m offer with one data channel, the gateway's answer to it).
 //!
 //! Run: `cargo bench --bench signaling`
 
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ma_webrtc_gateway::backoff::{Backoff, Jitter};
 use ma_webrtc_gateway::identity::Identity;
+use ma_webrtc_gateway::machine::{Machine, Next};
 use ma_webrtc_gateway::signaling::client::{ClientConfig, Output, SignalingClient};
 use ma_webrtc_gateway::signaling::server::{Output as ServerOutput, ServerConfig, SignalServer};
 use ma_webrtc_gateway::webrtc::session::{PeerSession, SessionConfig};
@@ -68,14 +69,14 @@ fn registered_client(now: Instant) -> SignalingClient {
         now,
         r#"{"type":"registered","remoteId":"QCPJJTJMI3IDBNURU6XJJENRYU"}"#,
     );
-    while c.poll_output().is_some() {}
+    while let Next::Output(_) = c.poll_output() {}
     assert!(c.is_registered());
     c
 }
 
 fn drain(c: &mut SignalingClient) -> usize {
     let mut n = 0;
-    while let Some(o) = c.poll_output() {
+    while let Next::Output(o) = c.poll_output() {
         n += match o {
             Output::Send(t) => t.len(),
             _ => 1,
@@ -118,10 +119,9 @@ fn gateway_client(crit: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("client-connected+session-ready", |b| {
         let mut c = registered_client(now);
-        let ice = ice_servers();
         b.iter(|| {
             c.handle_text(now, black_box(&connected_msg));
-            c.session_ready(now, SESSION, &ice).unwrap();
+            c.handle_session_ready(now, SESSION).unwrap();
             drain(&mut c)
         })
     });
@@ -129,7 +129,7 @@ fn gateway_client(crit: &mut Criterion) {
     g.bench_function("build/answer", |b| {
         let mut c = registered_client(now);
         b.iter(|| {
-            c.send_answer(SESSION, black_box(&answer));
+            c.handle_answer(now, SESSION, black_box(&answer));
             drain(&mut c)
         })
     });
@@ -137,7 +137,7 @@ fn gateway_client(crit: &mut Criterion) {
     g.bench_function("build/ice-candidate", |b| {
         let mut c = registered_client(now);
         b.iter(|| {
-            c.send_candidate(SESSION, black_box(gw_cand.clone()));
+            c.handle_candidate(now, SESSION, black_box(gw_cand.clone()));
             drain(&mut c)
         })
     });
@@ -149,7 +149,7 @@ const CLIENT: u64 = 2;
 
 fn drain_server(s: &mut SignalServer) -> String {
     let mut last = String::new();
-    while let Some(o) = s.poll_output() {
+    while let Next::Output(o) = s.poll_output() {
         if let ServerOutput::Send { text, .. } = o {
             last = text;
         }
@@ -161,24 +161,24 @@ fn drain_server(s: &mut SignalServer) -> String {
 fn server_with_session(now: Instant) -> (SignalServer, String) {
     let mut s = SignalServer::new(now, ServerConfig::default());
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    s.connection_opened(now, GW, ip);
-    s.connection_opened(now, CLIENT, ip);
+    s.handle_open(now, GW, ip);
+    s.handle_open(now, CLIENT, ip);
     let remote_id = "QCPJJTJMI3IDBNURU6XJJENRYU";
-    s.text(
+    s.handle_text(
         now,
         GW,
         &json!({"type": "register-server", "remoteId": remote_id, "iceServers": ice_servers()})
             .to_string(),
     );
     drain_server(&mut s);
-    s.text(
+    s.handle_text(
         now,
         CLIENT,
         &json!({"type": "connect-request", "remoteId": remote_id}).to_string(),
     );
     let cc: Value = serde_json::from_str(&drain_server(&mut s)).unwrap();
     let session = cc["sessionId"].as_str().unwrap().to_string();
-    s.text(
+    s.handle_text(
         now,
         GW,
         &json!({"type": "session-ready", "sessionId": session, "iceServers": ice_servers()})
@@ -198,7 +198,7 @@ fn server(crit: &mut Criterion) {
     g.bench_function("relay/offer", |b| {
         let (mut s, _) = server_with_session(now);
         b.iter(|| {
-            s.text(now, CLIENT, black_box(&offer_msg));
+            s.handle_text(now, CLIENT, black_box(&offer_msg));
             drain_server(&mut s).len()
         })
     });
@@ -209,7 +209,7 @@ fn server(crit: &mut Criterion) {
     g.bench_function("relay/ice-candidate", |b| {
         let (mut s, _) = server_with_session(now);
         b.iter(|| {
-            s.text(now, CLIENT, black_box(&cand_msg));
+            s.handle_text(now, CLIENT, black_box(&cand_msg));
             drain_server(&mut s).len()
         })
     });
@@ -221,7 +221,7 @@ fn server(crit: &mut Criterion) {
                          "data": {"type": "answer", "sdp": answer}})
         .to_string();
         b.iter(|| {
-            s.text(now, GW, black_box(&msg));
+            s.handle_text(now, GW, black_box(&msg));
             drain_server(&mut s).len()
         })
     });
@@ -231,7 +231,7 @@ fn server(crit: &mut Criterion) {
         let msg =
             json!({"type": "ice-candidate", "sessionId": session, "data": gw_cand}).to_string();
         b.iter(|| {
-            s.text(now, GW, black_box(&msg));
+            s.handle_text(now, GW, black_box(&msg));
             drain_server(&mut s).len()
         })
     });
@@ -246,17 +246,17 @@ fn server(crit: &mut Criterion) {
         let mut conn = 100u64;
         b.iter(|| {
             conn += 1;
-            s.connection_opened(now, conn, ip);
-            s.text(now, conn, &request);
+            s.handle_open(now, conn, ip);
+            s.handle_text(now, conn, &request);
             let cc: Value = serde_json::from_str(&drain_server(&mut s)).unwrap();
             let session = cc["sessionId"].as_str().unwrap();
-            s.text(
+            s.handle_text(
                 now,
                 GW,
                 &json!({"type": "session-ready", "sessionId": session}).to_string(),
             );
             drain_server(&mut s);
-            s.connection_closed(now, conn);
+            s.handle_closed(now, conn);
             drain_server(&mut s).len()
         })
     });

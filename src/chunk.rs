@@ -1,4 +1,5 @@
-//! `__chunk__` framing of large server → client `ma-api` text messages (PROTOCOL.md §6).
+//! `__chunk__` framing of large server → client `ma-api` text messages
+//! (docs/protocol.md#chunk-framing).
 //! Sans-IO: no sockets, no clocks.
 //!
 //! A data channel message above the peer's `a=max-message-size` is never delivered, so a text

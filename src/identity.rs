@@ -1,5 +1,5 @@
 //! The gateway's DTLS identity: certificate, Remote ID and the clients' pin check
-//! (PROTOCOL.md §3).
+//! (docs/protocol.md#identity-and-remote-id).
 //!
 //! - The certificate is ECDSA P-256, self-signed, CN `Music Assistant WebRTC`, signed with
 //!   ecdsa-with-SHA256, valid from now − 1 day for 3650 days. It is stored as PEM in the data

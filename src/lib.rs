@@ -3,14 +3,15 @@
 //! Protocol logic lives in sans-IO state machines (inputs carry `now`, outputs are polled, no
 //! sockets), driven by thin mio drivers that only move bytes between sockets and machines.
 //!
-//! State machines:
+//! State machines (their common face: [`machine`]):
+//! - [`signaling::protocol`]: the signaling messages, shared by the three sides below.
 //! - [`signaling::client`]: the gateway's side of the signaling protocol.
 //! - [`gateway`]: sessions, channel routing by label, bridges to local services.
 //! - [`webrtc`]: str0m answerer sessions, UDP routing by ufrag/address, STUN gathering.
 //! - [`chunk`]: `__chunk__` framing and reassembly of large messages.
 //! - [`http_proxy`]: request hardening, an HTTP/1.1 client, the fetch pool.
-//! - [`signal`]: the self-hosted signaling server (its machine and its driver).
-//! - [`client`]: the web app's side, for diagnostics, tests and benchmarks.
+//! - [`signaling::server`]: the self-hosted signaling server's relay.
+//! - [`remote_client`]: the web app's side, for diagnostics, tests and benchmarks.
 //!
 //! Plumbing and drivers:
 //! - [`config`]: flags and environment variables.
@@ -18,7 +19,7 @@
 //! - [`backoff`]: reconnect schedule with jitter.
 //! - [`stats`]: percentiles for the figures diagnostics and benchmarks print.
 //! - [`net`]: non-blocking TCP/TLS/WebSocket/UDP for mio, DNS off the loop.
-//! - [`driver`]: the event loops (`gateway`, `connect`) and the command dispatch.
+//! - [`driver`]: the event loops (`gateway`, `connect`, `signal`) and the command dispatch.
 
 pub mod backoff;
 pub mod chunk;

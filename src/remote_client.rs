@@ -1,12 +1,15 @@
 //! The remote side, as the MA web app plays it (sans-IO): connect through signaling, offer an
 //! `ma-api` channel, trickle ICE, pin the answer's fingerprint to the Remote ID, reassemble
 //! `__chunk__` frames. Used by the `connect` diagnostic command, the tests and the benchmarks.
+//! It speaks docs/protocol.md#client-messages with the types of [`crate::signaling::protocol`],
+//! and shows the face of [`crate::machine`]: inputs are `handle_…` methods taking `now` (what
+//! the signaling socket and the UDP socket bring, and what the user of the client wants sent),
+//! and [`Machine::poll_output`] gives the outputs, then str0m's next deadline.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId};
 use str0m::net::{Protocol, Receive};
@@ -14,6 +17,10 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
 use crate::chunk::{Reassembler, ReassemblyLimits};
 use crate::identity;
+use crate::machine::{Machine, Next};
+use crate::signaling::protocol::{
+    candidate_init, escaped, FromServer, ParseError, Relay, SessionId, ToServer,
+};
 
 /// What the client's driver must do, or what it is told.
 #[derive(Debug)]
@@ -32,7 +39,7 @@ pub enum ClientOutput {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientEvent {
     /// The signaling server gave us a session.
-    SessionAssigned { session_id: String },
+    SessionAssigned { session_id: SessionId },
     /// The answer arrived and its fingerprint matches the Remote ID.
     Answered,
     /// ICE and DTLS are up.
@@ -43,7 +50,7 @@ pub enum ClientEvent {
     Text(String),
     /// A binary message.
     Binary(Vec<u8>),
-    /// A side channel (opened with [`RemoteClient::open_channel`]) is open.
+    /// A side channel (opened with [`RemoteClient::handle_open_channel`]) is open.
     SideOpen { label: String },
     /// A message on a side channel.
     Side {
@@ -77,9 +84,11 @@ pub struct RemoteClient {
     channel: Option<ChannelId>,
     /// Side channels by id, with their label and whether they are open.
     side: HashMap<ChannelId, (String, bool)>,
-    session_id: Option<String>,
+    session_id: Option<SessionId>,
     reassembler: Reassembler,
     out: VecDeque<ClientOutput>,
+    /// str0m's next timeout, as of the last drain (every input ends with one).
+    rtc_timeout: Option<Instant>,
     failed: bool,
     pub timings: Timings,
 }
@@ -91,7 +100,7 @@ impl RemoteClient {
         let rtc = Rtc::builder()
             .set_sctp_max_buffered_amount(512 * 1024)
             .build(now);
-        RemoteClient {
+        let mut client = RemoteClient {
             remote_id: remote_id.trim().to_string(),
             local_addr,
             label: "ma-api".into(),
@@ -102,16 +111,15 @@ impl RemoteClient {
             session_id: None,
             reassembler: Reassembler::new(ReassemblyLimits::default()),
             out: VecDeque::new(),
+            rtc_timeout: None,
             failed: false,
             timings: Timings {
                 started: Some(now),
                 ..Timings::default()
             },
-        }
-    }
-
-    pub fn poll_output(&mut self) -> Option<ClientOutput> {
-        self.out.pop_front()
+        };
+        client.drain(now);
+        client
     }
 
     pub fn is_open(&self) -> bool {
@@ -131,58 +139,61 @@ impl RemoteClient {
     }
 
     /// The signaling socket is open: ask for a session.
-    pub fn signaling_open(&mut self) {
-        self.out.push_back(ClientOutput::Signal(
-            json!({"type": "connect-request", "remoteId": self.remote_id}).to_string(),
-        ));
+    pub fn handle_signaling_open(&mut self, _now: Instant) {
+        let request = ToServer::ConnectRequest {
+            remote_id: Some(self.remote_id.clone()),
+        };
+        self.out.push_back(ClientOutput::Signal(request.to_text()));
     }
 
     /// A text frame from the signaling server.
-    pub fn signaling_text(&mut self, now: Instant, text: &str) {
-        let Ok(msg) = serde_json::from_str::<Value>(text) else {
-            log::warn!("signaling sent something that is not JSON: {text:.100}");
-            return;
-        };
-        match msg.get("type").and_then(Value::as_str) {
-            Some("connected") => self.on_connected(now, &msg),
-            Some("answer") => {
-                let sdp = msg
-                    .pointer("/data/sdp")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                self.on_answer(now, sdp);
-            }
-            Some("ice-candidate") => {
-                if let Some(c) = msg.pointer("/data/candidate").and_then(Value::as_str) {
+    pub fn handle_signaling_text(&mut self, now: Instant, text: &str) {
+        match FromServer::parse(text) {
+            Ok(FromServer::Connected {
+                session_id: Some(session_id),
+                ..
+            }) => self.on_connected(now, session_id),
+            Ok(FromServer::Connected {
+                session_id: None, ..
+            }) => self.fail("`connected` without sessionId".into()),
+            Ok(FromServer::Answer(relay)) => self.on_answer(now, relay.sdp().unwrap_or_default()),
+            Ok(FromServer::IceCandidate(relay)) => {
+                if let Some(c) = relay.candidate_line() {
                     self.on_candidate(c);
                 }
             }
-            Some("error") => {
-                let e = msg
-                    .get("error")
-                    .or_else(|| msg.get("message"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("(no text)");
+            Ok(FromServer::Error { error, message }) => {
+                let e = error.or(message).unwrap_or_else(|| "(no text)".into());
                 self.fail(format!("signaling error: {e}"));
             }
-            Some("peer-disconnected") => self.fail("the gateway left the signaling server".into()),
-            Some("ping") => self
+            Ok(FromServer::PeerDisconnected { .. }) => {
+                self.fail("the gateway left the signaling server".into())
+            }
+            Ok(FromServer::Ping) => self
                 .out
-                .push_back(ClientOutput::Signal(r#"{"type":"pong"}"#.into())),
-            _ => log::debug!("signaling: ignoring {text:.100}"),
+                .push_back(ClientOutput::Signal(ToServer::Pong.to_text())),
+            Err(ParseError::NotJson(_)) => {
+                log::warn!(
+                    "signaling sent something that is not JSON: {}",
+                    escaped(text, 100)
+                );
+                return;
+            }
+            // A server that hands out invalid session ids is not one to go on with.
+            Err(e @ ParseError::InvalidSessionId { .. }) => {
+                self.fail(format!("signaling sent {e}"))
+            }
+            _ => log::debug!("signaling: ignoring {}", escaped(text, 100)),
         }
         self.drain(now);
     }
 
-    fn on_connected(&mut self, now: Instant, msg: &Value) {
-        let Some(sid) = msg.get("sessionId").and_then(Value::as_str) else {
-            return self.fail("`connected` without sessionId".into());
-        };
-        self.session_id = Some(sid.to_string());
+    fn on_connected(&mut self, now: Instant, sid: SessionId) {
+        self.session_id = Some(sid.clone());
         self.timings.session_assigned = Some(now);
         self.out
             .push_back(ClientOutput::Event(ClientEvent::SessionAssigned {
-                session_id: sid.to_string(),
+                session_id: sid.clone(),
             }));
         let candidate = match Candidate::host(self.local_addr, "udp") {
             Ok(c) => c,
@@ -199,17 +210,14 @@ impl RemoteClient {
             return self.fail("str0m produced no offer".into());
         };
         self.pending = Some(pending);
-        self.out.push_back(ClientOutput::Signal(
-            json!({"type": "offer", "sessionId": sid, "data": {"type": "offer", "sdp": offer.to_sdp_string()}})
-                .to_string(),
-        ));
+        let offer = ToServer::Offer(Relay::offer(sid.clone(), &offer.to_sdp_string()));
+        self.out.push_back(ClientOutput::Signal(offer.to_text()));
         // Trickle our candidate too (it is also in the offer), as browsers do.
         if let Some(c) = local {
-            self.out.push_back(ClientOutput::Signal(
-                json!({"type": "ice-candidate", "sessionId": sid,
-                       "data": {"candidate": c, "sdpMid": "0", "sdpMLineIndex": 0}})
-                .to_string(),
-            ));
+            let candidate =
+                ToServer::IceCandidate(Relay::candidate(sid, candidate_init(&c, "0", 0)));
+            self.out
+                .push_back(ClientOutput::Signal(candidate.to_text()));
         }
     }
 
@@ -253,7 +261,7 @@ impl RemoteClient {
     }
 
     /// A datagram for the client's socket.
-    pub fn datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
         let Ok(receive) = Receive::new(Protocol::Udp, source, self.local_addr, bytes) else {
             return;
         };
@@ -263,26 +271,19 @@ impl RemoteClient {
         self.drain(now);
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
-            self.fail(format!("WebRTC error: {e}"));
-        }
-        self.drain(now);
-    }
-
     /// Send a text message on `ma-api`. `Ok(false)`: the send budget is full, try later.
-    pub fn send_text(&mut self, now: Instant, text: &str) -> Result<bool, String> {
-        self.send(now, false, text.as_bytes())
+    pub fn handle_send_text(&mut self, now: Instant, text: &str) -> Result<bool, String> {
+        self.handle_send(now, false, text.as_bytes())
     }
 
     /// Send a message on `ma-api`.
-    pub fn send(&mut self, now: Instant, binary: bool, data: &[u8]) -> Result<bool, String> {
+    pub fn handle_send(&mut self, now: Instant, binary: bool, data: &[u8]) -> Result<bool, String> {
         let id = self.channel.ok_or("the channel is not open")?;
         self.write(now, id, binary, data)
     }
 
     /// Open a side channel (in-band, no renegotiation), e.g. `sendspin` or `http_proxy`.
-    pub fn open_channel(&mut self, now: Instant, label: &str) -> Result<(), String> {
+    pub fn handle_open_channel(&mut self, now: Instant, label: &str) -> Result<(), String> {
         if self.channel.is_none() {
             return Err("open ma-api first".into());
         }
@@ -301,7 +302,7 @@ impl RemoteClient {
     }
 
     /// Send on an open side channel.
-    pub fn send_on(
+    pub fn handle_send_on(
         &mut self,
         now: Instant,
         label: &str,
@@ -331,40 +332,30 @@ impl RemoteClient {
     }
 
     /// Close the connection politely.
-    pub fn close(&mut self, now: Instant) {
+    pub fn handle_close(&mut self, now: Instant) {
         self.rtc.disconnect();
         self.drain(now);
     }
 
+    /// Take everything str0m has to say after an input, up to its next timeout.
     fn drain(&mut self, now: Instant) {
         loop {
             match self.rtc.poll_output() {
-                Ok(Output::Timeout(_)) => return,
+                Ok(Output::Timeout(t)) => {
+                    self.rtc_timeout = Some(t);
+                    return;
+                }
                 Ok(Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit {
                     destination: t.destination,
                     contents: t.contents.into(),
                 }),
                 Ok(Output::Event(e)) => self.event(now, e),
                 Err(e) => {
+                    // The client has failed for good: no timer to keep.
+                    self.rtc_timeout = None;
                     self.fail(format!("WebRTC error: {e}"));
                     return;
                 }
-            }
-        }
-    }
-
-    /// When the client must be woken to drive timers.
-    pub fn poll_timeout(&mut self, now: Instant) -> Instant {
-        // str0m reports its timeout through poll_output; query it without losing outputs.
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => return t,
-                Ok(Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit {
-                    destination: t.destination,
-                    contents: t.contents.into(),
-                }),
-                Ok(Output::Event(e)) => self.event(now, e),
-                Err(_) => return now + Duration::from_millis(100),
             }
         }
     }
@@ -432,5 +423,102 @@ impl RemoteClient {
             }
             _ => {}
         }
+    }
+}
+
+impl Machine for RemoteClient {
+    type Output = ClientOutput;
+
+    /// Drive str0m's timers.
+    fn handle_timeout(&mut self, now: Instant) {
+        if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
+            self.fail(format!("WebRTC error: {e}"));
+        }
+        self.drain(now);
+    }
+
+    fn poll_output(&mut self) -> Next<ClientOutput> {
+        match self.out.pop_front() {
+            Some(out) => Next::Output(out),
+            None => Next::Timeout(self.rtc_timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    const ID: &str = "QCPJJTJMI3IDBNURU6XJJENRYU";
+
+    fn client() -> (RemoteClient, Instant) {
+        let now = Instant::now();
+        let c = RemoteClient::new(now, ID, "127.0.0.1:50000".parse().unwrap());
+        (c, now)
+    }
+
+    fn outputs(c: &mut RemoteClient) -> Vec<ClientOutput> {
+        std::iter::from_fn(|| c.poll_output().output()).collect()
+    }
+
+    fn signals(outs: &[ClientOutput]) -> Vec<Value> {
+        outs.iter()
+            .filter_map(|o| match o {
+                ClientOutput::Signal(text) => Some(serde_json::from_str(text).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn asks_offers_and_trickles_like_the_web_app() {
+        let (mut c, now) = client();
+        c.handle_signaling_open(now);
+        assert_eq!(
+            signals(&outputs(&mut c)),
+            [json!({"type": "connect-request", "remoteId": ID})]
+        );
+        c.handle_signaling_text(now, r#"{"type":"ping"}"#);
+        assert_eq!(signals(&outputs(&mut c)), [json!({"type": "pong"})]);
+        c.handle_signaling_text(
+            now,
+            &json!({"type": "connected", "remoteId": ID, "sessionId": "s-1", "iceServers": []})
+                .to_string(),
+        );
+        let outs = outputs(&mut c);
+        assert!(outs.iter().any(|o| matches!(o,
+            ClientOutput::Event(ClientEvent::SessionAssigned { session_id }) if session_id == "s-1")));
+        let sent = signals(&outs);
+        assert_eq!(sent[0]["type"], "offer");
+        assert_eq!(sent[0]["sessionId"], "s-1");
+        assert_eq!(sent[0]["data"]["type"], "offer");
+        assert!(sent[0]["data"]["sdp"].as_str().unwrap().starts_with("v=0"));
+        assert_eq!(sent[1]["type"], "ice-candidate");
+        assert_eq!(sent[1]["sessionId"], "s-1");
+        assert!(sent[1]["data"]["candidate"]
+            .as_str()
+            .unwrap()
+            .starts_with("candidate:"));
+        assert_eq!(sent[1]["data"]["sdpMid"], "0");
+        assert_eq!(sent[1]["data"]["sdpMLineIndex"], 0);
+        assert_eq!(c.session_id(), Some("s-1"));
+    }
+
+    #[test]
+    fn an_invalid_session_id_fails_the_connection() {
+        let (mut c, now) = client();
+        c.handle_signaling_text(
+            now,
+            r#"{"type":"connected","remoteId":"X","sessionId":"a\r\nb","iceServers":[]}"#,
+        );
+        let outs = outputs(&mut c);
+        assert!(signals(&outs).is_empty(), "no offer");
+        assert!(
+            outs.iter().any(|o| matches!(o,
+                ClientOutput::Event(ClientEvent::Failed(why)) if why.contains(r#""a\r\nb""#))),
+            "{outs:?}"
+        );
+        assert_eq!(c.session_id(), None);
     }
 }

@@ -1,5 +1,5 @@
 //! Real browsers as clients (issue 6): headless Chromium and headless Firefox load a test page
-//! (`tests/browser/`: a remote transport written from PROTOCOL.md, like the MA web app's)
+//! (`tests/browser/`: a remote transport written from docs/protocol.md, like the MA web app's)
 //! from this test's HTTP server and run it against the real `signal` binary, the real gateway
 //! binary and the MA stand-in. The page reports JSON to this test, which asserts it byte for
 //! byte, and prints connection times, echo round trips and throughput as a benchmark.

@@ -14,7 +14,7 @@ use tungstenite::http::Uri;
 
 pub mod signal;
 
-/// The four public STUN servers MA itself uses (PROTOCOL.md §4).
+/// The four public STUN servers MA itself uses (docs/protocol.md#default-stun-servers).
 pub const DEFAULT_ICE_SERVERS: &str = r#"[{"urls":"stun:stun.home-assistant.io:3478"},{"urls":"stun:stun.l.google.com:19302"},{"urls":"stun:stun1.l.google.com:19302"},{"urls":"stun:stun.cloudflare.com:3478"}]"#;
 
 #[derive(Debug, Parser)]

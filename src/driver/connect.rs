@@ -14,6 +14,7 @@ use tungstenite::protocol::WebSocketConfig;
 use tungstenite::Message;
 
 use crate::config::{ConnectArgs, GatewayConfig, WsUrl};
+use crate::machine::{Machine, Next};
 use crate::net::resolve::Resolver;
 use crate::net::udp;
 use crate::net::ws_client::{Progress, WsClient};
@@ -131,7 +132,7 @@ impl Connection {
     pub fn send(&mut self, binary: bool, data: &[u8], timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.client.send(Instant::now(), binary, data)? {
+            if self.client.handle_send(Instant::now(), binary, data)? {
                 self.pump();
                 return Ok(());
             }
@@ -146,7 +147,7 @@ impl Connection {
     /// Open a side channel and wait until it is open.
     pub fn open_channel(&mut self, label: &str, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
-        self.client.open_channel(Instant::now(), label)?;
+        self.client.handle_open_channel(Instant::now(), label)?;
         self.pump();
         while !self.client.side_open(label) {
             self.turn(deadline)?;
@@ -164,7 +165,10 @@ impl Connection {
     ) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.client.send_on(Instant::now(), label, binary, data)? {
+            if self
+                .client
+                .handle_send_on(Instant::now(), label, binary, data)?
+            {
                 self.pump();
                 return Ok(());
             }
@@ -200,7 +204,7 @@ impl Connection {
 
     /// Close politely and let the goodbye packets out.
     pub fn close(mut self) {
-        self.client.close(Instant::now());
+        self.client.handle_close(Instant::now());
         self.pump();
         if let Some(ws) = self.ws.socket() {
             let _ = ws.close(None);
@@ -214,8 +218,7 @@ impl Connection {
         if now >= deadline {
             return Err(self.stuck());
         }
-        let wake = self.client.poll_timeout(now).min(deadline);
-        self.pump();
+        let wake = self.pump().map_or(deadline, |t| t.min(deadline));
         let wait = wake.saturating_duration_since(Instant::now());
         match self.poll.poll(&mut self.events, Some(wait)) {
             Ok(()) => {}
@@ -242,7 +245,8 @@ impl Connection {
                     loop {
                         match self.udp.recv_from(&mut self.buf) {
                             Ok((n, src)) => {
-                                self.client.datagram(Instant::now(), src, &self.buf[..n])
+                                self.client
+                                    .handle_datagram(Instant::now(), src, &self.buf[..n])
                             }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(e) => log::debug!("client UDP error: {e}"),
@@ -300,7 +304,7 @@ impl Connection {
             Progress::Pending => return Ok(()),
             Progress::Opened => {
                 self.ws_open = true;
-                self.client.signaling_open();
+                self.client.handle_signaling_open(Instant::now());
             }
             Progress::Open => {}
         }
@@ -309,7 +313,9 @@ impl Connection {
                 return Ok(());
             };
             match ws.read() {
-                Ok(Message::Text(t)) => self.client.signaling_text(Instant::now(), t.as_str()),
+                Ok(Message::Text(t)) => self
+                    .client
+                    .handle_signaling_text(Instant::now(), t.as_str()),
                 Ok(Message::Close(_)) => {
                     return Err("the signaling server closed the connection".into())
                 }
@@ -322,10 +328,14 @@ impl Connection {
         Ok(())
     }
 
-    /// Carry out the client's outputs.
-    fn pump(&mut self) {
+    /// Carry out the client's outputs; returns its next deadline.
+    fn pump(&mut self) -> Option<Instant> {
         let mut wrote = false;
-        while let Some(o) = self.client.poll_output() {
+        let deadline = loop {
+            let o = match self.client.poll_output() {
+                Next::Output(o) => o,
+                Next::Timeout(deadline) => break deadline,
+            };
             match o {
                 ClientOutput::Signal(text) => {
                     if let Some(ws) = self.ws.socket() {
@@ -339,12 +349,13 @@ impl Connection {
                 } => self.udp_queue.send(&self.udp, destination, contents),
                 ClientOutput::Event(e) => self.inbox.push_back(e),
             }
-        }
+        };
         if wrote {
             if let Some(ws) = self.ws.socket() {
                 let _ = ws.flush();
             }
         }
+        deadline
     }
 }
 

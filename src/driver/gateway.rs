@@ -214,10 +214,13 @@ impl Driver {
                 idle = false;
                 self.on_conn_event(owner, event);
             }
-            while let Some(output) = self.signaling.poll_output() {
+            let signaling_deadline = loop {
+                match self.signaling.poll_output() {
+                    Next::Output(o) => self.on_signaling_output(o),
+                    Next::Timeout(t) => break t,
+                }
                 idle = false;
-                self.on_signaling_output(output);
-            }
+            };
             let core_deadline = loop {
                 match self.core.poll_output() {
                     Next::Output(o) => self.on_core_output(o),
@@ -226,7 +229,7 @@ impl Driver {
                 idle = false;
             };
             if idle {
-                return earliest(core_deadline, Some(self.signaling.poll_timeout()));
+                return earliest(core_deadline, signaling_deadline);
             }
         }
     }
@@ -390,19 +393,18 @@ impl Driver {
         let now = Instant::now();
         match output {
             CoreOutput::SessionReady { session_id } => {
-                let ice = self.config.ice_servers.clone();
-                if let Err(e) = self.signaling.session_ready(now, &session_id, &ice) {
+                if let Err(e) = self.signaling.handle_session_ready(now, &session_id) {
                     log::warn!("[{session_id}] session-ready not sent: {e:?}");
                 }
             }
             CoreOutput::Answer { session_id, sdp } => {
-                self.signaling.send_answer(&session_id, &sdp);
+                self.signaling.handle_answer(now, &session_id, &sdp);
             }
             CoreOutput::Candidate {
                 session_id,
                 candidate,
             } => {
-                self.signaling.send_candidate(&session_id, candidate);
+                self.signaling.handle_candidate(now, &session_id, candidate);
             }
             CoreOutput::Transmit(t) => self.udp_queue.send(&self.udp, t.destination, t.contents),
             CoreOutput::OpenWs { bridge, url } => {

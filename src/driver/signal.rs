@@ -27,7 +27,9 @@ use tungstenite::{Error as WsError, Message, WebSocket};
 
 use crate::config::signal::SignalConfig;
 use crate::config::{bad, SignalArgs};
+use crate::machine::{Machine, Next};
 use crate::net::stream::{Stream, TlsStream};
+use crate::signaling::protocol::{err_rate_limited, FromServer};
 use crate::signaling::server::http::{self, Parsed, Route};
 use crate::signaling::server::{Check, ConnId, Output, ServerConfig, SignalServer};
 
@@ -235,13 +237,13 @@ impl Driver {
         let tick = Duration::from_secs(1).min(self.config.ping_interval / 2);
         let mut next_tick = Instant::now() + tick;
         let mut events = Events::with_capacity(1024);
+        let mut deadline = self.process_outputs(Instant::now());
         loop {
             let now = Instant::now();
             let wait = if self.read_pending.is_empty() {
                 // Round up to whole milliseconds so we never wake just before a deadline.
-                self.server
-                    .poll_timeout()
-                    .min(next_tick)
+                deadline
+                    .map_or(next_tick, |d| d.min(next_tick))
                     .saturating_duration_since(now)
                     + Duration::from_micros(999)
             } else {
@@ -278,11 +280,11 @@ impl Driver {
             }
             self.process_outputs(now);
             self.server.handle_timeout(now);
-            self.process_outputs(now);
+            deadline = self.process_outputs(now);
             if now >= next_tick {
                 next_tick = now + tick;
                 self.tick(now);
-                self.process_outputs(now);
+                deadline = self.process_outputs(now);
             }
             if stopping || self.stop.flag.load(Ordering::SeqCst) {
                 break;
@@ -447,7 +449,7 @@ impl Driver {
                             );
                             conn.last_rx = now;
                             conn.next_ping = now + self.config.ping_interval;
-                            self.server.connection_opened(now, conn_id(token), conn.ip);
+                            self.server.handle_open(now, conn_id(token), conn.ip);
                             Phase::Ws(Box::new(ws))
                         }
                         None => {
@@ -478,7 +480,7 @@ impl Driver {
                             Phase::Closing(ws)
                         }
                         WsOutcome::Fail(code, reason) => {
-                            self.server.connection_closed(now, conn_id(token));
+                            self.server.handle_closed(now, conn_id(token));
                             match ws.close(Some(close_frame(code, reason))) {
                                 Ok(()) => {}
                                 Err(e) if would_block(&e) => {}
@@ -540,13 +542,13 @@ impl Driver {
                 .to_string();
                 (http::json_response(200, "OK", &body, &[], head_only), None)
             }
-            Route::Check { id, head_only } => match self.server.check(now, ip, &id) {
+            Route::Check { id, head_only } => match self.server.handle_check(now, ip, &id) {
                 Check::Online(online) => {
                     let body = serde_json::json!({ "online": online }).to_string();
                     (http::json_response(200, "OK", &body, &[], head_only), None)
                 }
                 Check::Limited { retry_after } => {
-                    let error = format!("Rate limited. Try again in {retry_after} seconds.");
+                    let error = err_rate_limited(retry_after);
                     let body = serde_json::json!({ "error": error }).to_string();
                     let secs = retry_after.to_string();
                     let extra = [("Retry-After", secs.as_str())];
@@ -591,10 +593,10 @@ impl Driver {
             };
             *last_rx = now;
             match msg {
-                Message::Text(text) => self.server.text(now, id, text.as_str()),
-                Message::Binary(_) => self.server.binary(now, id),
+                Message::Text(text) => self.server.handle_text(now, id, text.as_str()),
+                Message::Binary(_) => self.server.handle_binary(now, id),
                 Message::Close(_) => {
-                    self.server.connection_closed(now, id);
+                    self.server.handle_closed(now, id);
                     return WsOutcome::PeerClosed;
                 }
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -608,11 +610,16 @@ impl Driver {
         WsOutcome::Open
     }
 
-    /// Carry out what the server asked for, until it has nothing more to say.
-    fn process_outputs(&mut self, now: Instant) {
+    /// Carry out what the server asked for, until it has nothing more to say; returns its next
+    /// deadline.
+    fn process_outputs(&mut self, now: Instant) -> Option<Instant> {
         loop {
             let mut dropped = Vec::new();
-            while let Some(out) = self.server.poll_output() {
+            let deadline = loop {
+                let out = match self.server.poll_output() {
+                    Next::Output(out) => out,
+                    Next::Timeout(deadline) => break deadline,
+                };
                 match out {
                     Output::Send { conn, text } => {
                         let token = Token(conn as usize);
@@ -656,15 +663,16 @@ impl Driver {
                         self.dirty.insert(token);
                     }
                 }
+            };
+            if dropped.is_empty() && self.dirty.is_empty() {
+                return deadline;
             }
+            // Dropping and flushing may close connections, which the server hears about.
             for token in dropped {
                 self.drop_conn(token, now);
             }
             for token in std::mem::take(&mut self.dirty) {
                 self.flush(token, now);
-            }
-            if !self.server.has_output() {
-                return;
             }
         }
     }
@@ -701,7 +709,7 @@ impl Driver {
                         // A WebSocket ping for liveness, a JSON one like the public server's.
                         for ping in [
                             Message::Ping(Default::default()),
-                            Message::text(r#"{"type":"ping"}"#),
+                            Message::text(FromServer::Ping.to_text()),
                         ] {
                             match ws.write(ping) {
                                 Ok(()) => {}
@@ -745,7 +753,7 @@ impl Driver {
     /// A connection is gone: the server forgets it (a no-op if it already has).
     fn finish(&mut self, token: Token, now: Instant) {
         self.read_pending.remove(&token);
-        self.server.connection_closed(now, conn_id(token));
+        self.server.handle_closed(now, conn_id(token));
     }
 
     /// Say goodbye to every WebSocket (best effort, no waiting) and drop everything.

@@ -1,4 +1,4 @@
-//! Which local service a data channel goes to, by label (PROTOCOL.md §5).
+//! Which local service a data channel goes to, by label (docs/protocol.md#channels-and-labels).
 
 /// What a data channel is bridged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

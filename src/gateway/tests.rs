@@ -79,18 +79,21 @@ impl Sim {
                     Output::SessionReady { session_id } => {
                         self.session_ready = true;
                         let msg = json!({"type": "connected", "remoteId": "x", "sessionId": session_id, "iceServers": []});
-                        self.client.signaling_text(self.now, &msg.to_string());
+                        self.client
+                            .handle_signaling_text(self.now, &msg.to_string());
                     }
                     Output::Answer { sdp, .. } => {
                         let msg = json!({"type": "answer", "data": {"type": "answer", "sdp": sdp}});
-                        self.client.signaling_text(self.now, &msg.to_string());
+                        self.client
+                            .handle_signaling_text(self.now, &msg.to_string());
                     }
                     Output::Candidate { candidate, .. } => {
                         assert!(
                             candidate["sdpMLineIndex"].is_u64() && candidate["sdpMid"].is_string()
                         );
                         let msg = json!({"type": "ice-candidate", "data": candidate});
-                        self.client.signaling_text(self.now, &msg.to_string());
+                        self.client
+                            .handle_signaling_text(self.now, &msg.to_string());
                     }
                     Output::Transmit(t) => self.to_client.push_back((self.gw_addr, t.contents)),
                     Output::OpenWs { bridge, url } => {
@@ -106,7 +109,7 @@ impl Sim {
                     | Output::FetchClose { .. } => {}
                 }
             }
-            while let Some(o) = self.client.poll_output() {
+            while let Next::Output(o) = self.client.poll_output() {
                 moved = true;
                 match o {
                     ClientOutput::Signal(text) => {
@@ -136,7 +139,7 @@ impl Sim {
             }
             while let Some((src, bytes)) = self.to_client.pop_front() {
                 moved = true;
-                self.client.datagram(self.now, src, &bytes);
+                self.client.handle_datagram(self.now, src, &bytes);
             }
             if !moved {
                 return;
@@ -148,14 +151,14 @@ impl Sim {
     fn run(&mut self, n: usize) {
         for _ in 0..n {
             self.pump();
+            let client_timeout = match self.client.poll_output() {
+                Next::Timeout(t) => t,
+                Next::Output(o) => panic!("pumped, yet the client has {o:?}"),
+            };
             let Next::Timeout(gw_next) = self.gw.poll_output() else {
                 panic!("pumped, yet the gateway has output");
             };
-            let next = gw_next
-                .into_iter()
-                .chain([self.client.poll_timeout(self.now)])
-                .min()
-                .unwrap();
+            let next = gw_next.into_iter().chain(client_timeout).min().unwrap();
             self.now = next.max(self.now + Duration::from_millis(1));
             self.gw.handle_timeout(self.now);
             self.client.handle_timeout(self.now);
@@ -164,7 +167,7 @@ impl Sim {
     }
 
     fn connect(&mut self) -> BridgeId {
-        self.client.signaling_open();
+        self.client.handle_signaling_open(self.now);
         for _ in 0..200 {
             self.run(1);
             if self.client.is_open() && !self.ws.is_empty() {
@@ -202,7 +205,7 @@ fn session_ready_answer_trickle_and_the_api_bridge() {
     for i in 0..3 {
         assert!(sim
             .client
-            .send_text(sim.now, &format!("early {i}"))
+            .handle_send_text(sim.now, &format!("early {i}"))
             .unwrap());
     }
     sim.run(3);

@@ -1,4 +1,4 @@
-//! The HTTP proxy (PROTOCOL.md §7), sans-IO: clients ask for album art and previews with
+//! The HTTP proxy (docs/protocol.md#http-proxy), sans-IO: clients ask for album art and previews with
 //! `http-proxy-request` messages, the gateway fetches them from the local Music Assistant
 //! server and answers with `http-proxy-response`.
 //!
@@ -28,7 +28,7 @@
 //! 2. Drain [`ProxyPool::poll_output`] after every call into the pool (and after
 //!    [`ProxyPool::handle_timeout`]); include [`ProxyPool::poll_timeout`] in the core's.
 //! 3. [`PoolOutput::Response`]: encode for the requester's channel:
-//!    - `ma-api`: [`ProxyResponse::to_json`] → `Chunker::frame` (§6) → the bridge's queue;
+//!    - `ma-api`: [`ProxyResponse::to_json`] → `Chunker::frame` (docs/protocol.md#chunk-framing) → the bridge's queue;
 //!      then `response_done(now, requester)` right away.
 //!    - `http_proxy`: [`ProxyResponse::into_binary`] with `max_frame` = the peer's limit
 //!      (`chunk::send_limit`); write the header text, then each frame, as the send budget
@@ -60,8 +60,9 @@
 //! # Decisions
 //!
 //! - Statuses made up by the gateway: 400 invalid request, 500 any fetch failure (cannot
-//!   connect, malformed or too large response: "gateway-side failure" in §7), 503 the
-//!   requester's queue is full, 504 the fetch timed out. Bodies are `text/plain`.
+//!   connect, malformed or too large response: "fetch failed" in
+//!   docs/protocol.md#proxy-responses), 503 the requester's queue is full, 504 the fetch timed
+//!   out. Bodies are `text/plain`.
 //! - The fetch timeout runs from the start of the fetch (not from queueing) to the end of the
 //!   body. Queueing is bounded by the per-requester queue instead.
 //! - Fair share: a free slot goes to the requester with the fewest fetches in flight (ties in

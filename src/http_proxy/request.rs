@@ -1,4 +1,5 @@
-//! Parsing and validation of `http-proxy-request` messages (PROTOCOL.md §7).
+//! Parsing and validation of `http-proxy-request` messages
+//! (docs/protocol.md#proxy-requests, #proxy-hardening).
 //!
 //! ```text
 //! {"type":"http-proxy-request","id":"req_...","method":"GET","path":"/imageproxy?...","headers":{...}}

@@ -1,4 +1,4 @@
-//! Encoding proxy responses in the two forms of PROTOCOL.md §7.
+//! Encoding proxy responses in the two forms of docs/protocol.md#proxy-responses.
 //!
 //! - On `ma-api`: one compact JSON text, keys in exactly this order (the mobile app has a fast
 //!   path that depends on it):

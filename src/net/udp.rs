@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// Socket buffer size asked for: Linux defaults (~212 KiB) overflow in bursts and stall SCTP
-/// on retransmit timers (FIELD-NOTES.md).
+/// on retransmit timers (docs/design.md#udp-socket-buffers).
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 /// Datagrams held while the socket is not writable; past this, new ones are dropped (SCTP and
 /// ICE retransmit).

@@ -1,18 +1,24 @@
-//! The gateway's side of the signaling protocol (PROTOCOL.md §2), as a sans-IO state machine.
+//! The gateway's side of the signaling protocol (docs/protocol.md#gateway-messages), as a
+//! sans-IO state machine.
 //!
 //! The driver owns the WebSocket; this machine decides when to connect, what to send and when a
-//! connection is dead. Inputs carry `now`; outputs are drained with [`SignalingClient::poll_output`]
-//! and the next deadline is [`SignalingClient::poll_timeout`].
+//! connection is dead. Messages are those of [`crate::signaling::protocol`]; one whose session id
+//! is not valid is logged and dropped. It shows the face of [`crate::machine`]: inputs are
+//! `handle_…` methods taking `now` (from the driver: the socket's life and frames; from the
+//! gateway core: `session-ready`, answers and candidates to send), and
+//! [`Machine::poll_output`] gives the outputs, then the next deadline.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::backoff::Backoff;
+use crate::machine::{Machine, Next};
+use crate::signaling::protocol::{
+    escaped, FromServer, ParseError, Relay, SessionId, ToServer, CLOSE_REPLACED,
+};
 
-/// The close code the signaling server uses when our Remote ID registered from another socket.
-pub const CLOSE_REPLACED: u16 = 4000;
 /// How long the signaling server waits for `session-ready` before it falls back.
 pub const SESSION_READY_WINDOW: Duration = Duration::from_secs(10);
 /// A connection attempt (DNS, TCP, TLS, WebSocket handshake) that takes longer is abandoned.
@@ -49,17 +55,17 @@ pub enum Event {
     Registered { remote_id: String },
     /// The connection is gone; every relayed session is unreachable until we register again.
     Lost,
-    /// A client wants a session: reply with [`SignalingClient::session_ready`].
-    ClientConnected { session_id: String },
+    /// A client wants a session: reply with [`SignalingClient::handle_session_ready`].
+    ClientConnected { session_id: SessionId },
     /// An SDP offer (a second one on a session is an ICE restart).
-    Offer { session_id: String, sdp: String },
+    Offer { session_id: SessionId, sdp: String },
     /// A remote ICE candidate, the `data` object as received.
     RemoteCandidate {
-        session_id: String,
+        session_id: SessionId,
         candidate: Value,
     },
     /// The client's signaling socket closed.
-    ClientDisconnected { session_id: String },
+    ClientDisconnected { session_id: SessionId },
 }
 
 #[derive(Debug)]
@@ -95,11 +101,18 @@ pub struct SignalingClient {
     backoff: Backoff,
     out: VecDeque<Output>,
     /// `client-connected` sessions waiting for `session-ready`, with their deadline.
-    pending_ready: HashMap<String, Instant>,
+    pending_ready: HashMap<SessionId, Instant>,
 }
 
-fn text(v: &Value, key: &str) -> Option<String> {
-    v.get(key).and_then(Value::as_str).map(str::to_string)
+fn without_session_id(kind: &str) {
+    log::warn!("signaling: {kind} without sessionId; ignored");
+}
+
+/// A session id the core hands back (it came from an [`Event`], so it is valid).
+fn outgoing(session_id: &str) -> Option<SessionId> {
+    SessionId::parse(session_id)
+        .inspect_err(|e| log::warn!("signaling: not sending for an {e}"))
+        .ok()
 }
 
 impl SignalingClient {
@@ -134,21 +147,17 @@ impl SignalingClient {
         )
     }
 
-    /// Replace the ICE server list; sent again at once if registered (the server then only
-    /// updates it).
-    pub fn set_ice_servers(&mut self, ice_servers: Value) {
+    /// A new ICE server list for `register-server` and every `session-ready`; sent again at
+    /// once on an open connection (the server then only updates it).
+    pub fn handle_ice_servers(&mut self, _now: Instant, ice_servers: Value) {
         self.ice_servers = ice_servers;
         if matches!(self.state, State::Open { .. }) {
             self.send_register();
         }
     }
 
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    /// The next moment [`SignalingClient::handle_timeout`] must be called.
-    pub fn poll_timeout(&self) -> Instant {
+    /// The next moment [`Machine::handle_timeout`] must be called.
+    fn deadline(&self) -> Instant {
         let state_deadline = match self.state {
             State::Waiting { at } => at,
             State::Connecting { deadline } => deadline,
@@ -166,57 +175,6 @@ impl SignalingClient {
         self.config.ping_interval * 2
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        match self.state {
-            State::Waiting { at } if now >= at => {
-                self.state = State::Connecting {
-                    deadline: now + self.config.connect_timeout,
-                };
-                self.out.push_back(Output::Connect);
-            }
-            State::Connecting { deadline } if now >= deadline => {
-                log::warn!(
-                    "signaling: no connection after {:?}, giving up on this attempt",
-                    self.config.connect_timeout
-                );
-                self.out.push_back(Output::Disconnect);
-                self.lost(now, None);
-            }
-            State::Open {
-                last_rx,
-                ref mut next_ping,
-                ..
-            } => {
-                if now >= last_rx + self.config.ping_interval * 2 {
-                    log::warn!(
-                        "signaling: nothing received for {:?}, the connection is dead; reconnecting",
-                        now - last_rx
-                    );
-                    self.out.push_back(Output::Disconnect);
-                    self.lost(now, None);
-                } else if now >= *next_ping {
-                    *next_ping = now + self.config.ping_interval;
-                    self.out.push_back(Output::Ping);
-                }
-            }
-            _ => {}
-        }
-        let before = self.pending_ready.len();
-        self.pending_ready.retain(|session, deadline| {
-            let keep = now < *deadline;
-            if !keep {
-                log::warn!("signaling: session {session} got no session-ready within {SESSION_READY_WINDOW:?}");
-            }
-            keep
-        });
-        if before != self.pending_ready.len() {
-            log::debug!(
-                "signaling: {} sessions still waiting for session-ready",
-                self.pending_ready.len()
-            );
-        }
-    }
-
     /// The WebSocket handshake completed.
     pub fn handle_open(&mut self, now: Instant) {
         if !matches!(self.state, State::Connecting { .. }) {
@@ -231,12 +189,11 @@ impl SignalingClient {
     }
 
     fn send_register(&mut self) {
-        let msg = json!({
-            "type": "register-server",
-            "remoteId": self.config.remote_id,
-            "iceServers": self.ice_servers,
-        });
-        self.out.push_back(Output::Send(msg.to_string()));
+        let msg = ToServer::RegisterServer {
+            remote_id: Some(self.config.remote_id.clone()),
+            ice_servers: Some(self.ice_servers.clone()),
+        };
+        self.out.push_back(Output::Send(msg.to_text()));
     }
 
     /// A frame other than text arrived (ping, pong, binary): the connection is alive.
@@ -299,37 +256,46 @@ impl SignalingClient {
         if !matches!(self.state, State::Open { .. }) {
             return;
         }
-        let msg: Value = match serde_json::from_str(frame) {
-            Ok(v) => v,
-            Err(e) => {
+        let msg = match FromServer::parse(frame) {
+            Ok(msg) => msg,
+            Err(ParseError::NotJson(e)) => {
                 log::warn!(
-                    "signaling: ignoring a message that is not JSON ({e}): {:.120}",
-                    frame
+                    "signaling: ignoring a message that is not JSON ({e}): {}",
+                    escaped(frame, 120)
                 );
                 return;
             }
+            Err(ParseError::UnknownType(Some(Value::String(kind)))) => {
+                log::debug!(
+                    "signaling: ignoring unknown message type {}",
+                    escaped(&kind, 64)
+                );
+                return;
+            }
+            Err(ParseError::NotAnObject | ParseError::UnknownType(_)) => {
+                log::warn!(
+                    "signaling: ignoring a message without \"type\": {}",
+                    escaped(frame, 120)
+                );
+                return;
+            }
+            Err(e @ (ParseError::InvalidSessionId { .. } | ParseError::Invalid { .. })) => {
+                log::warn!("signaling: ignoring {e}");
+                return;
+            }
         };
-        let Some(kind) = msg.get("type").and_then(Value::as_str) else {
-            log::warn!(
-                "signaling: ignoring a message without \"type\": {:.120}",
-                frame
-            );
-            return;
-        };
-        let session = text(&msg, "sessionId");
-        match (kind, session) {
-            ("registered", _) => self.on_registered(&msg),
-            ("error", _) => {
-                let error = text(&msg, "error")
-                    .or_else(|| text(&msg, "message"))
-                    .unwrap_or_else(|| "(no text)".into());
+        match msg {
+            FromServer::Registered { remote_id } => self.on_registered(remote_id),
+            FromServer::Error { error, message } => {
+                let error = error.or(message).unwrap_or_else(|| "(no text)".into());
                 log::warn!("signaling server error: {error}");
             }
-            ("ping", _) => self
-                .out
-                .push_back(Output::Send(r#"{"type":"pong"}"#.into())),
-            ("pong", _) => {}
-            ("client-connected", Some(session_id)) => {
+            FromServer::Ping => self.out.push_back(Output::Send(ToServer::Pong.to_text())),
+            FromServer::Pong => {}
+            FromServer::ClientConnected { session_id } => {
+                let Some(session_id) = session_id else {
+                    return without_session_id("client-connected");
+                };
                 if self.pending_ready.len() >= MAX_PENDING_READY {
                     log::warn!("signaling: too many sessions waiting for session-ready; ignoring {session_id}");
                     return;
@@ -338,33 +304,57 @@ impl SignalingClient {
                     .insert(session_id.clone(), now + SESSION_READY_WINDOW);
                 self.event(Event::ClientConnected { session_id });
             }
-            ("offer", Some(session_id)) => match msg.get("data").and_then(|d| text(d, "sdp")) {
-                Some(sdp) => self.event(Event::Offer { session_id, sdp }),
-                None => log::warn!("signaling: offer for {session_id} without data.sdp; ignored"),
-            },
-            ("ice-candidate", Some(session_id)) => match msg.get("data") {
-                Some(candidate @ Value::Object(_)) => self.event(Event::RemoteCandidate {
-                    session_id,
-                    candidate: candidate.clone(),
-                }),
-                _ => log::warn!("signaling: ice-candidate for {session_id} without data; ignored"),
-            },
-            ("client-disconnected", Some(session_id)) => {
+            FromServer::Offer(relay) => {
+                let sdp = relay.sdp().map(str::to_string);
+                let Some(session_id) = relay.session_id else {
+                    return without_session_id("offer");
+                };
+                match sdp {
+                    Some(sdp) => self.event(Event::Offer { session_id, sdp }),
+                    None => {
+                        log::warn!("signaling: offer for {session_id} without data.sdp; ignored")
+                    }
+                }
+            }
+            FromServer::IceCandidate(relay) => {
+                let Some(session_id) = relay.session_id else {
+                    return without_session_id("ice-candidate");
+                };
+                match relay.data {
+                    Some(candidate @ Value::Object(_)) => self.event(Event::RemoteCandidate {
+                        session_id,
+                        candidate,
+                    }),
+                    _ => log::warn!(
+                        "signaling: ice-candidate for {session_id} without data; ignored"
+                    ),
+                }
+            }
+            FromServer::ClientDisconnected { session_id } => {
+                let Some(session_id) = session_id else {
+                    return without_session_id("client-disconnected");
+                };
                 self.pending_ready.remove(&session_id);
                 self.event(Event::ClientDisconnected { session_id });
             }
-            ("client-connected" | "offer" | "ice-candidate" | "client-disconnected", None) => {
-                log::warn!("signaling: {kind} without sessionId; ignored");
+            // What a server says to clients.
+            other @ (FromServer::Connected { .. }
+            | FromServer::PeerDisconnected { .. }
+            | FromServer::Answer(_)) => {
+                log::debug!(
+                    "signaling: ignoring unknown message type {:?}",
+                    other.kind()
+                )
             }
-            (other, _) => log::debug!("signaling: ignoring unknown message type {other:?}"),
         }
     }
 
-    fn on_registered(&mut self, msg: &Value) {
-        let id = text(msg, "remoteId").unwrap_or_default();
+    fn on_registered(&mut self, remote_id: Option<String>) {
+        let id = remote_id.unwrap_or_default();
         if !id.is_empty() && !id.eq_ignore_ascii_case(&self.config.remote_id) {
             log::warn!(
-                "signaling: registered under {id}, not the requested {}",
+                "signaling: registered under {}, not the requested {}",
+                escaped(&id, 64),
                 self.config.remote_id
             );
         }
@@ -391,53 +381,121 @@ impl SignalingClient {
         self.out.push_back(Output::Event(e));
     }
 
-    fn send_if_open(&mut self, msg: Value) -> bool {
+    fn send_if_open(&mut self, msg: ToServer) -> bool {
         if matches!(self.state, State::Open { .. }) {
-            self.out.push_back(Output::Send(msg.to_string()));
+            self.out.push_back(Output::Send(msg.to_text()));
             true
         } else {
             false
         }
     }
 
-    /// Reply to `client-connected` with the session's fresh ICE servers.
-    pub fn session_ready(
+    /// The core accepted a `client-connected`: reply `session-ready` with our ICE servers, if
+    /// the session's window is still open.
+    pub fn handle_session_ready(
         &mut self,
         now: Instant,
         session_id: &str,
-        ice_servers: &Value,
     ) -> Result<(), ReadyError> {
         if !self.is_registered() {
             return Err(ReadyError::NotConnected);
         }
-        let deadline = self
+        let (session_id, deadline) = self
             .pending_ready
-            .remove(session_id)
+            .remove_entry(session_id)
             .ok_or(ReadyError::UnknownSession)?;
         if now >= deadline {
             log::warn!("signaling: session-ready for {session_id} is too late; not sent");
             return Err(ReadyError::TooLate);
         }
-        self.send_if_open(
-            json!({"type": "session-ready", "sessionId": session_id, "iceServers": ice_servers}),
-        );
+        self.send_if_open(ToServer::SessionReady {
+            session_id: Some(session_id),
+            ice_servers: Some(self.ice_servers.clone()),
+        });
         Ok(())
     }
 
-    /// Send the SDP answer for a session. False if not connected.
-    pub fn send_answer(&mut self, session_id: &str, sdp: &str) -> bool {
-        self.send_if_open(json!({
-            "type": "answer",
-            "sessionId": session_id,
-            "data": {"type": "answer", "sdp": sdp},
-        }))
+    /// Send the core's SDP answer for a session. False if not connected.
+    pub fn handle_answer(&mut self, _now: Instant, session_id: &str, sdp: &str) -> bool {
+        let Some(session_id) = outgoing(session_id) else {
+            return false;
+        };
+        self.send_if_open(ToServer::Answer(Relay::answer(session_id, sdp)))
     }
 
     /// Send one local ICE candidate (`candidate` holds `candidate`, `sdpMid`, `sdpMLineIndex`).
-    pub fn send_candidate(&mut self, session_id: &str, candidate: Value) -> bool {
-        self.send_if_open(
-            json!({"type": "ice-candidate", "sessionId": session_id, "data": candidate}),
-        )
+    /// False if not connected.
+    pub fn handle_candidate(&mut self, _now: Instant, session_id: &str, candidate: Value) -> bool {
+        let Some(session_id) = outgoing(session_id) else {
+            return false;
+        };
+        self.send_if_open(ToServer::IceCandidate(Relay::candidate(
+            session_id, candidate,
+        )))
+    }
+}
+
+impl Machine for SignalingClient {
+    type Output = Output;
+
+    /// Connect when the wait is over, give up on a connection attempt or a silent socket, ping,
+    /// forget sessions whose `session-ready` window closed.
+    fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::Waiting { at } if now >= at => {
+                self.state = State::Connecting {
+                    deadline: now + self.config.connect_timeout,
+                };
+                self.out.push_back(Output::Connect);
+            }
+            State::Connecting { deadline } if now >= deadline => {
+                log::warn!(
+                    "signaling: no connection after {:?}, giving up on this attempt",
+                    self.config.connect_timeout
+                );
+                self.out.push_back(Output::Disconnect);
+                self.lost(now, None);
+            }
+            State::Open {
+                last_rx,
+                ref mut next_ping,
+                ..
+            } => {
+                if now >= last_rx + self.config.ping_interval * 2 {
+                    log::warn!(
+                        "signaling: nothing received for {:?}, the connection is dead; reconnecting",
+                        now - last_rx
+                    );
+                    self.out.push_back(Output::Disconnect);
+                    self.lost(now, None);
+                } else if now >= *next_ping {
+                    *next_ping = now + self.config.ping_interval;
+                    self.out.push_back(Output::Ping);
+                }
+            }
+            _ => {}
+        }
+        let before = self.pending_ready.len();
+        self.pending_ready.retain(|session, deadline| {
+            let keep = now < *deadline;
+            if !keep {
+                log::warn!("signaling: session {session} got no session-ready within {SESSION_READY_WINDOW:?}");
+            }
+            keep
+        });
+        if before != self.pending_ready.len() {
+            log::debug!(
+                "signaling: {} sessions still waiting for session-ready",
+                self.pending_ready.len()
+            );
+        }
+    }
+
+    fn poll_output(&mut self) -> Next<Output> {
+        match self.out.pop_front() {
+            Some(out) => Next::Output(out),
+            None => Next::Timeout(Some(self.deadline())),
+        }
     }
 }
 
@@ -445,8 +503,13 @@ impl SignalingClient {
 mod tests {
     use super::*;
     use crate::backoff::Jitter;
+    use serde_json::json;
 
     const ID: &str = "QCPJJTJMI3IDBNURU6XJJENRYU";
+
+    fn sid(s: &str) -> SessionId {
+        SessionId::parse(s).unwrap()
+    }
 
     fn client(now: Instant) -> SignalingClient {
         SignalingClient::new(
@@ -466,7 +529,15 @@ mod tests {
     }
 
     fn drain(c: &mut SignalingClient) -> Vec<Output> {
-        std::iter::from_fn(|| c.poll_output()).collect()
+        std::iter::from_fn(|| c.poll_output().output()).collect()
+    }
+
+    /// The deadline the client reports once drained.
+    fn deadline(c: &mut SignalingClient) -> Instant {
+        match c.poll_output() {
+            Next::Timeout(Some(t)) => t,
+            other => panic!("expected a deadline, got {other:?}"),
+        }
     }
 
     fn sent_json(outputs: &[Output]) -> Vec<Value> {
@@ -511,7 +582,7 @@ mod tests {
 
     /// Lose the connection and return the delay until the client asks to connect again.
     fn delay_until_connect(c: &mut SignalingClient, now: Instant) -> Duration {
-        let at = c.poll_timeout();
+        let at = deadline(c);
         c.handle_timeout(at);
         assert!(drain(c).contains(&Output::Connect));
         at - now
@@ -569,19 +640,19 @@ mod tests {
     #[test]
     fn heartbeat_pings_and_detects_dead_socket() {
         let (mut c, t0) = registered();
-        let t = c.poll_timeout();
+        let t = deadline(&mut c);
         assert_eq!(t - t0, Duration::from_secs(35));
         c.handle_timeout(t);
         assert_eq!(drain(&mut c), vec![Output::Ping]);
         // A pong keeps it alive.
         c.handle_frame(t + Duration::from_millis(20));
-        let t2 = c.poll_timeout();
+        let t2 = deadline(&mut c);
         c.handle_timeout(t2);
         assert_eq!(drain(&mut c), vec![Output::Ping]);
         // Silence: pings keep going out, and the socket is declared dead at last_rx + 70 s.
         let last_rx = t + Duration::from_millis(20);
         let (dead, out) = loop {
-            let at = c.poll_timeout();
+            let at = deadline(&mut c);
             c.handle_timeout(at);
             let out = drain(&mut c);
             if out != vec![Output::Ping] {
@@ -601,42 +672,61 @@ mod tests {
         let mut c = client(t0);
         c.handle_timeout(t0);
         drain(&mut c);
-        assert_eq!(c.poll_timeout(), t0 + CONNECT_TIMEOUT);
+        assert_eq!(deadline(&mut c), t0 + CONNECT_TIMEOUT);
         c.handle_timeout(t0 + CONNECT_TIMEOUT);
         assert_eq!(drain(&mut c), vec![Output::Disconnect]);
-        assert!(c.poll_timeout() > t0 + CONNECT_TIMEOUT);
+        assert!(deadline(&mut c) > t0 + CONNECT_TIMEOUT);
     }
 
     #[test]
     fn session_ready_within_the_window_only() {
         let (mut c, t0) = registered();
-        let ice = json!([{"urls": "stun:x:3478"}]);
         c.handle_text(t0, r#"{"type":"client-connected","sessionId":"abc"}"#);
         assert_eq!(
             drain(&mut c),
             vec![Output::Event(Event::ClientConnected {
-                session_id: "abc".into()
+                session_id: sid("abc")
             })]
         );
-        c.session_ready(t0, "abc", &ice).unwrap();
+        c.handle_session_ready(t0, "abc").unwrap();
         let sent = sent_json(&drain(&mut c));
         assert_eq!(
             sent[0],
-            json!({"type":"session-ready","sessionId":"abc","iceServers":ice})
+            json!({"type":"session-ready","sessionId":"abc","iceServers":[{"urls": "stun:stun.l.google.com:19302"}]})
         );
         assert_eq!(
-            c.session_ready(t0, "abc", &ice),
+            c.handle_session_ready(t0, "abc"),
             Err(ReadyError::UnknownSession)
         );
 
         c.handle_text(t0, r#"{"type":"client-connected","sessionId":"late"}"#);
         drain(&mut c);
-        assert_eq!(c.poll_timeout(), t0 + SESSION_READY_WINDOW);
+        assert_eq!(deadline(&mut c), t0 + SESSION_READY_WINDOW);
         assert_eq!(
-            c.session_ready(t0 + SESSION_READY_WINDOW, "late", &ice),
+            c.handle_session_ready(t0 + SESSION_READY_WINDOW, "late"),
             Err(ReadyError::TooLate)
         );
         assert!(drain(&mut c).is_empty(), "a late session-ready is not sent");
+    }
+
+    #[test]
+    fn new_ice_servers_are_registered_and_used() {
+        let t0 = Instant::now();
+        let mut c = client(t0);
+        let ice = json!([{"urls": "stun:x:3478"}]);
+        // Before a connection there is nobody to tell.
+        c.handle_ice_servers(t0, ice.clone());
+        assert!(drain(&mut c).is_empty());
+        let (mut c, t0) = registered();
+        c.handle_ice_servers(t0, ice.clone());
+        assert_eq!(
+            sent_json(&drain(&mut c)),
+            [json!({"type": "register-server", "remoteId": ID, "iceServers": ice})]
+        );
+        c.handle_text(t0, r#"{"type":"client-connected","sessionId":"s"}"#);
+        drain(&mut c);
+        c.handle_session_ready(t0, "s").unwrap();
+        assert_eq!(sent_json(&drain(&mut c))[0]["iceServers"], ice);
     }
 
     #[test]
@@ -655,7 +745,7 @@ mod tests {
         assert_eq!(
             out[0],
             Output::Event(Event::Offer {
-                session_id: "s1".into(),
+                session_id: sid("s1"),
                 sdp: "v=0".into()
             })
         );
@@ -666,11 +756,12 @@ mod tests {
         assert_eq!(
             out[2],
             Output::Event(Event::ClientDisconnected {
-                session_id: "s1".into()
+                session_id: sid("s1")
             })
         );
-        assert!(c.send_answer("s1", "v=0 answer"));
-        assert!(c.send_candidate(
+        assert!(c.handle_answer(t0, "s1", "v=0 answer"));
+        assert!(c.handle_candidate(
+            t0,
             "s1",
             json!({"candidate":"candidate:x","sdpMid":"0","sdpMLineIndex":0})
         ));
@@ -705,6 +796,55 @@ mod tests {
         assert_eq!(
             drain(&mut c),
             vec![Output::Send(r#"{"type":"pong"}"#.into())]
+        );
+    }
+
+    #[test]
+    fn invalid_session_ids_are_dropped() {
+        let (mut c, t0) = registered();
+        let long = "a".repeat(65);
+        for bad in [
+            "",
+            "a b",
+            "x\r\nINFO forged",
+            "é",
+            "../../etc",
+            "s?x=1",
+            long.as_str(),
+        ] {
+            for kind in [
+                "client-connected",
+                "offer",
+                "ice-candidate",
+                "client-disconnected",
+            ] {
+                let msg = json!({"type": kind, "sessionId": bad,
+                                 "data": {"type": "offer", "sdp": "v=0", "candidate": "candidate:x"}});
+                c.handle_text(t0, &msg.to_string());
+            }
+        }
+        assert!(drain(&mut c).is_empty());
+        assert!(c.pending_ready.is_empty());
+        assert!(c.is_registered());
+        // Nothing goes out under an invalid id either.
+        assert!(!c.handle_answer(t0, "a b", "v=0"));
+        assert!(!c.handle_candidate(t0, "", json!({"candidate": "candidate:x"})));
+        assert_eq!(
+            c.handle_session_ready(t0, "a b"),
+            Err(ReadyError::UnknownSession)
+        );
+        assert!(drain(&mut c).is_empty());
+        // The longest valid id is fine.
+        let max = "a".repeat(64);
+        c.handle_text(
+            t0,
+            &json!({"type": "client-connected", "sessionId": max}).to_string(),
+        );
+        assert_eq!(
+            drain(&mut c),
+            vec![Output::Event(Event::ClientConnected {
+                session_id: sid(&max)
+            })]
         );
     }
 }

@@ -1,8 +1,8 @@
 // A remote transport that behaves like the Music Assistant web app's, written from
-// PROTOCOL.md: signaling over WebSocket, the client is the offerer, `ma-api` is created before
-// the offer, candidates are trickled both ways, the answer's certificate is pinned to the
-// Remote ID (§3) before it is applied, `__chunk__` frames are reassembled (§6), and the
-// `http_proxy` channel speaks the binary form of §7.
+// docs/protocol.md: signaling over WebSocket, the client is the offerer, `ma-api` is created
+// before the offer, candidates are trickled both ways, the answer's certificate is pinned to the
+// Remote ID (#pin-check) before it is applied, `__chunk__` frames are reassembled
+// (#chunk-framing), and the `http_proxy` channel speaks the binary form of #proxy-responses.
 'use strict';
 
 class PinError extends Error {
@@ -21,7 +21,7 @@ class TimeoutError extends Error {
 
 const BASE32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
 
-// §3: map 9 -> 2, RFC 4648 base32 without padding, exactly 16 bytes (trailing bits zero).
+// docs/protocol.md#pin-check: map 9 -> 2, RFC 4648 base32 without padding, exactly 16 bytes (trailing bits zero).
 function remoteIdPrefix(remoteId) {
   const text = String(remoteId).trim().toUpperCase().replace(/9/g, '2');
   let acc = 0;
@@ -45,7 +45,7 @@ function remoteIdPrefix(remoteId) {
   return out;
 }
 
-// §3: drop non-sha-256 a=fingerprint lines, require at least one sha-256 line, and every one
+// docs/protocol.md#pin-check: drop non-sha-256 a=fingerprint lines, require at least one sha-256 line, and every one
 // must start with the Remote ID's 16 bytes. Throws PinError; never retried by the caller.
 function verifyAnswerFingerprint(sdp, remoteId) {
   const expected = remoteIdPrefix(remoteId);
@@ -77,7 +77,7 @@ function base64ToBytes(b64) {
   return out;
 }
 
-// §6: {"type":"__chunk__","id","seq","count","b64"} frames of one message, any order.
+// docs/protocol.md#chunk-framing: {"type":"__chunk__","id","seq","count","b64"} frames of one message, any order.
 class Reassembler {
   constructor(maxBytes = 64 * 1024 * 1024, maxPending = 16) {
     this.maxBytes = maxBytes;
@@ -505,7 +505,7 @@ class RemoteConnection {
   }
 }
 
-// The `http_proxy` channel (§7): one request at a time; the answer is a text header
+// The `http_proxy` channel (docs/protocol.md#proxy-responses): one request at a time; the answer is a text header
 // {"type":"http-proxy-response","id","status","headers","size":N} then N bytes of binary frames.
 class HttpProxyChannel {
   constructor(dc, timeoutMs) {

@@ -1,9 +1,10 @@
-//! The signaling server's relay logic (PROTOCOL.md §2) as a sans-IO state machine.
+//! The signaling server's relay logic (docs/protocol.md#relay-rules) as a sans-IO state machine.
 //!
 //! The driver reports connections opening and closing and the text frames they send; this
-//! machine decides what to send where, and when to close a connection. Inputs carry `now`;
-//! outputs are drained with [`SignalServer::poll_output`] and the next deadline is
-//! [`SignalServer::poll_timeout`].
+//! machine decides what to send where, and when to close a connection. The messages, close codes
+//! and error texts are those of [`crate::signaling::protocol`]. It shows the face of
+//! [`crate::machine`]: inputs are `handle_…` methods taking `now`, and
+//! [`Machine::poll_output`] gives the outputs, then the next deadline.
 //!
 //! A connection's role is decided by what it sends: `register-server` makes it a gateway,
 //! `connect-request` a client. Sending the other one later drops the old role first, exactly as
@@ -21,30 +22,19 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+
+use crate::machine::{Machine, Next};
+use crate::signaling::protocol::{
+    err_rate_limited, FromServer, ParseError, Relay, SessionId, ToServer, CLOSE_BLOCKED,
+    CLOSE_BLOCKED_REASON, CLOSE_RATE_LIMITED, CLOSE_RATE_LIMITED_REASON, CLOSE_REPLACED,
+    CLOSE_REPLACED_REASON, ERR_BINARY, ERR_INVALID_JSON, ERR_INVALID_REMOTE_ID, ERR_NOT_AN_OBJECT,
+    ERR_NOT_REGISTERED, ERR_REMOTE_ID_REQUIRED, ERR_SERVER_BUSY, ERR_SERVER_DISCONNECTED,
+    ERR_SERVER_NOT_FOUND, ERR_SESSION_ID_REQUIRED, ERR_SESSION_NOT_FOUND,
+};
 
 /// Identifies one connection; chosen by the driver, never reused while it is open.
 pub type ConnId = u64;
-
-/// Close code: the same Remote ID registered again from another socket.
-pub const CLOSE_REPLACED: u16 = 4000;
-/// Close code: too many failed Remote ID lookups from this IP.
-pub const CLOSE_BLOCKED: u16 = 4008;
-/// Close code: too many messages from this IP.
-pub const CLOSE_RATE_LIMITED: u16 = 4029;
-
-pub const ERR_REMOTE_ID_REQUIRED: &str = "Remote ID required";
-pub const ERR_SESSION_ID_REQUIRED: &str = "Session ID required";
-pub const ERR_SERVER_NOT_FOUND: &str =
-    "Server not found. Make sure your Music Assistant server is running and has Remote Access enabled.";
-pub const ERR_SESSION_NOT_FOUND: &str = "Session not found";
-pub const ERR_SERVER_DISCONNECTED: &str = "Server disconnected";
-pub const ERR_NOT_REGISTERED: &str = "Not registered";
-pub const ERR_INVALID_JSON: &str = "Invalid JSON";
-pub const ERR_NOT_AN_OBJECT: &str = "Invalid message: expected a JSON object";
-pub const ERR_INVALID_REMOTE_ID: &str = "Invalid Remote ID";
-pub const ERR_SERVER_BUSY: &str = "Server busy. Try again later.";
-pub const ERR_BINARY: &str = "Binary messages are not supported";
 
 /// Longest Remote ID accepted (current IDs have 26 characters, legacy ones 12).
 const MAX_REMOTE_ID_LEN: usize = 64;
@@ -99,7 +89,7 @@ pub enum Output {
     /// Send a text frame.
     Send { conn: ConnId, text: String },
     /// Close the connection with this code. The server has already forgotten it: nothing more
-    /// is sent to it, and its later input (including `connection_closed`) is ignored.
+    /// is sent to it, and its later input (including `handle_closed`) is ignored.
     Close {
         conn: ConnId,
         code: u16,
@@ -138,7 +128,7 @@ enum Role {
     /// `session` is `None` once the gateway has gone.
     Client {
         remote_id: String,
-        session: Option<String>,
+        session: Option<SessionId>,
     },
 }
 
@@ -152,7 +142,7 @@ struct Conn {
 struct Gateway {
     conn: ConnId,
     ice_servers: Value,
-    sessions: HashSet<String>,
+    sessions: HashSet<SessionId>,
     pending: usize,
 }
 
@@ -177,23 +167,17 @@ pub struct SignalServer {
     config: ServerConfig,
     conns: HashMap<ConnId, Conn>,
     gateways: HashMap<String, Gateway>,
-    sessions: HashMap<String, Session>,
+    sessions: HashMap<SessionId, Session>,
     /// Deadlines of pending sessions, earliest first.
-    deadlines: BTreeSet<(Instant, String)>,
+    deadlines: BTreeSet<(Instant, SessionId)>,
     ips: HashMap<IpAddr, IpRecord>,
     next_prune: Instant,
     out: VecDeque<Output>,
 }
 
-fn str_field<'a>(msg: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    msg.get(key)
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-}
-
-fn error_text(error: &str) -> String {
-    json!({"type": "error", "error": error}).to_string()
+/// A Remote ID as received: trimmed, and `None` when missing or blank.
+fn given(remote_id: Option<&str>) -> Option<&str> {
+    remote_id.map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// `Unknown message type: X`, with X bounded and rendered like JavaScript would.
@@ -224,7 +208,7 @@ fn valid_remote_id(id: &str) -> bool {
 }
 
 /// A fresh session id: 16 characters `[A-Za-z0-9]`, uniformly chosen.
-fn new_session_id() -> Option<String> {
+fn new_session_id() -> Option<SessionId> {
     let mut id = String::with_capacity(SESSION_ID_LEN);
     let mut buf = [0u8; 32];
     for _ in 0..8 {
@@ -235,7 +219,7 @@ fn new_session_id() -> Option<String> {
                 SESSION_ID_ALPHABET[usize::from(*b) % SESSION_ID_ALPHABET.len()],
             ));
             if id.len() == SESSION_ID_LEN {
-                return Some(id);
+                return SessionId::try_from(id).ok();
             }
         }
     }
@@ -256,23 +240,6 @@ impl SignalServer {
         }
     }
 
-    pub fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    /// The next moment [`SignalServer::handle_timeout`] must be called.
-    pub fn poll_timeout(&self) -> Instant {
-        match self.deadlines.first() {
-            Some((at, _)) => (*at).min(self.next_prune),
-            None => self.next_prune,
-        }
-    }
-
-    /// Whether output is waiting for [`SignalServer::poll_output`].
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
     /// Whether `conn` is open as far as the server knows (not closed by it or reported closed).
     pub fn is_open(&self, conn: ConnId) -> bool {
         self.conns.contains_key(&conn)
@@ -288,7 +255,7 @@ impl SignalServer {
     }
 
     /// `GET /api/check/<ID>` from `ip`: counts as a message, and a miss as a failed lookup.
-    pub fn check(&mut self, now: Instant, ip: IpAddr, id: &str) -> Check {
+    pub fn handle_check(&mut self, now: Instant, ip: IpAddr, id: &str) -> Check {
         self.ensure_ip(now, ip);
         if let Err(retry_after) = self.count_message(now, ip) {
             return Check::Limited { retry_after };
@@ -306,7 +273,8 @@ impl SignalServer {
         Check::Online(online)
     }
 
-    pub fn connection_opened(&mut self, now: Instant, conn: ConnId, ip: IpAddr) {
+    /// A WebSocket from `ip` is open (the upgrade is done).
+    pub fn handle_open(&mut self, now: Instant, conn: ConnId, ip: IpAddr) {
         if self.conns.contains_key(&conn) {
             return;
         }
@@ -323,12 +291,14 @@ impl SignalServer {
         );
     }
 
-    pub fn connection_closed(&mut self, _now: Instant, conn: ConnId) {
+    /// The connection is gone (closed by the peer, dropped by the driver); a no-op for one the
+    /// server closed itself.
+    pub fn handle_closed(&mut self, _now: Instant, conn: ConnId) {
         self.forget(conn);
     }
 
     /// A binary frame arrived: the protocol has none.
-    pub fn binary(&mut self, now: Instant, conn: ConnId) {
+    pub fn handle_binary(&mut self, now: Instant, conn: ConnId) {
         let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
             return;
         };
@@ -340,7 +310,7 @@ impl SignalServer {
     }
 
     /// A text frame arrived.
-    pub fn text(&mut self, now: Instant, conn: ConnId, text: &str) {
+    pub fn handle_text(&mut self, now: Instant, conn: ConnId, text: &str) {
         let Some(ip) = self.conns.get(&conn).map(|c| c.ip) else {
             return;
         };
@@ -348,44 +318,45 @@ impl SignalServer {
             self.rate_limited(conn, secs);
             return;
         }
-        let mut msg = match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            Ok(_) => return self.error(conn, ERR_NOT_AN_OBJECT),
-            Err(_) => return self.error(conn, ERR_INVALID_JSON),
+        let msg = match ToServer::parse(text) {
+            Ok(msg) => msg,
+            Err(ParseError::NotJson(_)) => return self.error(conn, ERR_INVALID_JSON),
+            Err(ParseError::NotAnObject) => return self.error(conn, ERR_NOT_AN_OBJECT),
+            Err(ParseError::UnknownType(t)) => return self.error(conn, &unknown_type(t.as_ref())),
+            // No session can have an invalid id.
+            Err(e @ ParseError::InvalidSessionId { .. }) => {
+                log::debug!("signal: {ip} sent {e}");
+                return self.error(conn, ERR_SESSION_NOT_FOUND);
+            }
+            Err(e @ ParseError::Invalid { .. }) => {
+                log::debug!("signal: {ip} sent {e}");
+                return self.error(conn, ERR_INVALID_JSON);
+            }
         };
-        let kind = msg.get("type").and_then(Value::as_str).unwrap_or_default();
-        match kind {
-            "ping" => self.send(conn, r#"{"type":"pong"}"#.to_string()),
-            "pong" => {}
-            "register-server" => self.register(conn, &msg),
-            "connect-request" => self.connect_request(now, conn, ip, &msg),
-            "session-ready" => self.session_ready(conn, &msg),
-            "offer" | "answer" | "ice-candidate" => {
-                let is_offer = kind == "offer";
-                self.relay(conn, &mut msg, is_offer)
+        match msg {
+            ToServer::Ping => self.send(conn, FromServer::Pong),
+            ToServer::Pong => {}
+            ToServer::RegisterServer {
+                remote_id,
+                ice_servers,
+            } => self.register(conn, given(remote_id.as_deref()), ice_servers),
+            ToServer::ConnectRequest { remote_id } => {
+                self.connect_request(now, conn, ip, given(remote_id.as_deref()))
             }
-            _ => self.error(conn, &unknown_type(msg.get("type"))),
+            ToServer::SessionReady {
+                session_id,
+                ice_servers,
+            } => self.session_ready(conn, session_id, ice_servers),
+            ToServer::Offer(relay) => self.relay(conn, relay, true, FromServer::Offer),
+            ToServer::Answer(relay) => self.relay(conn, relay, false, FromServer::Answer),
+            ToServer::IceCandidate(relay) => {
+                self.relay(conn, relay, false, FromServer::IceCandidate)
+            }
         }
     }
 
-    pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some((at, _)) = self.deadlines.first() {
-            if *at > now {
-                break;
-            }
-            let Some((_, session_id)) = self.deadlines.pop_first() else {
-                break;
-            };
-            self.session_ready_timed_out(&session_id);
-        }
-        if now >= self.next_prune {
-            self.next_prune = now + self.config.window;
-            self.prune_ips(now, false);
-        }
-    }
-
-    fn session_ready_timed_out(&mut self, session_id: &str) {
-        let Some(session) = self.sessions.get_mut(session_id) else {
+    fn session_ready_timed_out(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.get_mut(&session_id) else {
             return;
         };
         session.pending = None;
@@ -398,26 +369,26 @@ impl SignalServer {
             "signal: {remote_id} sent no session-ready for {session_id} within {:?}, using the cached ICE servers",
             self.config.session_ready_timeout
         );
-        let text = json!({
-            "type": "connected",
-            "remoteId": remote_id,
-            "sessionId": session_id,
-            "iceServers": gateway.ice_servers,
-        })
-        .to_string();
-        self.send(client, text);
+        let connected = FromServer::Connected {
+            ice_servers: Some(gateway.ice_servers.clone()),
+            remote_id: Some(remote_id),
+            session_id: Some(session_id),
+        };
+        self.send(client, connected);
     }
 
-    fn register(&mut self, conn: ConnId, msg: &Map<String, Value>) {
-        let Some(remote_id) = str_field(msg, "remoteId") else {
+    fn register(&mut self, conn: ConnId, remote_id: Option<&str>, ice_servers: Option<Value>) {
+        let Some(remote_id) = remote_id else {
             return self.error(conn, ERR_REMOTE_ID_REQUIRED);
         };
         if !valid_remote_id(remote_id) {
             return self.error(conn, ERR_INVALID_REMOTE_ID);
         }
         let remote_id = remote_id.to_ascii_uppercase();
-        let ice_servers = msg.get("iceServers").filter(|v| v.is_array()).cloned();
-        let registered = json!({"type": "registered", "remoteId": remote_id}).to_string();
+        let ice_servers = ice_servers.filter(Value::is_array);
+        let registered = FromServer::Registered {
+            remote_id: Some(remote_id.clone()),
+        };
 
         let same_registration = matches!(
             self.conns.get(&conn),
@@ -433,7 +404,7 @@ impl SignalServer {
         self.leave_role(conn);
         if let Some(old) = self.gateways.get(&remote_id).map(|g| g.conn) {
             log::info!("signal: {remote_id} registered from a new connection; closing the old one");
-            self.close(old, CLOSE_REPLACED, "Replaced by new connection");
+            self.close(old, CLOSE_REPLACED, CLOSE_REPLACED_REASON);
         }
         self.gateways.insert(
             remote_id.clone(),
@@ -453,21 +424,15 @@ impl SignalServer {
         self.send(conn, registered);
     }
 
-    fn connect_request(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        ip: IpAddr,
-        msg: &Map<String, Value>,
-    ) {
-        let Some(remote_id) = str_field(msg, "remoteId") else {
+    fn connect_request(&mut self, now: Instant, conn: ConnId, ip: IpAddr, remote_id: Option<&str>) {
+        let Some(remote_id) = remote_id else {
             return self.error(conn, ERR_REMOTE_ID_REQUIRED);
         };
         let remote_id = remote_id.to_ascii_uppercase();
         // A second connect-request on one socket ends the first session.
         self.leave_role(conn);
         if self.blocked_for(now, ip).is_some() {
-            return self.close(conn, CLOSE_BLOCKED, "Too many failed lookups");
+            return self.close(conn, CLOSE_BLOCKED, CLOSE_BLOCKED_REASON);
         }
         let found = valid_remote_id(&remote_id) && self.gateways.contains_key(&remote_id);
         if !found {
@@ -477,7 +442,7 @@ impl SignalServer {
                     "signal: {ip} looked up too many unknown Remote IDs; blocked for {:?}",
                     self.config.block_duration
                 );
-                self.close(conn, CLOSE_BLOCKED, "Too many failed lookups");
+                self.close(conn, CLOSE_BLOCKED, CLOSE_BLOCKED_REASON);
             }
             return;
         }
@@ -518,20 +483,27 @@ impl SignalServer {
         log::debug!("signal: client {ip} asks for {remote_id}: session {session_id}");
         self.send(
             gateway_conn,
-            json!({"type": "client-connected", "sessionId": session_id}).to_string(),
+            FromServer::ClientConnected {
+                session_id: Some(session_id),
+            },
         );
     }
 
-    fn session_ready(&mut self, conn: ConnId, msg: &Map<String, Value>) {
+    fn session_ready(
+        &mut self,
+        conn: ConnId,
+        session_id: Option<SessionId>,
+        ice_servers: Option<Value>,
+    ) {
         let Some(remote_id) = self.gateway_of(conn) else {
             return self.error(conn, ERR_NOT_REGISTERED);
         };
-        let Some(session_id) = str_field(msg, "sessionId") else {
+        let Some(session_id) = session_id else {
             return self.error(conn, ERR_SESSION_ID_REQUIRED);
         };
         let Some(session) = self
             .sessions
-            .get_mut(session_id)
+            .get_mut(&session_id)
             .filter(|s| s.remote_id == remote_id)
         else {
             return self.error(conn, ERR_SESSION_NOT_FOUND);
@@ -542,35 +514,41 @@ impl SignalServer {
             return;
         };
         let client = session.client;
-        self.deadlines.remove(&(deadline, session_id.to_string()));
+        let key = (deadline, session_id);
+        self.deadlines.remove(&key);
+        let (_, session_id) = key;
         let Some(gateway) = self.gateways.get_mut(&remote_id) else {
             return;
         };
         gateway.pending = gateway.pending.saturating_sub(1);
-        let ice_servers = msg
-            .get("iceServers")
-            .filter(|v| v.is_array())
-            .unwrap_or(&gateway.ice_servers);
-        let text = json!({
-            "type": "connected",
-            "remoteId": remote_id,
-            "sessionId": session_id,
-            "iceServers": ice_servers,
-        })
-        .to_string();
-        self.send(client, text);
+        let ice_servers = ice_servers
+            .filter(Value::is_array)
+            .unwrap_or_else(|| gateway.ice_servers.clone());
+        let connected = FromServer::Connected {
+            remote_id: Some(remote_id),
+            session_id: Some(session_id),
+            ice_servers: Some(ice_servers),
+        };
+        self.send(client, connected);
     }
 
     /// `offer`, `answer`, `ice-candidate`: gateway → its own session's client, or client → the
-    /// gateway of its session (with `sessionId` set by us).
-    fn relay(&mut self, conn: ConnId, msg: &mut Map<String, Value>, is_offer: bool) {
+    /// gateway of its session (with `sessionId` set by us, and `remoteId` on offers). `wrap`
+    /// makes the same type towards the other side.
+    fn relay(
+        &mut self,
+        conn: ConnId,
+        mut relay: Relay,
+        is_offer: bool,
+        wrap: fn(Relay) -> FromServer,
+    ) {
         let Some(role) = self.conns.get(&conn).map(|c| c.role.clone()) else {
             return;
         };
         match role {
             Role::None => self.error(conn, ERR_NOT_REGISTERED),
             Role::Gateway { remote_id } => {
-                let Some(session_id) = str_field(msg, "sessionId") else {
+                let Some(session_id) = &relay.session_id else {
                     return self.error(conn, ERR_SESSION_ID_REQUIRED);
                 };
                 let Some(session) = self
@@ -580,9 +558,8 @@ impl SignalServer {
                 else {
                     return self.error(conn, ERR_SESSION_NOT_FOUND);
                 };
-                let (client, session_id) = (session.client, session_id.to_string());
-                msg.insert("sessionId".into(), Value::String(session_id));
-                self.send(client, Value::Object(std::mem::take(msg)).to_string());
+                let client = session.client;
+                self.send(client, wrap(relay));
             }
             Role::Client {
                 remote_id,
@@ -591,11 +568,11 @@ impl SignalServer {
                 let Some(gateway_conn) = self.gateways.get(&remote_id).map(|g| g.conn) else {
                     return self.error(conn, ERR_SERVER_DISCONNECTED);
                 };
-                msg.insert("sessionId".into(), Value::String(session_id));
+                relay.session_id = Some(session_id);
                 if is_offer {
-                    msg.insert("remoteId".into(), Value::String(remote_id));
+                    relay.set_remote_id(&remote_id);
                 }
-                self.send(gateway_conn, Value::Object(std::mem::take(msg)).to_string());
+                self.send(gateway_conn, wrap(relay));
             }
             Role::Client { session: None, .. } => self.error(conn, ERR_SERVER_DISCONNECTED),
         }
@@ -620,7 +597,7 @@ impl SignalServer {
             Role::None => {}
             Role::Client { session, .. } => {
                 if let Some(session_id) = session {
-                    self.end_session_by_client(&session_id);
+                    self.end_session_by_client(session_id);
                 }
             }
             Role::Gateway { remote_id } => self.unregister(&remote_id, conn),
@@ -628,17 +605,17 @@ impl SignalServer {
     }
 
     /// The client of a session left: tell the gateway (pending or not).
-    fn end_session_by_client(&mut self, session_id: &str) {
-        let Some(session) = self.sessions.remove(session_id) else {
+    fn end_session_by_client(&mut self, session_id: SessionId) {
+        let Some(session) = self.sessions.remove(&session_id) else {
             return;
         };
         if let Some(deadline) = session.pending {
-            self.deadlines.remove(&(deadline, session_id.to_string()));
+            self.deadlines.remove(&(deadline, session_id.clone()));
         }
         let Some(gateway) = self.gateways.get_mut(&session.remote_id) else {
             return;
         };
-        gateway.sessions.remove(session_id);
+        gateway.sessions.remove(&session_id);
         if session.pending.is_some() {
             gateway.pending = gateway.pending.saturating_sub(1);
         }
@@ -646,7 +623,9 @@ impl SignalServer {
         log::debug!("signal: client of session {session_id} left");
         self.send(
             gateway_conn,
-            json!({"type": "client-disconnected", "sessionId": session_id}).to_string(),
+            FromServer::ClientDisconnected {
+                session_id: Some(session_id),
+            },
         );
     }
 
@@ -671,14 +650,16 @@ impl SignalServer {
                     *session = None;
                 }
             }
-            let text = match session.pending {
+            let msg = match session.pending {
                 Some(deadline) => {
-                    self.deadlines.remove(&(deadline, session_id.clone()));
-                    error_text(ERR_SERVER_DISCONNECTED)
+                    self.deadlines.remove(&(deadline, session_id));
+                    FromServer::error(ERR_SERVER_DISCONNECTED)
                 }
-                None => json!({"type": "peer-disconnected", "sessionId": session_id}).to_string(),
+                None => FromServer::PeerDisconnected {
+                    session_id: Some(session_id),
+                },
             };
-            self.send(session.client, text);
+            self.send(session.client, msg);
         }
     }
 
@@ -707,21 +688,21 @@ impl SignalServer {
                 c.ip
             );
         }
-        self.error(
-            conn,
-            &format!("Rate limited. Try again in {retry_after} seconds."),
-        );
-        self.close(conn, CLOSE_RATE_LIMITED, "Rate limited");
+        self.error(conn, &err_rate_limited(retry_after));
+        self.close(conn, CLOSE_RATE_LIMITED, CLOSE_RATE_LIMITED_REASON);
     }
 
-    fn send(&mut self, conn: ConnId, text: String) {
+    fn send(&mut self, conn: ConnId, msg: FromServer) {
         if self.conns.contains_key(&conn) {
-            self.out.push_back(Output::Send { conn, text });
+            self.out.push_back(Output::Send {
+                conn,
+                text: msg.to_text(),
+            });
         }
     }
 
     fn error(&mut self, conn: ConnId, error: &str) {
-        self.send(conn, error_text(error));
+        self.send(conn, FromServer::error(error));
     }
 
     fn limited(&self, ip: IpAddr) -> bool {
@@ -829,9 +810,43 @@ impl SignalServer {
     }
 }
 
+impl Machine for SignalServer {
+    type Output = Output;
+
+    /// Pending sessions whose `session-ready` wait is over get `connected` with the cached ICE
+    /// servers; once per window, per-IP records are pruned.
+    fn handle_timeout(&mut self, now: Instant) {
+        while let Some((at, _)) = self.deadlines.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, session_id)) = self.deadlines.pop_first() else {
+                break;
+            };
+            self.session_ready_timed_out(session_id);
+        }
+        if now >= self.next_prune {
+            self.next_prune = now + self.config.window;
+            self.prune_ips(now, false);
+        }
+    }
+
+    fn poll_output(&mut self) -> Next<Output> {
+        if let Some(out) = self.out.pop_front() {
+            return Next::Output(out);
+        }
+        let next = match self.deadlines.first() {
+            Some((at, _)) => (*at).min(self.next_prune),
+            None => self.next_prune,
+        };
+        Next::Timeout(Some(next))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::net::Ipv4Addr;
 
     const GW_ID: &str = "QCPJJTJMI3IDBNURU6XJJENRYU";
@@ -840,7 +855,7 @@ mod tests {
     const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn drain(s: &mut SignalServer) -> Vec<Output> {
-        std::iter::from_fn(|| s.poll_output()).collect()
+        std::iter::from_fn(|| s.poll_output().output()).collect()
     }
 
     /// Messages sent to `conn` (parsed), ignoring others.
@@ -871,7 +886,7 @@ mod tests {
     }
 
     fn send(s: &mut SignalServer, now: Instant, conn: ConnId, v: Value) -> Vec<Output> {
-        s.text(now, conn, &v.to_string());
+        s.handle_text(now, conn, &v.to_string());
         drain(s)
     }
 
@@ -884,7 +899,7 @@ mod tests {
     fn world(config: ServerConfig) -> World {
         let t0 = Instant::now();
         let mut s = SignalServer::new(t0, config);
-        s.connection_opened(t0, 1, OTHER);
+        s.handle_open(t0, 1, OTHER);
         let outs = send(
             &mut s,
             t0,
@@ -900,7 +915,7 @@ mod tests {
 
     /// Client `conn` asks for GW_ID; returns the session id the gateway was told.
     fn connect(w: &mut World, now: Instant, conn: ConnId, ip: IpAddr) -> String {
-        w.s.connection_opened(now, conn, ip);
+        w.s.handle_open(now, conn, ip);
         let outs = send(
             &mut w.s,
             now,
@@ -983,7 +998,7 @@ mod tests {
         assert_eq!(one(&outs, 2)["data"]["candidate"], "c2");
 
         // Client leaves → gateway told.
-        w.s.connection_closed(t0, 2);
+        w.s.handle_closed(t0, 2);
         let outs = drain(&mut w.s);
         assert_eq!(
             one(&outs, 1),
@@ -1005,7 +1020,10 @@ mod tests {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
         let sid = connect(&mut w, t0, 2, PUBLIC);
-        assert_eq!(w.s.poll_timeout(), t0 + Duration::from_secs(10));
+        assert_eq!(
+            w.s.poll_output(),
+            Next::Timeout(Some(t0 + Duration::from_secs(10)))
+        );
         w.s.handle_timeout(t0 + Duration::from_millis(9_999));
         assert!(drain(&mut w.s).is_empty());
         w.s.handle_timeout(t0 + Duration::from_secs(10));
@@ -1029,7 +1047,7 @@ mod tests {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
         let sid = connect(&mut w, t0, 2, PUBLIC);
-        w.s.connection_closed(t0, 2);
+        w.s.handle_closed(t0, 2);
         let outs = drain(&mut w.s);
         assert_eq!(
             one(&outs, 1),
@@ -1075,7 +1093,7 @@ mod tests {
         );
         connect(&mut w, t0, 3, PUBLIC);
 
-        w.s.connection_opened(t0, 4, OTHER);
+        w.s.handle_open(t0, 4, OTHER);
         let outs = send(
             &mut w.s,
             t0,
@@ -1098,7 +1116,7 @@ mod tests {
         assert_eq!(w.s.health().clients + w.s.health().pending_clients, 0);
         // The old socket is forgotten: what it still sends is ignored, its close is a no-op.
         assert!(send(&mut w.s, t0, 1, json!({"type": "ping"})).is_empty());
-        w.s.connection_closed(t0, 1);
+        w.s.handle_closed(t0, 1);
         assert!(drain(&mut w.s).is_empty());
         assert_eq!(w.s.health().servers, 1);
         // A client whose gateway went is told so.
@@ -1132,7 +1150,7 @@ mod tests {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
         let sid = connect(&mut w, t0, 2, PUBLIC);
-        w.s.connection_opened(t0, 5, OTHER);
+        w.s.handle_open(t0, 5, OTHER);
         let outs = send(
             &mut w.s,
             t0,
@@ -1156,9 +1174,9 @@ mod tests {
     fn errors_of_the_protocol() {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
-        w.s.connection_opened(t0, 2, PUBLIC);
+        w.s.handle_open(t0, 2, PUBLIC);
         let err = |w: &mut World, conn, text: &str| {
-            w.s.text(t0, conn, text);
+            w.s.handle_text(t0, conn, text);
             let outs = drain(&mut w.s);
             one(&outs, conn)["error"].as_str().unwrap().to_string()
         };
@@ -1223,11 +1241,11 @@ mod tests {
         let outs = send(&mut w.s, t0, 2, json!({"type": "ping"}));
         assert_eq!(one(&outs, 2), json!({"type": "pong"}));
         assert!(send(&mut w.s, t0, 2, json!({"type": "pong"})).is_empty());
-        w.s.binary(t0, 2);
+        w.s.handle_binary(t0, 2);
         let outs = drain(&mut w.s);
         assert_eq!(one(&outs, 2)["error"], ERR_BINARY);
         // Unknown connections are ignored.
-        w.s.text(t0, 99, r#"{"type":"ping"}"#);
+        w.s.handle_text(t0, 99, r#"{"type":"ping"}"#);
         assert!(drain(&mut w.s).is_empty());
     }
 
@@ -1239,8 +1257,8 @@ mod tests {
         };
         let mut w = world(config);
         let t0 = w.t0;
-        w.s.connection_opened(t0, 2, PUBLIC);
-        w.s.connection_opened(t0, 3, LOOPBACK);
+        w.s.handle_open(t0, 2, PUBLIC);
+        w.s.handle_open(t0, 3, LOOPBACK);
         for _ in 0..5 {
             assert_eq!(
                 one(&send(&mut w.s, t0, 2, json!({"type": "ping"})), 2)["type"],
@@ -1265,7 +1283,7 @@ mod tests {
         );
         assert_eq!(closes(&outs), vec![(2, CLOSE_RATE_LIMITED)]);
         // Another socket from that IP is limited too, until the window ends.
-        w.s.connection_opened(t0, 4, PUBLIC);
+        w.s.handle_open(t0, 4, PUBLIC);
         let outs = send(
             &mut w.s,
             t0 + Duration::from_secs(30),
@@ -1273,7 +1291,7 @@ mod tests {
             json!({"type": "ping"}),
         );
         assert_eq!(closes(&outs), vec![(4, CLOSE_RATE_LIMITED)]);
-        w.s.connection_opened(t0, 5, PUBLIC);
+        w.s.handle_open(t0, 5, PUBLIC);
         let outs = send(
             &mut w.s,
             t0 + Duration::from_secs(60),
@@ -1293,7 +1311,7 @@ mod tests {
         let mut w = world(config);
         let t0 = w.t0;
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        w.s.connection_opened(t0, 2, mapped);
+        w.s.handle_open(t0, 2, mapped);
         send(&mut w.s, t0, 2, json!({"type": "ping"}));
         send(&mut w.s, t0, 2, json!({"type": "ping"}));
         let outs = send(&mut w.s, t0, 2, json!({"type": "ping"}));
@@ -1308,7 +1326,7 @@ mod tests {
         };
         let mut w = world(config);
         let t0 = w.t0;
-        w.s.connection_opened(t0, 2, PUBLIC);
+        w.s.handle_open(t0, 2, PUBLIC);
         for i in 0..3 {
             let outs = send(
                 &mut w.s,
@@ -1342,7 +1360,7 @@ mod tests {
         assert_eq!(one(&outs, 2)["error"], ERR_SERVER_NOT_FOUND);
         assert_eq!(closes(&outs), vec![(2, CLOSE_BLOCKED)]);
         // Blocked: even a correct ID is refused, on any socket, and /api/check says so.
-        w.s.connection_opened(t0, 3, PUBLIC);
+        w.s.handle_open(t0, 3, PUBLIC);
         let outs = send(
             &mut w.s,
             t0 + Duration::from_secs(120),
@@ -1352,13 +1370,13 @@ mod tests {
         assert_eq!(closes(&outs), vec![(3, CLOSE_BLOCKED)]);
         assert!(sent_to(&outs, 1).is_empty());
         assert!(matches!(
-            w.s.check(t0 + Duration::from_secs(120), PUBLIC, GW_ID),
+            w.s.handle_check(t0 + Duration::from_secs(120), PUBLIC, GW_ID),
             Check::Limited { retry_after: 480 }
         ));
         // Other IPs are not affected; the block ends.
-        assert_eq!(w.s.check(t0, OTHER, GW_ID), Check::Online(true));
+        assert_eq!(w.s.handle_check(t0, OTHER, GW_ID), Check::Online(true));
         let later = t0 + Duration::from_secs(601);
-        assert_eq!(w.s.check(later, PUBLIC, GW_ID), Check::Online(true));
+        assert_eq!(w.s.handle_check(later, PUBLIC, GW_ID), Check::Online(true));
     }
 
     #[test]
@@ -1370,19 +1388,19 @@ mod tests {
         let mut w = world(config);
         let t0 = w.t0;
         assert_eq!(
-            w.s.check(t0, PUBLIC, &GW_ID.to_lowercase()),
+            w.s.handle_check(t0, PUBLIC, &GW_ID.to_lowercase()),
             Check::Online(true)
         );
-        assert_eq!(w.s.check(t0, PUBLIC, "X"), Check::Online(false));
-        assert_eq!(w.s.check(t0, PUBLIC, "Y"), Check::Online(false));
-        assert_eq!(w.s.check(t0, PUBLIC, "Z"), Check::Online(false));
+        assert_eq!(w.s.handle_check(t0, PUBLIC, "X"), Check::Online(false));
+        assert_eq!(w.s.handle_check(t0, PUBLIC, "Y"), Check::Online(false));
+        assert_eq!(w.s.handle_check(t0, PUBLIC, "Z"), Check::Online(false));
         assert!(matches!(
-            w.s.check(t0, PUBLIC, GW_ID),
+            w.s.handle_check(t0, PUBLIC, GW_ID),
             Check::Limited { .. }
         ));
         // Loopback is exempt by default.
         for _ in 0..10 {
-            assert_eq!(w.s.check(t0, LOOPBACK, "X"), Check::Online(false));
+            assert_eq!(w.s.handle_check(t0, LOOPBACK, "X"), Check::Online(false));
         }
     }
 
@@ -1397,7 +1415,7 @@ mod tests {
         let t0 = w.t0;
         let a = connect(&mut w, t0, 2, PUBLIC);
         connect(&mut w, t0, 3, PUBLIC);
-        w.s.connection_opened(t0, 4, PUBLIC);
+        w.s.handle_open(t0, 4, PUBLIC);
         let req = json!({"type": "connect-request", "remoteId": GW_ID});
         let outs = send(&mut w.s, t0, 4, req.clone());
         assert_eq!(
@@ -1414,14 +1432,14 @@ mod tests {
         );
         let outs = send(&mut w.s, t0, 4, req.clone());
         assert_eq!(one(&outs, 1)["type"], "client-connected");
-        w.s.connection_opened(t0, 5, PUBLIC);
+        w.s.handle_open(t0, 5, PUBLIC);
         let outs = send(&mut w.s, t0, 5, req.clone());
         assert_eq!(
             one(&outs, 5)["error"],
             ERR_SERVER_BUSY,
             "three sessions at most"
         );
-        w.s.connection_closed(t0, 2);
+        w.s.handle_closed(t0, 2);
         drain(&mut w.s);
         w.s.handle_timeout(t0 + Duration::from_secs(10));
         drain(&mut w.s);
@@ -1454,16 +1472,16 @@ mod tests {
         assert_eq!(one(&outs, 1)["error"], ERR_SERVER_NOT_FOUND);
         assert_eq!(w.s.health().servers, 0);
         assert_eq!(w.s.health().clients, 0);
-        assert_eq!(w.s.check(t0, OTHER, GW_ID), Check::Online(false));
+        assert_eq!(w.s.handle_check(t0, OTHER, GW_ID), Check::Online(false));
     }
 
     #[test]
     fn ip_records_are_pruned() {
         let mut w = world(ServerConfig::default());
         let t0 = w.t0;
-        w.s.connection_opened(t0, 2, PUBLIC);
-        w.s.text(t0, 2, r#"{"type":"ping"}"#);
-        w.s.connection_closed(t0, 2);
+        w.s.handle_open(t0, 2, PUBLIC);
+        w.s.handle_text(t0, 2, r#"{"type":"ping"}"#);
+        w.s.handle_closed(t0, 2);
         assert!(w.s.ips.contains_key(&PUBLIC));
         w.s.handle_timeout(t0 + Duration::from_secs(61));
         assert!(!w.s.ips.contains_key(&PUBLIC));
@@ -1479,5 +1497,109 @@ mod tests {
         let b = new_session_id().unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 16);
+    }
+
+    #[test]
+    fn invalid_session_ids_name_no_session() {
+        let mut w = world(ServerConfig::default());
+        let t0 = w.t0;
+        let sid = connect(&mut w, t0, 2, PUBLIC);
+        let long = "a".repeat(65);
+        for bad in [
+            "",
+            " ",
+            long.as_str(),
+            "a\r\nb",
+            "é",
+            "../x",
+            &format!(" {sid}"),
+        ] {
+            for msg in [
+                json!({"type": "session-ready", "sessionId": bad, "iceServers": []}),
+                json!({"type": "answer", "sessionId": bad, "data": {}}),
+                json!({"type": "ice-candidate", "sessionId": bad, "data": {}}),
+            ] {
+                let outs = send(&mut w.s, t0, 1, msg);
+                assert_eq!(one(&outs, 1)["error"], ERR_SESSION_NOT_FOUND, "{bad:?}");
+                assert!(sent_to(&outs, 2).is_empty());
+            }
+            // A client's own sessionId is replaced, but an invalid one is refused all the same.
+            let outs = send(
+                &mut w.s,
+                t0,
+                2,
+                json!({"type": "offer", "sessionId": bad, "data": {}}),
+            );
+            assert_eq!(one(&outs, 2)["error"], ERR_SESSION_NOT_FOUND, "{bad:?}");
+            assert!(sent_to(&outs, 1).is_empty());
+        }
+        // The session is untouched: session-ready still works.
+        let outs = send(
+            &mut w.s,
+            t0,
+            1,
+            json!({"type": "session-ready", "sessionId": sid}),
+        );
+        assert_eq!(one(&outs, 2)["type"], "connected");
+        // A sessionId that is not a string is no id at all, as before.
+        let outs = send(
+            &mut w.s,
+            t0,
+            1,
+            json!({"type": "answer", "sessionId": 16, "data": {}}),
+        );
+        assert_eq!(one(&outs, 1)["error"], ERR_SESSION_ID_REQUIRED);
+        let outs = send(
+            &mut w.s,
+            t0,
+            2,
+            json!({"type": "offer", "sessionId": null, "data": {"sdp": "v=0"}}),
+        );
+        assert_eq!(one(&outs, 1)["sessionId"], sid.as_str());
+    }
+
+    #[test]
+    fn relays_unknown_fields_untouched() {
+        let mut w = world(ServerConfig::default());
+        let t0 = w.t0;
+        let sid = connect(&mut w, t0, 2, PUBLIC);
+        send(
+            &mut w.s,
+            t0,
+            1,
+            json!({"type": "session-ready", "sessionId": sid}),
+        );
+        let extra = json!({"nested": {"list": [1, 2.5, null, "x"]}, "n": 18446744073709551615u64});
+        let outs = send(
+            &mut w.s,
+            t0,
+            2,
+            json!({"type": "ice-candidate", "data": null, "remoteId": 7, "extra": extra}),
+        );
+        assert_eq!(
+            one(&outs, 1),
+            json!({"type": "ice-candidate", "sessionId": sid, "data": null, "remoteId": 7, "extra": extra})
+        );
+        // Offers get the gateway's Remote ID, whatever the client put there.
+        let outs = send(
+            &mut w.s,
+            t0,
+            2,
+            json!({"type": "offer", "remoteId": "SOMEONE", "data": {"type": "offer", "sdp": "v=0"}, "x": true}),
+        );
+        assert_eq!(
+            one(&outs, 1),
+            json!({"type": "offer", "sessionId": sid, "remoteId": GW_ID, "data": {"type": "offer", "sdp": "v=0"}, "x": true})
+        );
+        let outs = send(
+            &mut w.s,
+            t0,
+            1,
+            json!({"type": "answer", "sessionId": sid, "x": [true]}),
+        );
+        assert_eq!(
+            one(&outs, 2),
+            json!({"type": "answer", "sessionId": sid, "x": [true]})
+        );
     }
 }
