@@ -30,7 +30,6 @@ pub struct Connection {
     events: Events,
     resolver: Resolver,
     ws: WsClient,
-    ws_open: bool,
     udp: UdpSocket,
     udp_queue: udp::SendQueue,
     client: RemoteClient,
@@ -75,12 +74,11 @@ impl Connection {
             events: Events::with_capacity(64),
             resolver,
             ws,
-            ws_open: false,
             udp: udp_socket,
             udp_queue: udp::SendQueue::default(),
             client,
             inbox: VecDeque::new(),
-            buf: vec![0; 65536],
+            buf: vec![0; crate::net::READ_BUFFER],
         };
         while !conn.client.is_open() {
             conn.turn(deadline)?;
@@ -302,10 +300,7 @@ impl Connection {
         match p {
             Progress::Failed(why) => return Err(why),
             Progress::Pending => return Ok(()),
-            Progress::Opened => {
-                self.ws_open = true;
-                self.client.handle_signaling_open(Instant::now());
-            }
+            Progress::Opened => self.client.handle_signaling_open(Instant::now()),
             Progress::Open => {}
         }
         loop {
@@ -320,7 +315,7 @@ impl Connection {
                     return Err("the signaling server closed the connection".into())
                 }
                 Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if crate::net::would_block(&e) => break,
                 Err(e) => return Err(format!("signaling: {e}")),
             }
         }

@@ -35,11 +35,6 @@ const UDP: Token = Token(2);
 /// Tokens of the connections start here.
 const FIRST_CONN: usize = 3;
 
-/// Largest signaling message accepted (SDP offers are a few KiB).
-const SIGNALING_MAX_MESSAGE: usize = 256 * 1024;
-/// Bytes the signaling socket may queue before the connection counts as stuck.
-const SIGNALING_MAX_WRITE_BUFFER: usize = 1024 * 1024;
-
 /// Which machine a connection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Owner {
@@ -336,7 +331,7 @@ impl Driver {
             Output::Connect => {
                 let url = self.config.signaling_url.clone();
                 log::info!("signaling: connecting to {}", url.to_url());
-                let config = ws_config(SIGNALING_MAX_MESSAGE, SIGNALING_MAX_WRITE_BUFFER);
+                let config = ws_config(client::MAX_MESSAGE, client::MAX_WRITE_BUFFER);
                 self.conns.open_websocket(Owner::Signaling, &url, config);
                 true
             }

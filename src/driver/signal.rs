@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook_mio::v1_0::Signals;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::Utf8Bytes;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -29,6 +27,7 @@ use crate::config::signal::SignalConfig;
 use crate::config::{bad, SignalArgs};
 use crate::machine::{Machine, Next};
 use crate::net::stream::{Stream, TlsStream};
+use crate::net::would_block;
 use crate::signaling::protocol::{err_rate_limited, FromServer};
 use crate::signaling::server::http::{self, Parsed, Route};
 use crate::signaling::server::{Check, ConnId, Output, ServerConfig, SignalServer};
@@ -160,10 +159,6 @@ fn conn_id(token: Token) -> ConnId {
     token.0 as ConnId
 }
 
-fn would_block(e: &WsError) -> bool {
-    matches!(e, WsError::Io(io) if io.kind() == io::ErrorKind::WouldBlock)
-}
-
 fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
     CloseFrame {
         code: CloseCode::from(code),
@@ -214,16 +209,9 @@ impl Driver {
 
     /// Serve until stopped (by the [`StopHandle`], or SIGINT/SIGTERM when `signals`).
     pub fn run(mut self, signals: bool) -> Result<(), String> {
-        let mut signal_source = if signals {
-            let mut s = Signals::new([SIGINT, SIGTERM])
-                .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-            self.poll
-                .registry()
-                .register(&mut s, SIGNALS, Interest::READABLE)
-                .map_err(|e| e.to_string())?;
-            Some(s)
-        } else {
-            None
+        let mut signal_source = match signals {
+            true => Some(super::shutdown_signals(&self.poll, SIGNALS)?),
+            false => None,
         };
         log::info!(
             "signal: listening on {} ({}; WebSocket at /ws, GET /health, GET /api/check/<ID>)",
@@ -239,17 +227,11 @@ impl Driver {
         let mut events = Events::with_capacity(1024);
         let mut deadline = self.process_outputs(Instant::now());
         loop {
-            let now = Instant::now();
-            let wait = if self.read_pending.is_empty() {
-                // Round up to whole milliseconds so we never wake just before a deadline.
-                deadline
-                    .map_or(next_tick, |d| d.min(next_tick))
-                    .saturating_duration_since(now)
-                    + Duration::from_micros(999)
-            } else {
-                Duration::ZERO
+            let wait = match self.read_pending.is_empty() {
+                true => super::wait_until(Some(deadline.map_or(next_tick, |d| d.min(next_tick)))),
+                false => Some(Duration::ZERO),
             };
-            match self.poll.poll(&mut events, Some(wait)) {
+            match self.poll.poll(&mut events, wait) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("event loop failed: {e}")),

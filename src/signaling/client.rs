@@ -23,6 +23,10 @@ use crate::signaling::protocol::{
 pub const SESSION_READY_WINDOW: Duration = Duration::from_secs(10);
 /// A connection attempt (DNS, TCP, TLS, WebSocket handshake) that takes longer is abandoned.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest signaling message accepted (SDP offers are a few KiB).
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// Bytes the signaling socket may queue before the connection counts as stuck.
+pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// Pending `session-ready` replies tracked at once.
 const MAX_PENDING_READY: usize = 1024;
 
