@@ -1,25 +1,41 @@
 //! ma-webrtc-gateway: remote access for Music Assistant.
 //!
-//! Protocol logic lives in sans-IO state machines (inputs carry `now`, outputs are polled, no
-//! sockets), driven by thin mio drivers that only move bytes between sockets and machines.
+//! The wire protocol is in `docs/protocol.md`, the design in `docs/design.md`; this page is the
+//! map.
 //!
-//! State machines (their common face: [`machine`]):
-//! - [`signaling::protocol`]: the signaling messages, shared by the three sides below.
-//! - [`signaling::client`]: the gateway's side of the signaling protocol.
-//! - [`gateway`]: sessions, channel routing by label, bridges to local services.
-//! - [`webrtc`]: str0m answerer sessions, UDP routing by ufrag/address, STUN gathering.
-//! - [`chunk`]: `__chunk__` framing and reassembly of large messages.
-//! - [`http_proxy`]: request hardening, an HTTP/1.1 client, the fetch pool.
-//! - [`signaling::server`]: the self-hosted signaling server's relay.
-//! - [`remote_client`]: the web app's side, for diagnostics, tests and benchmarks.
+//! # One convention
+//! Protocol logic lives in sans-IO state machines that own no socket, no thread and no clock
+//! ([`machine`]): every input is a `handle_…(now, …)` method, constructors take `now`, and
+//! [`machine::Machine::poll_output`] returns either the next output or the next deadline
+//! ([`machine::Next`]), as str0m's `Rtc` does. A driver owns the mio `Poll`, the sockets and
+//! the clock; it feeds inputs, carries out outputs until it gets the deadline, and sleeps until
+//! then. Codecs without time ([`chunk`], `http_proxy::client::HttpConn`, the request and
+//! response encoders, [`webrtc::Router`]) are plain functions and types.
 //!
-//! Plumbing and drivers:
-//! - [`config`]: flags and environment variables.
-//! - [`identity`]: DTLS certificate, Remote ID and its pin check.
-//! - [`backoff`]: reconnect schedule with jitter.
-//! - [`stats`]: percentiles for the figures diagnostics and benchmarks print.
-//! - [`net`]: non-blocking TCP/TLS/WebSocket/UDP for mio, DNS off the loop.
-//! - [`driver`]: the event loops (`gateway`, `connect`, `signal`) and the command dispatch.
+//! # Machines
+//! - [`signaling::protocol`]: the signaling messages and close codes, typed, shared by the three
+//!   sides below (not a machine: the vocabulary).
+//! - [`signaling::client::SignalingClient`]: the gateway's side of signaling: connect,
+//!   register, keep alive, relay sessions, reconnect with backoff.
+//! - [`gateway::Gateway`]: the gateway core: sessions, channel routing by label, bridges to
+//!   MA's local services, the HTTP proxy's scheduling, when to ask STUN for our address.
+//! - [`webrtc::PeerSession`] (one str0m answerer), [`webrtc::StunGatherer`] (server-reflexive
+//!   discovery), driven by the core.
+//! - [`http_proxy::ProxyPool`]: fetches for the image proxy, driven by the core.
+//! - [`signaling::server::SignalServer`]: the self-hosted signaling server's relay.
+//! - [`remote_client::RemoteClient`]: the web app's side, for `connect`, tests and benchmarks.
+//!
+//! # Drivers and plumbing
+//! - [`driver`]: the command dispatch and the mio loops: [`driver::gateway`] (the production
+//!   loop, with its outgoing [`driver::connections`]), [`driver::connect`] (the diagnostic
+//!   client) and [`driver::signal`] (the self-hosted server).
+//! - [`net`]: non-blocking TCP/TLS/WebSocket/UDP for mio, DNS off the loop. No protocol logic.
+//! - [`config`] (flags and environment variables), [`identity`] (DTLS certificate, Remote ID,
+//!   pin check), [`backoff`] (reconnect schedule with jitter), [`stats`] (percentiles for the
+//!   figures diagnostics print).
+//!
+//! Only the DNS lookups run off the loop, on short-lived threads; the load generator and its
+//! threads are a bench target (`benches/load.rs`), not part of the binary.
 
 pub mod backoff;
 pub mod chunk;

@@ -1,4 +1,4 @@
-//! The one face every protocol state machine shows its driver (docs/design.md#machines).
+//! The one face every protocol state machine shows its driver (docs/design.md#the-machine-convention).
 //!
 //! A machine owns no socket, no thread and no clock:
 //! - every **input** is a `&mut self` method named `handle_…` whose first argument is

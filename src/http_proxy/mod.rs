@@ -16,45 +16,45 @@
 //! A *requester* `R` is whatever the core uses to address answers: one per channel that sends
 //! requests, e.g. `(SessionKey, ChannelId)`. Every requester receives at most one response at
 //! a time: the pool hands one over with [`PoolOutput::Response`] and holds the next until the
-//! caller calls [`ProxyPool::response_done`]. That is what an `http_proxy` channel needs (its
-//! binary frames carry no id); on `ma-api` the caller may call `response_done` as soon as it
+//! caller calls [`ProxyPool::handle_delivered`]. That is what an `http_proxy` channel needs (its
+//! binary frames carry no id); on `ma-api` the caller may call `handle_delivered` as soon as it
 //! has queued the JSON text.
 //!
 //! Core (`Gateway`), per message from a client:
 //! 1. `ma-api` text: [`request::classify`]; `None` → forward to MA as before;
-//!    `Some(Ok(req))` → [`ProxyPool::submit`]; `Some(Err(e))` → [`ProxyPool::reject`] (a 400
+//!    `Some(Ok(req))` → [`ProxyPool::handle_request`]; `Some(Err(e))` → [`ProxyPool::handle_refused`] (a 400
 //!    when the id is known; otherwise it is logged and dropped). Never forward it to MA.
 //!    `http_proxy` text: the same with [`request::parse`] (binary: drop).
-//! 2. Drain [`ProxyPool::poll_output`] after every call into the pool (and after
-//!    [`ProxyPool::handle_timeout`]); include [`ProxyPool::poll_timeout`] in the core's.
+//! 2. Drain [`Machine::poll_output`] after every call into the pool (and after
+//!    [`Machine::handle_timeout`]); the deadline it ends with goes into the core's.
 //! 3. [`PoolOutput::Response`]: encode for the requester's channel:
 //!    - `ma-api`: [`ProxyResponse::to_json`] → `Chunker::frame` (docs/protocol.md#chunk-framing) → the bridge's queue;
-//!      then `response_done(now, requester)` right away.
+//!      then `handle_delivered(now, requester)` right away.
 //!    - `http_proxy`: [`ProxyResponse::into_binary`] with `max_frame` = the peer's limit
 //!      (`chunk::send_limit`); write the header text, then each frame, as the send budget
 //!      allows (keep the [`response::BodyFrames`] as the channel's pending state; resume on
-//!      `ChannelBufferedAmountLow`). Call [`ProxyPool::response_progress`] whenever frames were
-//!      written and [`ProxyPool::response_done`] once the last frame (or the header of an
+//!      `ChannelBufferedAmountLow`). Call [`ProxyPool::handle_progress`] whenever frames were
+//!      written and [`ProxyPool::handle_delivered`] once the last frame (or the header of an
 //!      empty body) was accepted.
 //! 4. [`PoolOutput::Stalled`]: the requester has held a response for
 //!    [`PoolConfig::drain_timeout`] without progress (a client that stopped reading). The pool
 //!    has already dropped everything of that requester; close its `http_proxy` channel (a
 //!    half-sent response cannot be abandoned otherwise: the frames carry no id).
-//! 5. Channel or session closed: [`ProxyPool::cancel_requester`] for each of its requesters.
+//! 5. Channel or session closed: [`ProxyPool::handle_cancel`] for each of its requesters.
 //! 6. Connection outputs go to the driver: [`PoolOutput::Connect`], [`PoolOutput::Write`],
 //!    [`PoolOutput::Close`] (add matching variants to the core's `Output`).
 //!
 //! Driver, per connection id:
 //! - `Connect { conn }`: open TCP (TLS for `wss`) to MA's host and port from `MA_LOCAL_WS_URL`
 //!   (`ws` → `http`, `wss` → `https`; resolve as for the WebSockets). Any failure (DNS,
-//!   connect, TLS) → [`ProxyPool::failed`].
+//!   connect, TLS) → [`ProxyPool::handle_failed`].
 //! - `Write { conn, bytes }`: queue the bytes on that connection and write them as the socket
 //!   takes them (also before the connect or TLS handshake completed: write once possible).
-//! - Readable: read until `WouldBlock`, passing each read to [`ProxyPool::data`]; a read of 0
-//!   → [`ProxyPool::eof`]; an error → [`ProxyPool::failed`]. Keep reading idle connections
+//! - Readable: read until `WouldBlock`, passing each read to [`ProxyPool::handle_data`]; a read of 0
+//!   → [`ProxyPool::handle_eof`]; an error → [`ProxyPool::handle_failed`]. Keep reading idle connections
 //!   too: that is how a server's close of a keep-alive connection is noticed.
 //! - `Close { conn }`: deregister and drop the socket; the pool has forgotten it.
-//! - After reporting `eof` or `failed`, drop the socket yourself: the pool forgets the
+//! - After reporting the end or a failure, drop the socket yourself: the pool forgets the
 //!   connection and sends no `Close` for it. Events for unknown ids are ignored.
 //!
 //! # Decisions
@@ -147,7 +147,7 @@ pub enum PoolOutput<R> {
     /// Close the connection and forget it.
     Close { conn: ConnId },
     /// A response for the requester, to encode in its channel's form. The next one for the
-    /// same requester comes only after [`ProxyPool::response_done`].
+    /// same requester comes only after [`ProxyPool::handle_delivered`].
     Response {
         requester: R,
         response: ProxyResponse,

@@ -10,10 +10,10 @@
 //! Driving it (one mio loop, one UDP socket):
 //! 1. Datagram in: [`Router::route`] → [`Route::Session`]: `session.handle_receive(..)`;
 //!    [`Route::Gather`]: `gatherer.handle_response(..)`; [`Route::Drop`]: nothing.
-//! 2. After any call into a session, drain [`PeerSession::poll_output`] until
-//!    [`SessionOutput::Timeout`]: send each transmit (and tell the router with
-//!    [`Router::note_transmit`]), handle events, remember the timeout.
-//! 3. After [`PeerSession::accept_offer`], re-register the ufrag: an ICE restart changes it
+//! 2. After any call into a session, drain its `poll_output` (it is a
+//!    [`Machine`](crate::machine::Machine)) until `Next::Timeout`: send each transmit (and tell
+//!    the router with [`Router::note_transmit`]), handle events, remember the timeout.
+//! 3. After [`PeerSession::handle_offer`], re-register the ufrag: an ICE restart changes it
 //!    ([`Router::set_ufrag`] with [`PeerSession::local_ufrag`]).
 //! 4. On [`SessionEvent::Closed`], keep draining to the timeout, then drop the session and call
 //!    [`Router::remove_session`].

@@ -91,7 +91,7 @@ pub enum CloseReason {
     IceTimeout,
     /// The peer closed DTLS, or the SCTP association was lost.
     Remote,
-    /// [`PeerSession::close`] was called.
+    /// [`PeerSession::handle_close`] was called.
     Local,
     /// str0m reported an error (DTLS failure, fingerprint mismatch, bad SDP that killed it, ...).
     Error(String),
