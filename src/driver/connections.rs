@@ -1,4 +1,4 @@
-//! The outgoing connections of a driver, whatever they carry (docs/design.md#the-gateway-driver):
+//! The outgoing connections of a driver, whatever they carry (docs/design.md#drivers):
 //! one table keyed by mio [`Token`], each connection tagged with the owner the driver gives it
 //! (which machine it serves). Resolving, connecting, reading until `WouldBlock`, flushing once
 //! per turn and dropping are written here once for every kind; the driver only learns, per

@@ -1,4 +1,4 @@
-//! The gateway's event loop (docs/design.md#the-gateway-driver): one mio `Poll` for the shared
+//! The gateway's event loop (docs/design.md#drivers): one mio `Poll` for the shared
 //! UDP socket, DNS answers, signals and the outgoing [`Connections`] (the signaling WebSocket,
 //! the bridges' local WebSockets, the HTTP proxy's streams). It only moves bytes and events
 //! between them and the two machines, [`SignalingClient`] and [`Gateway`]; every decision is
