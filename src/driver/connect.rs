@@ -15,6 +15,7 @@ use tungstenite::Message;
 
 use crate::config::{ConnectArgs, GatewayConfig, WsUrl};
 use crate::machine::{Machine, Next};
+use crate::net::connect::Connecting;
 use crate::net::resolve::Resolver;
 use crate::net::udp;
 use crate::net::ws_client::{Progress, WsClient};

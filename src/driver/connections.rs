@@ -103,7 +103,7 @@ impl<O: Copy + Eq + Hash> Connections<O> {
         self.close(owner, None);
         let resolver = &mut self.resolver;
         let token = self.table.insert(|token| (owner, start(token, resolver)));
-        if let Some(id) = self.table.get(token).and_then(|(_, l)| l.lookup()) {
+        if let Some(id) = self.table.get_mut(token).and_then(|(_, l)| l.lookup()) {
             self.lookups.insert(id, Some(token));
         }
         self.by_owner.insert(owner, token);
@@ -123,8 +123,8 @@ impl<O: Copy + Eq + Hash> Connections<O> {
             match self.lookups.remove(&id) {
                 Some(Some(token)) => {
                     // The token may have been reused since: only its own lookup counts.
-                    let link = self.table.get_mut(token).map(|(_, l)| l);
-                    if let Some(link) = link.filter(|l| l.lookup() == Some(id)) {
+                    let mut link = self.table.get_mut(token).map(|(_, l)| l);
+                    if let Some(link) = link.take_if(|l| l.lookup() == Some(id)) {
                         let progress = link.on_resolved(&self.registry, answer);
                         self.on_progress(token, progress);
                     }

@@ -159,3 +159,32 @@ pub fn secure(
         .map_err(|e| format!("TLS setup failed: {e}"))?;
     Ok(Stream::Tls(Box::new(TlsStream::new(tcp, conn))))
 }
+
+/// A client whose first phase is a [`TcpConnect`]: the lookup and the DNS answer are handled
+/// here once for every kind of client; each kind says what follows a connected socket.
+pub trait Connecting {
+    /// The connect phase, while the client is in it.
+    fn connecting(&mut self) -> Option<&mut TcpConnect>;
+    /// Carry on after a step of the connect phase.
+    fn on_step(&mut self, registry: &Registry, step: Step) -> super::Progress;
+
+    /// The lookup this client waits for, if it is still resolving.
+    fn lookup(&mut self) -> Option<LookupId> {
+        self.connecting().and_then(|c| c.lookup())
+    }
+
+    /// Feed the DNS answer.
+    fn on_resolved(
+        &mut self,
+        registry: &Registry,
+        answer: io::Result<Vec<SocketAddr>>,
+    ) -> super::Progress {
+        match self.connecting() {
+            Some(c) => {
+                let step = c.on_resolved(registry, answer);
+                self.on_step(registry, step)
+            }
+            None => super::Progress::Pending,
+        }
+    }
+}

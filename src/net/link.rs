@@ -10,6 +10,7 @@ use mio::{Registry, Token};
 use tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tungstenite::Message;
 
+use super::connect::Connecting;
 use super::resolve::{LookupId, Resolver};
 use super::tcp_client::TcpClient;
 use super::ws_client::WsClient;
@@ -64,7 +65,7 @@ impl Link {
     }
 
     /// The DNS lookup the link waits for, if it is still resolving.
-    pub fn lookup(&self) -> Option<LookupId> {
+    pub fn lookup(&mut self) -> Option<LookupId> {
         match self {
             Link::Ws(c) => c.lookup(),
             Link::Tcp(c) => c.lookup(),

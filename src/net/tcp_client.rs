@@ -2,13 +2,12 @@
 //! and write raw bytes with a bounded write buffer. Used for the HTTP proxy's fetches.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mio::{Registry, Token};
 
-use super::connect::{secure, Step, TcpConnect};
-use super::resolve::{LookupId, Resolver};
+use super::connect::{secure, Connecting, Step, TcpConnect};
+use super::resolve::Resolver;
 use super::stream::Stream;
 use super::Progress;
 
@@ -44,28 +43,7 @@ impl TcpClient {
         }
     }
 
-    pub fn lookup(&self) -> Option<LookupId> {
-        match &self.state {
-            State::Connecting(c) => c.lookup(),
-            _ => None,
-        }
-    }
-
-    pub fn on_resolved(
-        &mut self,
-        registry: &Registry,
-        answer: io::Result<Vec<SocketAddr>>,
-    ) -> Progress {
-        match &mut self.state {
-            State::Connecting(c) => {
-                let step = c.on_resolved(registry, answer);
-                self.on_step(step)
-            }
-            _ => Progress::Pending,
-        }
-    }
-
-    fn on_step(&mut self, step: Step) -> Progress {
+    fn advance(&mut self, step: Step) -> Progress {
         match step {
             Step::Pending => Progress::Pending,
             Step::Failed(why) => {
@@ -90,7 +68,7 @@ impl TcpClient {
         match &mut self.state {
             State::Connecting(c) => {
                 let step = c.on_ready(registry);
-                self.on_step(step)
+                self.advance(step)
             }
             State::Open(_) => Progress::Open,
             State::Closed => Progress::Failed("connection closed".into()),
@@ -148,5 +126,18 @@ impl TcpClient {
             }
             _ => {}
         }
+    }
+}
+
+impl Connecting for TcpClient {
+    fn connecting(&mut self) -> Option<&mut TcpConnect> {
+        match &mut self.state {
+            State::Connecting(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn on_step(&mut self, _registry: &Registry, step: Step) -> Progress {
+        self.advance(step)
     }
 }

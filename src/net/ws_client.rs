@@ -2,8 +2,6 @@
 //! handshake, then an open `tungstenite::WebSocket`. Every step is non-blocking and advances
 //! when the driver reports an event for the connection's token.
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use mio::{Registry, Token};
@@ -12,8 +10,8 @@ use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::WebSocket;
 
-use super::connect::{secure, Step, TcpConnect};
-use super::resolve::{LookupId, Resolver};
+use super::connect::{secure, Connecting, Step, TcpConnect};
+use super::resolve::Resolver;
 use super::stream::Stream;
 pub use super::Progress;
 use crate::config::WsUrl;
@@ -55,30 +53,7 @@ impl WsClient {
         self.token
     }
 
-    /// The lookup this client waits for, if it is still resolving.
-    pub fn lookup(&self) -> Option<LookupId> {
-        match &self.state {
-            State::Connecting(c) => c.lookup(),
-            _ => None,
-        }
-    }
-
-    /// Feed the DNS answer.
-    pub fn on_resolved(
-        &mut self,
-        registry: &Registry,
-        answer: io::Result<Vec<SocketAddr>>,
-    ) -> Progress {
-        match &mut self.state {
-            State::Connecting(c) => {
-                let step = c.on_resolved(registry, answer);
-                self.on_step(registry, step)
-            }
-            _ => Progress::Pending,
-        }
-    }
-
-    fn on_step(&mut self, registry: &Registry, step: Step) -> Progress {
+    fn advance(&mut self, registry: &Registry, step: Step) -> Progress {
         match step {
             Step::Pending => Progress::Pending,
             Step::Failed(why) => self.fail(registry, why),
@@ -106,7 +81,7 @@ impl WsClient {
             State::Connecting(mut c) => {
                 let step = c.on_ready(registry);
                 self.state = State::Connecting(c);
-                self.on_step(registry, step)
+                self.advance(registry, step)
             }
             State::Handshaking(mid) => self.handshake_result(registry, mid.handshake()),
             State::Open(ws) => {
@@ -171,5 +146,18 @@ impl WsClient {
             }
             State::Closed => {}
         }
+    }
+}
+
+impl Connecting for WsClient {
+    fn connecting(&mut self) -> Option<&mut TcpConnect> {
+        match &mut self.state {
+            State::Connecting(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn on_step(&mut self, registry: &Registry, step: Step) -> Progress {
+        self.advance(registry, step)
     }
 }
