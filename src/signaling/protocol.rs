@@ -37,6 +37,7 @@ pub const CLOSE_RATE_LIMITED: u16 = 4029;
 /// The reason text sent with [`CLOSE_RATE_LIMITED`].
 pub const CLOSE_RATE_LIMITED_REASON: &str = "Rate limited";
 
+// The `error` texts our server sends (docs/protocol.md#error-replies).
 pub const ERR_REMOTE_ID_REQUIRED: &str = "Remote ID required";
 pub const ERR_SESSION_ID_REQUIRED: &str = "Session ID required";
 pub const ERR_SERVER_NOT_FOUND: &str =
@@ -520,8 +521,13 @@ impl Direction for FromServer {
 }
 
 fn parse<M: Direction>(text: &str) -> Result<M, ParseError> {
-    // Parsed to a `Value` first: `type` must be a string before serde sees it (serde would
-    // take a number as a variant index), and a refusal can say exactly why.
+    // The common case in one pass. serde refuses all that the slower path below would refuse
+    // or read otherwise (a `type` that is not a string, an invalid session id, duplicate keys:
+    // serde_json's `Value` keeps the last one, as every side always has).
+    if let Ok(msg) = serde_json::from_str::<M>(text) {
+        return Ok(msg);
+    }
+    // Through a `Value`, so that a refusal can say exactly why.
     let mut msg = match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => m,
         Ok(_) => return Err(ParseError::NotAnObject),
