@@ -47,6 +47,8 @@ pub const REMOTE_ID_LEN: usize = 26;
 pub const APP_URL: &str = "https://app.music-assistant.io/?remote_id=";
 
 const DAY_SECS: i64 = 86_400;
+/// Held (an exclusive advisory lock) by the gateway running on a data folder.
+pub const LOCK_FILE: &str = "ma-webrtc-gateway.lock";
 
 /// The certificate and key the gateway presents in DTLS, and the Remote ID derived from them.
 ///
@@ -92,8 +94,10 @@ pub enum Loaded {
 }
 
 /// An error that makes it impossible to have an identity at all (the folder cannot be created
-/// or written, generation failed). Problems with the stored files are not errors: they cause a
-/// regeneration, see [`Loaded::Created`].
+/// or written, generation failed), or that forbids replacing the stored one: a file that
+/// exists but cannot be read (permissions, I/O error) might hold a perfectly good identity,
+/// and regenerating it would change the Remote ID for good. Only a missing file or content
+/// that is provably unusable causes a regeneration, see [`Loaded::Created`].
 #[derive(Debug)]
 pub enum IdentityError {
     /// A filesystem operation failed.
@@ -107,6 +111,8 @@ pub enum IdentityError {
     },
     /// Generating or encoding the certificate failed.
     Crypto(String),
+    /// Another gateway holds the data folder's lock file.
+    Locked { path: PathBuf, holder: String },
 }
 
 impl fmt::Display for IdentityError {
@@ -118,6 +124,12 @@ impl fmt::Display for IdentityError {
                 source,
             } => write!(f, "cannot {action} {}: {source}", path.display()),
             IdentityError::Crypto(msg) => write!(f, "DTLS certificate: {msg}"),
+            IdentityError::Locked { path, holder } => write!(
+                f,
+                "another ma-webrtc-gateway{holder} is running on this data folder ({} is \
+                 locked); stop it first, or give this one its own MA_DATA_DIR",
+                path.display()
+            ),
         }
     }
 }
@@ -126,7 +138,7 @@ impl std::error::Error for IdentityError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             IdentityError::Io { source, .. } => Some(source),
-            IdentityError::Crypto(_) => None,
+            IdentityError::Crypto(_) | IdentityError::Locked { .. } => None,
         }
     }
 }
@@ -168,10 +180,10 @@ impl Identity {
     /// new ID (info level on a first start), and the reason is returned in [`Loaded::Created`].
     /// An existing key file readable by group or others is tightened to 0600.
     ///
-    /// Errors only when no identity can be had: `dir` cannot be created or written, or
-    /// generation failed. The message names the path.
+    /// Errors when no identity can be had (`dir` cannot be created or written, generation
+    /// failed) and when a stored file exists but cannot be read. The message names the path.
     pub fn load_or_create(dir: &Path) -> Result<(Identity, Loaded), IdentityError> {
-        match Self::load(dir) {
+        match Self::load(dir)? {
             Ok(identity) => {
                 tighten_key_mode(&dir.join(KEY_FILE));
                 Ok((identity, Loaded::Existing))
@@ -256,31 +268,43 @@ impl Identity {
         }
     }
 
-    /// Reads and checks the stored identity.
-    fn load(dir: &Path) -> Result<Identity, Unusable> {
+    /// Reads the stored files: `Err` when one exists but cannot be read; `Ok(Err(..))` when
+    /// they are missing or unusable (regenerate); `Ok(Ok(..))` when they are good.
+    fn load(dir: &Path) -> Result<Result<Identity, Unusable>, IdentityError> {
         let cert_path = dir.join(CERT_FILE);
         let key_path = dir.join(KEY_FILE);
-        let cert_file = fs::read(&cert_path);
-        let key_file = fs::read(&key_path);
-        let not_found =
-            |r: &io::Result<Vec<u8>>| matches!(r, Err(e) if e.kind() == io::ErrorKind::NotFound);
-        if not_found(&cert_file) && not_found(&key_file) {
-            return Err(Unusable {
-                first_start: true,
-                reason: format!("no certificate in {} yet", dir.display()),
-            });
-        }
-        let read = |r: io::Result<Vec<u8>>, path: &Path| {
-            r.map_err(|e| {
-                Unusable::new(if e.kind() == io::ErrorKind::NotFound {
-                    format!("{} is missing", path.display())
-                } else {
-                    format!("cannot read {}: {e}", path.display())
-                })
-            })
+        let read = |path: &Path| match fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("read", path)(e)),
         };
-        let cert_file = read(cert_file, &cert_path)?;
-        let key_file = read(key_file, &key_path)?;
+        let (cert_file, key_file) = (read(&cert_path)?, read(&key_path)?);
+        Ok(Self::check(dir, cert_file, key_file))
+    }
+
+    /// Checks the stored files' contents (`None`: the file does not exist).
+    fn check(
+        dir: &Path,
+        cert_file: Option<Vec<u8>>,
+        key_file: Option<Vec<u8>>,
+    ) -> Result<Identity, Unusable> {
+        let cert_path = dir.join(CERT_FILE);
+        let key_path = dir.join(KEY_FILE);
+        let (cert_file, key_file) = match (cert_file, key_file) {
+            (Some(c), Some(k)) => (c, k),
+            (None, None) => {
+                return Err(Unusable {
+                    first_start: true,
+                    reason: format!("no certificate in {} yet", dir.display()),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(Unusable::new(format!("{} is missing", cert_path.display())))
+            }
+            (Some(_), None) => {
+                return Err(Unusable::new(format!("{} is missing", key_path.display())))
+            }
+        };
 
         let cert_pem_block = parse_pem(&cert_file, &cert_path)?;
         if cert_pem_block.label != "CERTIFICATE" {
@@ -422,6 +446,43 @@ fn parse_p256_key(pem: &Pem) -> Result<EcdsaKeyPair, String> {
     }
 }
 
+/// The data folder, locked for this process: a second gateway on the same folder would
+/// register the same Remote ID and the two would evict each other from the signaling server.
+/// Released when dropped (or when the process ends, however it ends).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: fs::File,
+}
+
+/// Lock `dir` (created if missing) for this process, or say who holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, IdentityError> {
+    create_dir(dir)?;
+    let path = dir.join(LOCK_FILE);
+    let mut options = fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path).map_err(io_error("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = io::Read::read_to_string(&mut file, &mut holder);
+            let holder = holder.trim();
+            let who = match holder.parse::<u32>() {
+                Ok(pid) => format!(" (process {pid})"),
+                Err(_) => String::new(),
+            };
+            return Err(IdentityError::Locked { path, holder: who });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io_error("lock", &path)(e)),
+    }
+    // For the message a second instance prints; the lock itself is what counts.
+    let _ = file.set_len(0);
+    let _ = io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes());
+    Ok(DataDirLock { _file: file })
+}
+
 fn create_dir(dir: &Path) -> Result<(), IdentityError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
@@ -461,13 +522,28 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), IdentityError
 fn tighten_key_mode(path: &Path) {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        let Ok(meta) = fs::metadata(path) else {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        // Opened without following a symlink, and changed through that handle: a link planted
+        // in the data folder cannot make us change the mode of another file.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path);
+        let Ok(file) = file else {
+            if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+                warn!(
+                    "{} is a symbolic link: its mode is left alone",
+                    path.display()
+                );
+            }
+            return;
+        };
+        let Ok(meta) = file.metadata() else {
             return;
         };
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            match fs::set_permissions(path, fs::Permissions::from_mode(0o600)) {
+            match file.set_permissions(fs::Permissions::from_mode(0o600)) {
                 Ok(()) => warn!(
                     "{} was readable by others (mode {mode:o}): set to 0600",
                     path.display()
@@ -916,6 +992,64 @@ mod tests {
         fs::write(&file, b"x").expect("write");
         let err = Identity::load_or_create(&file.join("sub")).expect_err("cannot create");
         assert!(err.to_string().contains("a-file"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_not_a_new_identity() {
+        let dir = TempDir::new("unreadable");
+        let (first, _) = Identity::load_or_create(&dir.0).expect("create");
+        // Not readable as a file (root bypasses permission bits, so use a folder: EISDIR is
+        // an I/O error like EACCES or EIO).
+        let cert = dir.0.join(CERT_FILE);
+        fs::remove_file(&cert).expect("rm");
+        fs::create_dir(&cert).expect("mkdir");
+        let err = Identity::load_or_create(&dir.0).expect_err("must not regenerate");
+        assert!(err.to_string().contains(CERT_FILE), "{err}");
+        // The key is untouched: putting the certificate back restores the same Remote ID.
+        fs::remove_dir(&cert).expect("rmdir");
+        fs::write(&cert, &first.cert_pem).expect("write");
+        let (again, loaded) = Identity::load_or_create(&dir.0).expect("load");
+        assert_eq!(
+            (again.remote_id, loaded),
+            (first.remote_id, Loaded::Existing)
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_key_mode_is_never_changed_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("symlink");
+        Identity::load_or_create(&dir.0).expect("create");
+        let key = dir.0.join(KEY_FILE);
+        let elsewhere = dir.0.join("elsewhere.pem");
+        fs::rename(&key, &elsewhere).expect("move");
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::os::unix::fs::symlink(&elsewhere, &key).expect("symlink");
+        Identity::load_or_create(&dir.0).expect("load through the link");
+        let mode = fs::metadata(&elsewhere).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "the link's target kept its mode");
+        // A regular key file that others can read is still tightened.
+        fs::remove_file(&key).expect("rm link");
+        fs::rename(&elsewhere, &key).expect("move back");
+        Identity::load_or_create(&dir.0).expect("load");
+        let mode = fs::metadata(&key).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_locked_data_folder_names_its_holder() {
+        let dir = TempDir::new("lock");
+        let held = lock_data_dir(&dir.0).expect("first lock");
+        let err = lock_data_dir(&dir.0).expect_err("second lock");
+        let text = err.to_string();
+        assert!(text.contains(LOCK_FILE), "{text}");
+        assert!(
+            text.contains(&format!("process {}", std::process::id())),
+            "{text}"
+        );
+        drop(held);
+        lock_data_dir(&dir.0).expect("free again");
     }
 
     fn answer_with(lines: &[&str]) -> String {

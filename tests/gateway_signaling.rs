@@ -227,3 +227,56 @@ fn id_command_prints_a_stable_remote_id() {
     assert!(data.join("webrtc_certificate.pem").exists());
     assert!(data.join("webrtc_private_key.pem").exists());
 }
+
+#[test]
+fn a_second_gateway_on_the_same_data_folder_stops_with_one_line() {
+    let data = temp_dir("locked");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _first = Proc::start(&[], &gateway_env(port, &data));
+    let _ws = accept(&listener);
+    let mut second = std::process::Command::new(common::BIN);
+    for (k, v) in gateway_env(port, &data) {
+        second.env(k, v);
+    }
+    let out = second.output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("another ma-webrtc-gateway"), "{err}");
+    assert!(err.contains("ma-webrtc-gateway.lock"), "{err}");
+}
+
+#[test]
+fn an_unreadable_identity_stops_start_up_instead_of_replacing_it() {
+    let data = temp_dir("unreadable");
+    let id = std::process::Command::new(common::BIN)
+        .arg("id")
+        .env("MA_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(id.status.success());
+    let key = data.join("webrtc_private_key.pem");
+    let before = std::fs::read(&key).unwrap();
+    // An I/O error on read (root ignores permission bits, so a folder stands in for EACCES).
+    let cert = data.join("webrtc_certificate.pem");
+    std::fs::remove_file(&cert).unwrap();
+    std::fs::create_dir(&cert).unwrap();
+    for args in [&[][..], &["id"][..]] {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .env("MA_DATA_DIR", &data)
+            .env("MA_SIGNALING_URL", "ws://127.0.0.1:9/ws")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("webrtc_certificate.pem"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "the key was not replaced"
+    );
+}

@@ -23,6 +23,7 @@ use crate::config::GatewayConfig;
 use crate::gateway::bridge::{BridgeId, LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER};
 use crate::gateway::{Gateway, LookupKey, Output as CoreOutput};
 use crate::http_proxy::ConnId;
+use crate::identity::Identity;
 use crate::machine::{earliest, Machine, Next};
 use crate::net::link::ws_config;
 use crate::net::resolve::LookupId;
@@ -57,8 +58,8 @@ struct Driver {
 }
 
 /// Run the gateway until SIGINT/SIGTERM; returns the exit code.
-pub fn run(config: GatewayConfig) -> i32 {
-    match Driver::new(config).and_then(|d| d.run()) {
+pub fn run(config: GatewayConfig, identity: Identity, remote_id: String) -> i32 {
+    match Driver::new(config, identity, remote_id).and_then(|d| d.run()) {
         Ok(()) => 0,
         Err(e) => {
             log::error!("{e}");
@@ -68,8 +69,7 @@ pub fn run(config: GatewayConfig) -> i32 {
 }
 
 impl Driver {
-    fn new(config: GatewayConfig) -> Result<Driver, String> {
-        let (identity, remote_id) = super::load_identity(&config)?;
+    fn new(config: GatewayConfig, identity: Identity, remote_id: String) -> Result<Driver, String> {
         log::info!(
             "Remote ID {remote_id} ({}), fingerprint sha-256 {}",
             crate::identity::display_remote_id(&remote_id),

@@ -17,7 +17,7 @@ use signal_hook_mio::v1_0::Signals;
 
 use clap::Parser;
 
-use crate::config::{Cli, Command, GatewayConfig};
+use crate::config::{Cli, Command, GatewayConfig, EXIT_CONFIG};
 use crate::identity::{self, Identity};
 
 fn init_logging() {
@@ -41,14 +41,33 @@ pub fn main_entry() -> i32 {
         Err(e) => return e.report(),
     };
     match cli.command {
-        None | Some(Command::Run) => gateway::run(gateway),
+        None | Some(Command::Run) => run_gateway(gateway),
         Some(Command::Id) => print_id(&gateway),
         Some(Command::Signal(args)) => signal::run(&args),
         Some(Command::Connect(args)) => connect::run(&gateway, &args),
     }
 }
 
-/// Load (or create) the identity, applying the `MA_REMOTE_ID` override; exits on failure.
+/// Lock the data folder, load the identity, run the gateway. A folder in use or an identity
+/// that cannot be read stops start-up with one line and [`EXIT_CONFIG`]: replacing an identity
+/// we merely failed to read would change the Remote ID for good.
+fn run_gateway(config: GatewayConfig) -> i32 {
+    let _lock = match identity::lock_data_dir(&config.data_dir) {
+        Ok(lock) => lock,
+        Err(e) => return fail_start(&e.to_string()),
+    };
+    match load_identity(&config) {
+        Ok((identity, remote_id)) => gateway::run(config, identity, remote_id),
+        Err(e) => fail_start(&e),
+    }
+}
+
+fn fail_start(why: &str) -> i32 {
+    eprintln!("ma-webrtc-gateway: {why}");
+    EXIT_CONFIG
+}
+
+/// Load (or create) the identity, applying the `MA_REMOTE_ID` override.
 pub fn load_identity(config: &GatewayConfig) -> Result<(Identity, String), String> {
     let (id, loaded) = Identity::load_or_create(&config.data_dir).map_err(|e| {
         format!(
@@ -79,10 +98,7 @@ pub fn load_identity(config: &GatewayConfig) -> Result<(Identity, String), Strin
 fn print_id(config: &GatewayConfig) -> i32 {
     let (id, remote_id) = match load_identity(config) {
         Ok(x) => x,
-        Err(e) => {
-            eprintln!("ma-webrtc-gateway: {e}");
-            return 1;
-        }
+        Err(e) => return fail_start(&e),
     };
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "Remote ID:   {remote_id}");
