@@ -181,3 +181,44 @@ fn a_flooding_client_is_bounded_and_closed_without_hurting_others() {
     calm.send_text(r#"{"still":"alive"}"#, WAIT).unwrap();
     assert_eq!(calm.recv_text(WAIT).unwrap(), r#"{"still":"alive"}"#);
 }
+
+#[test]
+fn a_hung_ma_closes_the_session_instead_of_holding_it() {
+    // MA's port accepts TCP connections and then never answers the WebSocket handshake.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", hung.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = hung.accept() {
+            held.push(stream);
+        }
+    });
+    let (_signal, port) = start_signal();
+    let mut env = vec![
+        ("MA_SIGNALING_URL", format!("ws://127.0.0.1:{port}/ws")),
+        ("MA_LOCAL_WS_URL", url),
+        ("MA_DATA_DIR", temp_dir("hung").display().to_string()),
+        ("MA_UDP_BIND", "127.0.0.1:0".into()),
+        ("MA_ICE_SERVERS", "[]".into()),
+    ];
+    env.push(("RUST_LOG", "info".into()));
+    let mut gateway = common::Proc::start(&[], &env);
+    let registered = gateway.wait_for_event("registered", WAIT);
+    let signaling = WsUrl::parse(&format!("ws://127.0.0.1:{port}/ws")).unwrap();
+    let mut c = Connection::open(
+        &signaling,
+        None,
+        registered["remote_id"].as_str().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        WAIT,
+    )
+    .expect("the client connects; only MA is missing");
+    // The gateway gives MA 10 s, then closes the session: the client sees it end.
+    let end = c.recv(Duration::from_secs(60));
+    let why = end.expect_err("nothing can come from a hung MA");
+    assert!(
+        !why.starts_with("timed out"),
+        "the session ended, not our patience: {why}"
+    );
+    gateway.wait_for("not open within 10 s", WAIT);
+}

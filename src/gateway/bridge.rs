@@ -7,6 +7,8 @@
 //!   them; otherwise they wait in `to_peer` (bounded). While `to_peer` is high the driver stops
 //!   reading the local socket; it resumes when the queue drains.
 
+use std::time::Instant;
+
 use str0m::channel::ChannelId;
 use tungstenite::{Message, Utf8Bytes};
 
@@ -57,6 +59,8 @@ pub struct Bridge {
     /// The local WebSocket's id (none for channels the gateway serves itself).
     pub local: Option<BridgeId>,
     pub local_open: bool,
+    /// The local socket must be open by then (connect and handshake), or the bridge fails.
+    pub connect_deadline: Option<Instant>,
     to_local: ByteQueue<Message>,
     to_peer: ByteQueue<Outgoing>,
     /// A frame taken from `Outgoing::Chunks` that did not fit yet.
@@ -81,6 +85,7 @@ impl Bridge {
             channel,
             local,
             local_open: false,
+            connect_deadline: None,
             to_local: ByteQueue::new(limits.to_local),
             to_peer: ByteQueue::new(limits.to_peer),
             stalled_chunk: None,
@@ -103,6 +108,7 @@ impl Bridge {
     /// The local socket opened: everything queued for it, in order.
     pub fn local_opened(&mut self) -> Vec<Message> {
         self.local_open = true;
+        self.connect_deadline = None;
         std::iter::from_fn(|| self.to_local.pop()).collect()
     }
 

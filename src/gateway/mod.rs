@@ -51,6 +51,10 @@ pub struct CoreConfig {
     pub max_sessions: usize,
     /// A session that gets no offer this long after `client-connected` is closed.
     pub offer_timeout: Duration,
+    /// Connecting and handshaking to a local service (MA's API, Sendspin) must finish within
+    /// this, or the bridge fails as if the socket had closed: a hung MA must not hold
+    /// sessions and their queues forever.
+    pub local_connect_timeout: Duration,
     pub session: SessionConfig,
     pub limits: Limits,
     /// STUN servers asked for our public address at every registration.
@@ -68,6 +72,7 @@ impl CoreConfig {
             live_announcement_url: live,
             max_sessions,
             offer_timeout: Duration::from_secs(30),
+            local_connect_timeout: Duration::from_secs(10),
             session: SessionConfig::default(),
             limits: Limits::default(),
             stun_servers: Vec::new(),
@@ -118,6 +123,16 @@ pub enum Output {
 
 /// Who asked for an HTTP proxy response: a channel of a session.
 type Requester = (SessionKey, ChannelId);
+
+impl Session {
+    /// The earliest deadline by which a local socket must be open.
+    fn local_deadline(&self) -> Option<Instant> {
+        self.bridges
+            .values()
+            .filter_map(|b| b.connect_deadline)
+            .min()
+    }
+}
 
 struct Session {
     id: String,
@@ -200,7 +215,7 @@ impl Gateway {
             match s.closing {
                 Some(deadline) => t.min(deadline),
                 None if !s.got_offer => t.min(s.created + self.cfg.offer_timeout),
-                None => t,
+                None => s.local_deadline().map_or(t, |d| t.min(d)),
             }
         });
         let sessions = sessions.min();
@@ -504,6 +519,7 @@ impl Gateway {
                 s.peer.next_timeout() <= now
                     || s.closing.is_some_and(|d| now >= d)
                     || (!s.got_offer && now >= s.created + self.cfg.offer_timeout)
+                    || s.local_deadline().is_some_and(|d| now >= d)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -519,6 +535,25 @@ impl Gateway {
                 self.close_session(key, "no offer in time");
                 continue;
             }
+            let overdue: Vec<BridgeId> = s
+                .bridges
+                .values()
+                .filter(|b| b.connect_deadline.is_some_and(|d| now >= d))
+                .filter_map(|b| b.local)
+                .collect();
+            if !overdue.is_empty() {
+                let secs = self.cfg.local_connect_timeout.as_secs();
+                for bridge in overdue {
+                    self.out.push_back(Output::CloseWs { bridge });
+                    let why = format!("not open within {secs} s (is Music Assistant hung?)");
+                    self.handle_ws_closed(now, bridge, &why);
+                }
+                self.drain_session(key, now);
+                continue;
+            }
+            let Some(s) = self.sessions.get_mut(&key) else {
+                continue;
+            };
             s.peer.handle_timeout(now);
             self.drain_session(key, now);
         }
@@ -711,8 +746,9 @@ impl Gateway {
             b
         });
         log::info!("[{}] channel {label:?} open: {}", s.id, kind.name());
-        s.bridges
-            .insert(id, Bridge::new(kind, id, local, &self.cfg.limits));
+        let mut b = Bridge::new(kind, id, local, &self.cfg.limits);
+        b.connect_deadline = local.map(|_| self.now + self.cfg.local_connect_timeout);
+        s.bridges.insert(id, b);
         if let (Some(bridge), Some(url)) = (local, url) {
             self.bridges.insert(bridge, (key, id));
             self.out.push_back(Output::OpenWs { bridge, url });
