@@ -25,6 +25,11 @@ use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
 use crate::machine::{Machine, Next};
 
+/// The smallest `a=max-message-size` an offer may announce. Browsers and the apps send 64 KiB
+/// or more; a tiny limit would make the gateway cut every reply into that many messages (one
+/// image into millions), stalling the loop for everyone (docs/protocol.md#webrtc-session).
+pub const MIN_REMOTE_MAX_MESSAGE_SIZE: usize = 16 * 1024;
+
 /// `a=max-message-size` assumed when the offer has none (RFC 8841 §6.1).
 pub const DEFAULT_REMOTE_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
@@ -1059,6 +1064,12 @@ impl OfferInfo {
                 } else {
                     usize::try_from(n.min(u64::from(u32::MAX))).unwrap_or(u32::MAX as usize)
                 };
+                if n < MIN_REMOTE_MAX_MESSAGE_SIZE {
+                    return Err(SessionError::Sdp(format!(
+                        "a=max-message-size:{n} is below {MIN_REMOTE_MAX_MESSAGE_SIZE} bytes \
+                         (browsers announce 65536 or more)"
+                    )));
+                }
                 *max = Some(n);
             }
         }
@@ -1198,6 +1209,23 @@ mod tests {
         let info = OfferInfo::parse(sdp).expect("parse");
         assert_eq!(info.max_message_size, u32::MAX as usize);
         assert_eq!(info.mid, "0");
+
+        // A hostile floor: refused, not obeyed; the floor itself is fine.
+        for tiny in [1, 1200, MIN_REMOTE_MAX_MESSAGE_SIZE - 1] {
+            let sdp = format!(
+                "v=0\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\na=max-message-size:{tiny}\n"
+            );
+            let err = OfferInfo::parse(&sdp).expect_err("tiny limit");
+            assert!(err.to_string().contains("below"), "{err}");
+        }
+        let sdp = format!(
+            "v=0\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\na=max-message-size:{}\n",
+            MIN_REMOTE_MAX_MESSAGE_SIZE
+        );
+        assert_eq!(
+            OfferInfo::parse(&sdp).expect("floor").max_message_size,
+            MIN_REMOTE_MAX_MESSAGE_SIZE
+        );
 
         assert!(OfferInfo::parse("v=0\r\nm=audio 9 RTP/AVP 0\r\n").is_err());
         assert!(OfferInfo::parse(
