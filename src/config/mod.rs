@@ -379,6 +379,35 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The TLS client configuration, when any URL needs one (public roots plus
+    /// `MA_SIGNALING_CA_FILE`).
+    pub fn tls_client_config(
+        &self,
+    ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+        let urls = [&self.signaling_url, &self.local_ws_url, &self.sendspin_url];
+        match urls.iter().any(|u| u.tls) {
+            true => crate::net::tls::client_config(self.signaling_ca_file.as_deref()).map(Some),
+            false => Ok(None),
+        }
+    }
+
+    /// The signaling client for `remote_id`, connecting at once.
+    pub fn signaling_client(
+        &self,
+        now: std::time::Instant,
+        remote_id: String,
+    ) -> crate::signaling::client::SignalingClient {
+        use crate::backoff::{Backoff, Jitter};
+        use crate::signaling::client::{ClientConfig, SignalingClient, CONNECT_TIMEOUT};
+        let config = ClientConfig {
+            remote_id,
+            ping_interval: self.signaling_ping,
+            connect_timeout: CONNECT_TIMEOUT,
+        };
+        let backoff = Backoff::new(self.reconnect_min, self.reconnect_max, Jitter::from_os());
+        SignalingClient::new(now, config, self.ice_servers.clone(), backoff)
+    }
+
     /// The gateway core's settings.
     pub fn core_config(&self) -> crate::gateway::CoreConfig {
         let mut core = crate::gateway::CoreConfig::new(

@@ -20,6 +20,10 @@ use crate::net::link::{Incoming, Link};
 use crate::net::resolve::{LookupId, Resolver};
 use crate::net::{Progress, READ_BUFFER};
 
+/// Messages (or reads of a byte stream) taken from one connection before the others, the UDP
+/// socket and the timers get a turn; the rest is read on the next turn.
+pub const READS_PER_TURN: usize = 64;
+
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
@@ -31,6 +35,21 @@ pub enum End {
     /// The other end does not read as fast as we write: the bounded write buffer is full.
     Full,
     Failed(String),
+}
+
+impl End {
+    /// For a log line: how the connection ended; `slow` names who did not keep up.
+    pub fn describe(&self, slow: &str) -> String {
+        match self {
+            End::Closed {
+                code: Some(c),
+                reason,
+            } => format!("closed ({c} {reason})"),
+            End::Closed { .. } => "closed".into(),
+            End::Full => format!("{slow} (write buffer full)"),
+            End::Failed(why) => why.clone(),
+        }
+    }
 }
 
 /// What the driver learns about a connection besides the data it reads.
@@ -58,6 +77,8 @@ pub struct Connections<O> {
     lookups: HashMap<LookupId, Option<Token>>,
     /// Written to in this turn: flushed once by [`Connections::flush`].
     dirty: HashSet<Token>,
+    /// Left with data to read when their turn's budget ran out.
+    unfinished: HashSet<Token>,
     events: VecDeque<(O, Event)>,
     buf: Vec<u8>,
 }
@@ -78,6 +99,7 @@ impl<O: Copy + Eq + Hash> Connections<O> {
             by_owner: HashMap::new(),
             lookups: HashMap::new(),
             dirty: HashSet::new(),
+            unfinished: HashSet::new(),
             events: VecDeque::new(),
             buf: vec![0; READ_BUFFER],
         })
@@ -173,12 +195,15 @@ impl<O: Copy + Eq + Hash> Connections<O> {
         }
     }
 
-    /// Read until the socket would block (mio is edge-triggered) or `deliver` says stop (it
-    /// returns whether to go on: the core pauses a bridge whose client is slow).
+    /// Read until the socket would block (mio is edge-triggered), `deliver` says stop (it
+    /// returns whether to go on: the core pauses a bridge whose client is slow), or
+    /// [`READS_PER_TURN`] are done: then the connection is [unfinished](Self::take_unfinished)
+    /// and the driver reads on after one turn of its loop.
     pub fn read(&mut self, token: Token, mut deliver: impl FnMut(O, Data<'_>) -> bool) {
         // Whatever reading queues (pongs, close replies) goes out with this turn's flush.
         self.dirty.insert(token);
-        loop {
+        self.unfinished.remove(&token);
+        for _ in 0..READS_PER_TURN {
             let Some((owner, link)) = self.table.get_mut(token) else {
                 return;
             };
@@ -196,6 +221,17 @@ impl<O: Copy + Eq + Hash> Connections<O> {
                 return;
             }
         }
+        self.unfinished.insert(token);
+    }
+
+    /// Connections whose read budget ran out with data left, now due for another turn.
+    pub fn take_unfinished(&mut self) -> Vec<Token> {
+        self.unfinished.drain().collect()
+    }
+
+    /// Whether some connection still has data to read (the loop must not sleep).
+    pub fn has_unfinished(&self) -> bool {
+        !self.unfinished.is_empty()
     }
 
     /// Queue a WebSocket message for `owner`; `false` if it has no connection.
@@ -273,6 +309,7 @@ impl<O: Copy + Eq + Hash> Connections<O> {
             self.by_owner.remove(&owner);
         }
         self.dirty.remove(&token);
+        self.unfinished.remove(&token);
         Some(link)
     }
 

@@ -18,7 +18,6 @@ use tungstenite::Message;
 
 use super::connections::{Connections, Data, End, Event as ConnEvent};
 use super::emit_event;
-use crate::backoff::{Backoff, Jitter};
 use crate::config::GatewayConfig;
 use crate::gateway::bridge::{BridgeId, LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER};
 use crate::gateway::{Gateway, LookupKey, Output as CoreOutput};
@@ -28,13 +27,15 @@ use crate::machine::{earliest, Machine, Next};
 use crate::net::link::ws_config;
 use crate::net::resolve::LookupId;
 use crate::net::udp::{self, SendQueue};
-use crate::signaling::client::{self, ClientConfig, Event, Output, SignalingClient};
+use crate::signaling::client::{self, Event, Output, SignalingClient};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const UDP: Token = Token(2);
 /// Tokens of the connections start here.
 const FIRST_CONN: usize = 3;
+/// Datagrams read before the connections and the timers get a turn.
+const DATAGRAMS_PER_TURN: usize = 256;
 
 /// Which machine a connection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +55,8 @@ struct Driver {
     conns: Connections<Owner>,
     /// The core's DNS lookups in flight.
     lookups: HashMap<LookupId, LookupKey>,
+    /// The UDP socket had datagrams left when its turn's budget ran out.
+    udp_unfinished: bool,
     buf: Vec<u8>,
 }
 
@@ -75,17 +78,7 @@ impl Driver {
             crate::identity::display_remote_id(&remote_id),
             identity.fingerprint_colon_hex()
         );
-        let urls = [
-            &config.signaling_url,
-            &config.local_ws_url,
-            &config.sendspin_url,
-        ];
-        let tls = match urls.iter().any(|u| u.tls) {
-            true => Some(crate::net::tls::client_config(
-                config.signaling_ca_file.as_deref(),
-            )?),
-            false => None,
-        };
+        let tls = config.tls_client_config()?;
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?);
         let conns =
@@ -102,20 +95,7 @@ impl Driver {
             log::info!("WebRTC host candidate {addr} (UDP bound to {bound})");
             core.handle_host_candidate(now, addr);
         }
-        let signaling = SignalingClient::new(
-            now,
-            ClientConfig {
-                remote_id,
-                ping_interval: config.signaling_ping,
-                connect_timeout: client::CONNECT_TIMEOUT,
-            },
-            config.ice_servers.clone(),
-            Backoff::new(
-                config.reconnect_min,
-                config.reconnect_max,
-                Jitter::from_os(),
-            ),
-        );
+        let signaling = config.signaling_client(now, remote_id);
         let buf = vec![0; crate::net::READ_BUFFER];
         let (udp_queue, lookups) = (SendQueue::default(), HashMap::new());
         Ok(Driver {
@@ -127,6 +107,7 @@ impl Driver {
             udp_queue,
             conns,
             lookups,
+            udp_unfinished: false,
             buf,
         })
     }
@@ -145,7 +126,12 @@ impl Driver {
             self.signaling.handle_timeout(now);
             self.core.handle_timeout(now);
             let deadline = self.drain();
-            match self.poll.poll(&mut events, super::wait_until(deadline)) {
+            // Reads cut short by their budget go on after one look at the other sockets.
+            let wait = match self.udp_unfinished || self.conns.has_unfinished() {
+                true => Some(std::time::Duration::ZERO),
+                false => super::wait_until(deadline),
+            };
+            match self.poll.poll(&mut events, wait) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("event loop failed: {e}")),
@@ -171,6 +157,12 @@ impl Driver {
                     }
                 }
                 self.drain();
+            }
+            if std::mem::take(&mut self.udp_unfinished) {
+                self.read_udp();
+            }
+            for token in self.conns.take_unfinished() {
+                self.read(token);
             }
         }
     }
@@ -231,8 +223,9 @@ impl Driver {
 
     // ---- sockets ---------------------------------------------------------------------------
 
+    /// Read datagrams until the socket would block or the turn's budget is spent.
     fn read_udp(&mut self) {
-        loop {
+        for _ in 0..DATAGRAMS_PER_TURN {
             match self.udp.recv_from(&mut self.buf) {
                 Ok((n, source)) => {
                     let now = Instant::now();
@@ -244,6 +237,7 @@ impl Driver {
                 Err(e) => log::debug!("UDP receive error: {e}"),
             }
         }
+        self.udp_unfinished = true;
     }
 
     fn on_dns_answers(&mut self) {
@@ -299,20 +293,11 @@ impl Driver {
             }
             ConnEvent::Ended(end) => end,
         };
-        let why = match &end {
-            End::Closed {
-                code: Some(c),
-                reason,
-            } => format!("closed ({c} {reason})"),
-            End::Closed { .. } => "closed".into(),
-            End::Full if owner == Owner::Signaling => {
-                "the signaling server does not keep up (write buffer full)".into()
-            }
-            End::Full => {
-                "the local service does not keep up with the client (write buffer full)".into()
-            }
-            End::Failed(why) => why.clone(),
+        let slow = match owner {
+            Owner::Signaling => "the signaling server does not keep up",
+            _ => "the local service does not keep up with the client",
         };
+        let why = end.describe(slow);
         match (owner, end) {
             (Owner::Signaling, End::Closed { code, reason }) => {
                 self.signaling.handle_closed(now, code, &reason)
