@@ -20,6 +20,9 @@
 //! - [`stats`]: percentiles for the figures diagnostics and benchmarks print.
 //! - [`net`]: non-blocking TCP/TLS/WebSocket/UDP for mio, DNS off the loop.
 //! - [`driver`]: the event loops (`gateway`, `connect`, `signal`) and the command dispatch.
+//!
+//! Tests and benchmarks: `testkit` (this crate's tests, or the `testkit` feature), an
+//! in-memory network that wires two machines together with a simulated or real clock.
 
 pub mod backoff;
 pub mod chunk;
@@ -33,4 +36,6 @@ pub mod net;
 pub mod remote_client;
 pub mod signaling;
 pub mod stats;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod webrtc;
