@@ -171,7 +171,24 @@ impl<A: End, B: End> Pair<A, B> {
     /// Whether anything moved.
     pub fn exchange(&mut self) -> bool {
         let now = self.now();
+        self.poll(now);
         let mut moved = false;
+        while let Some(w) = self.to_b.pop_front() {
+            moved = true;
+            let flow = &mut self.counters.a_to_b;
+            deliver(&mut self.b, now, w, flow, &self.dead, &mut self.loss);
+        }
+        while let Some(w) = self.to_a.pop_front() {
+            moved = true;
+            let flow = &mut self.counters.b_to_a;
+            deliver(&mut self.a, now, w, flow, &self.dead, &mut self.loss);
+        }
+        moved
+    }
+
+    /// Poll both ends to their deadlines: what they send goes in flight, what they learn they
+    /// keep (so a test looking at an end after a step sees all of it).
+    fn poll(&mut self, now: Instant) {
         loop {
             match self.a.poll_output(now) {
                 Next::Output(w) => self.to_b.push_back(w),
@@ -190,17 +207,6 @@ impl<A: End, B: End> Pair<A, B> {
                 }
             }
         }
-        while let Some(w) = self.to_b.pop_front() {
-            moved = true;
-            let flow = &mut self.counters.a_to_b;
-            deliver(&mut self.b, now, w, flow, &self.dead, &mut self.loss);
-        }
-        while let Some(w) = self.to_a.pop_front() {
-            moved = true;
-            let flow = &mut self.counters.b_to_a;
-            deliver(&mut self.a, now, w, flow, &self.dead, &mut self.loss);
-        }
-        moved
     }
 
     /// [`Pair::exchange`] until nothing moves; the clock stands still.
@@ -260,8 +266,8 @@ impl<A: End, B: End> Pair<A, B> {
         }
     }
 
-    /// The clock to the earliest deadline (not past `cap`), then the timeouts due. Called when
-    /// nothing is in flight, so both deadlines are fresh.
+    /// The clock to the earliest deadline (not past `cap`), the timeouts due, then a poll of
+    /// both ends. Called when nothing is in flight, so both deadlines are fresh.
     fn advance(&mut self, cap: Option<Instant>) {
         self.counters.advances += 1;
         if let Clock::Simulated(t) = &mut self.clock {
@@ -279,6 +285,7 @@ impl<A: End, B: End> Pair<A, B> {
         if self.deadline_b.is_some_and(|d| d <= now) {
             self.b.handle_timeout(now);
         }
+        self.poll(now);
     }
 }
 
