@@ -9,10 +9,13 @@
 //!   same `poll_output` → [`Next`] face every machine has (docs/design.md#the-machine-convention).
 //!   What an end learns (channel data, events) it keeps for the test to look at.
 //! - A [`Pair`] owns two ends `a` and `b`, the items in flight and the [`Clock`]. One
-//!   [`Pair::step`] polls both ends and delivers everything in flight both ways; when nothing
-//!   moved, it advances the clock to the earliest deadline instead and fires the timeouts that
-//!   are due. [`Pair::run_until`] steps until a condition holds and panics, saying what it
-//!   waited for and what both ends hold, when it does not within a (clock) duration.
+//!   [`Pair::step`] polls both ends and delivers everything in flight both ways, then fires
+//!   the timeouts that are due. A [`Clock::Simulated`] stands still while anything moves and
+//!   jumps to the earliest deadline when nothing did; [`Clock::Real`] is read at every step,
+//!   for benchmarks. [`Pair::run_until`] steps until a condition holds and panics, saying what
+//!   it waited for and what both ends hold, when it does not within a duration of the pair's
+//!   time; [`Pair::run_for`] lets time pass; [`Pair::settle`] delivers until nothing moves,
+//!   without time passing.
 //! - Datagrams from or to an address in [`Pair::dead`] vanish (a phone that left its
 //!   network); [`Pair::loss`] drops the datagrams it picks. [`Pair::counters`] counts what
 //!   crossed and what was lost.
@@ -27,14 +30,16 @@
 //! server, a server end answers with what the server would pass on; the pair plays the
 //! server in between, tagging each text with its session id.
 //!
-//! Example: a gateway test builds `GatewayEnd::new(now, GatewayEnd::config(4), &identity,
-//! gateway_addr)` and `ClientsEnd::new(&identity.remote_id)`, puts them in
-//! `Pair::new(Clock::simulated(), clients, gateway)`, adds a client with
-//! `pair.a.add(pair.now(), client_addr, "session-1")` (it asks for a session at once), and
-//! calls `pair.run_until("the channel opens", Duration::from_secs(10), |p| p.a.clients[0].rc.is_open())`.
-//! It then plays MA on `pair.b.ws` (the local WebSockets the gateway opened) and reads what
-//! reached the client from `pair.a.clients[0].events`. A benchmark does the same with
-//! [`Clock::Real`] and [`Ma::echo`].
+//! Example, in prose: a gateway test builds `GatewayEnd::new(now, GatewayEnd::config(4),
+//! &identity, gateway_addr)` and `ClientsEnd::new(&identity.remote_id)` and puts them in
+//! `Pair::new(Clock::simulated(), clients, gateway)`. `pair.a.add(now, client_addr, "s-1")`
+//! adds a client, which asks for a session at the next step, and
+//! `pair.run_until("the channel", Duration::from_secs(10), |p| p.a.clients[0].rc.is_open())`
+//! lets signaling, ICE, DTLS and SCTP play out in a few milliseconds of real time. The test
+//! then plays MA: `pair.b.open_ws(now, bridge)` accepts the socket the gateway asked for,
+//! `pair.b.ma_send(bridge, msg)` sends on it, `pair.b.ws[&bridge].sent` holds what the
+//! gateway sent; what reached the client is in `pair.a.clients[0].events`. A benchmark builds
+//! the same pair with [`Clock::Real`] and `pair.b.ma = Ma::echo(greeting)`.
 
 mod clients;
 mod gateway;
@@ -119,7 +124,8 @@ pub struct Flow {
 pub struct Counters {
     pub a_to_b: Flow,
     pub b_to_a: Flow,
-    /// Times the clock advanced (simulated) or timeouts were looked at (real).
+    /// Steps that looked for due timeouts: every step on a real clock, each clock jump on a
+    /// simulated one.
     pub advances: u64,
 }
 
@@ -218,15 +224,12 @@ impl<A: End, B: End> Pair<A, B> {
         }
     }
 
-    /// One step: deliver everything in flight both ways; when nothing moved, advance the clock
-    /// to the earliest deadline (simulated) and fire the timeouts that are due. Whether
-    /// anything moved.
+    /// One step: deliver everything in flight both ways; then fire the timeouts that are
+    /// due, after moving a simulated clock to the earliest deadline when nothing moved (a
+    /// simulated clock stands still while anything moves; a real one is checked every step,
+    /// as a driver's loop does). Whether anything moved.
     pub fn step(&mut self) -> bool {
-        if self.exchange() {
-            return true;
-        }
-        self.advance(None);
-        false
+        self.step_until(None)
     }
 
     /// Step until `done` holds. Panics, naming `what` and showing both ends, when `max` of the
@@ -249,9 +252,7 @@ impl<A: End, B: End> Pair<A, B> {
                     now - start
                 );
             }
-            if !self.exchange() {
-                self.advance(Some(deadline));
-            }
+            self.step_until(Some(deadline));
             steps += 1;
         }
     }
@@ -260,32 +261,42 @@ impl<A: End, B: End> Pair<A, B> {
     pub fn run_for(&mut self, duration: Duration) {
         let end = self.now() + duration;
         while self.now() < end {
-            if !self.exchange() {
-                self.advance(Some(end));
-            }
+            self.step_until(Some(end));
         }
     }
 
-    /// The clock to the earliest deadline (not past `cap`), the timeouts due, then a poll of
-    /// both ends. Called when nothing is in flight, so both deadlines are fresh.
-    fn advance(&mut self, cap: Option<Instant>) {
-        self.counters.advances += 1;
-        if let Clock::Simulated(t) = &mut self.clock {
-            let min = *t + Duration::from_millis(1);
-            let mut next = earliest(self.deadline_a, self.deadline_b).map_or(min, |d| d.max(min));
-            if let Some(cap) = cap {
-                next = next.min(cap.max(min));
+    /// [`Pair::step`], a simulated clock moving no further than `cap`.
+    fn step_until(&mut self, cap: Option<Instant>) -> bool {
+        let moved = self.exchange();
+        match &mut self.clock {
+            Clock::Simulated(_) if moved => return true,
+            Clock::Simulated(t) => {
+                // Nothing in flight: both deadlines are fresh.
+                let min = *t + Duration::from_millis(1);
+                let mut next =
+                    earliest(self.deadline_a, self.deadline_b).map_or(min, |d| d.max(min));
+                if let Some(cap) = cap {
+                    next = next.min(cap.max(min));
+                }
+                *t = next;
             }
-            *t = next;
+            Clock::Real => {}
         }
+        self.counters.advances += 1;
         let now = self.now();
-        if self.deadline_a.is_some_and(|d| d <= now) {
+        let due_a = self.deadline_a.is_some_and(|d| d <= now);
+        let due_b = self.deadline_b.is_some_and(|d| d <= now);
+        if due_a {
             self.a.handle_timeout(now);
         }
-        if self.deadline_b.is_some_and(|d| d <= now) {
+        if due_b {
             self.b.handle_timeout(now);
         }
-        self.poll(now);
+        if due_a || due_b {
+            // What the timeouts brought is seen before the next look at the ends.
+            self.poll(now);
+        }
+        moved
     }
 }
 
