@@ -36,6 +36,12 @@
 //!
 //! Only the DNS lookups run off the loop, on short-lived threads; the load generator and its
 //! threads are a bench target (`benches/load.rs`), not part of the binary.
+//!
+//! # Tests and benchmarks
+//! `testkit` (compiled for this crate's tests and with the `testkit` feature, which the tests
+//! and benchmarks turn on through a self dev-dependency): one in-memory network, a `Pair` of
+//! two ends (the gateway core, our web-app clients, a bare str0m peer, a `PeerSession`) under
+//! a simulated or a real clock.
 
 pub mod backoff;
 pub mod chunk;
@@ -49,4 +55,6 @@ pub mod net;
 pub mod remote_client;
 pub mod signaling;
 pub mod stats;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod webrtc;

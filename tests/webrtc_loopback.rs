@@ -1,21 +1,22 @@
-//! In-memory loop between a str0m *offerer* (playing the client app) and a gateway
-//! `PeerSession` behind the `Router`, with a simulated clock: no sockets.
+//! A str0m *offerer* (playing the client app) against a gateway `PeerSession` behind the
+//! `Router`, wired in memory by the test kit with a simulated clock: no sockets.
 
-use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use ma_webrtc_gateway::machine::{Machine, Next};
+use ma_webrtc_gateway::testkit::{Clock, Pair, RtcEnd, SessionEnd};
 use ma_webrtc_gateway::webrtc::{
-    ChannelId, CloseReason, DtlsCert, PeerSession, RemoteCandidateOutcome, Route, Router,
-    SessionConfig, SessionError, SessionEvent, SessionOutput,
+    ChannelId, CloseReason, DtlsCert, PeerSession, RemoteCandidateOutcome, SessionConfig,
+    SessionError, SessionEvent,
 };
 use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpPendingOffer};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use str0m::{Candidate, Event, IceConnectionState, Rtc};
 
-const KEY: u32 = 1;
+const KEY: u32 = SessionEnd::KEY;
+
+/// `a`: the client, `b`: the gateway's session.
+type Net = Pair<RtcEnd, SessionEnd>;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("addr")
@@ -43,79 +44,69 @@ fn sha256_fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
-struct Net {
-    now: Instant,
-    client: Rtc,
-    client_addr: SocketAddr,
-    client_timeout: Instant,
-    client_events: Vec<Event>,
-    gw: PeerSession,
-    gw_addr: SocketAddr,
-    gw_timeout: Instant,
-    gw_events: Vec<SessionEvent>,
-    router: Router<u32>,
-    to_gw: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
-    to_client: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)>,
-    /// Addresses that no longer exist (packets from/to them vanish).
-    dead_addrs: HashSet<SocketAddr>,
-    routed_to_gw: u64,
+fn new_net(config: &SessionConfig) -> (Net, DtlsCert) {
+    let clock = Clock::simulated();
+    let now = clock.now();
+    let cert = test_cert();
+    let gw = SessionEnd::new(now, cert.clone(), config, addr("10.0.0.1:4000"));
+    let client = Rtc::builder()
+        .set_sctp_max_buffered_amount(1024 * 1024)
+        .build(now);
+    let client = RtcEnd::new(client, addr("10.0.0.2:5000"));
+    (Pair::new(clock, client, gw), cert)
 }
 
-impl Net {
-    fn new(config: &SessionConfig) -> (Net, DtlsCert) {
-        let now = Instant::now();
-        let cert = test_cert();
-        let gw = PeerSession::new(now, cert.clone(), config, "test").expect("session");
-        let mut router = Router::new();
-        router.set_ufrag(KEY, gw.local_ufrag()).expect("ufrag");
-        let client = Rtc::builder()
-            .set_sctp_max_buffered_amount(1024 * 1024)
-            .build(now);
-        let net = Net {
-            now,
-            client,
-            client_addr: addr("10.0.0.2:5000"),
-            client_timeout: now,
-            client_events: Vec::new(),
-            gw,
-            gw_addr: addr("10.0.0.1:4000"),
-            gw_timeout: now,
-            gw_events: Vec::new(),
-            router,
-            to_gw: VecDeque::new(),
-            to_client: VecDeque::new(),
-            dead_addrs: HashSet::new(),
-            routed_to_gw: 0,
-        };
-        (net, cert)
-    }
-
+/// What these tests do on the pair, spelled once.
+trait Loopback {
     /// Client offer with the "ma-api" channel → gateway answer → client; the gateway's host
     /// candidate is trickled (not in the answer). Returns the client's channel id and answer.
+    fn negotiate(&mut self) -> (ChannelId, String);
+    fn accept_answer(&mut self, pending: SdpPendingOffer, answer: &str);
+    fn add_candidate_to_client(&mut self, json: &Value);
+    /// Connect and wait for the "ma-api" channel on both sides; returns (client id, gw id).
+    fn connect(&mut self) -> (ChannelId, ChannelId);
+    fn client_send(&mut self, cid: ChannelId, binary: bool, data: &[u8]);
+    /// Wait for one message at the gateway.
+    fn gw_recv(&mut self) -> (bool, Vec<u8>);
+    /// Wait for one message at the client.
+    fn client_recv(&mut self) -> (bool, Vec<u8>);
+    fn echo_both_ways(&mut self, cid: ChannelId, gid: ChannelId, tag: &str);
+}
+
+impl Loopback for Net {
     fn negotiate(&mut self) -> (ChannelId, String) {
-        let client_cand = Candidate::host(self.client_addr, "udp").expect("cand");
+        let now = self.now();
+        let client_cand = Candidate::host(self.a.addr, "udp").expect("cand");
         let client_cand = self
-            .client
+            .a
+            .rtc
             .add_local_candidate(client_cand)
             .expect("added")
             .to_sdp_string();
-        let mut api = self.client.sdp_api();
+        let mut api = self.a.rtc.sdp_api();
         let cid = api.add_channel("ma-api".into());
         let (offer, pending) = api.apply().expect("offer");
         let offer_sdp = offer.to_sdp_string();
-        let answer = self.gw.handle_offer(self.now, &offer_sdp).expect("answer");
+        let answer = self
+            .b
+            .session
+            .handle_offer(now, &offer_sdp)
+            .expect("answer");
         self.accept_answer(pending, &answer);
 
         // Trickle the gateway's host candidate to the client, and the client's to the gateway.
+        let gw_addr = self.b.addr;
         let json = self
-            .gw
-            .handle_host_candidate(self.now, self.gw_addr)
+            .b
+            .session
+            .handle_host_candidate(now, gw_addr)
             .expect("candidate")
             .expect("added");
         self.add_candidate_to_client(&json);
         let outcome = self
-            .gw
-            .handle_remote_candidate(self.now, &json!({"candidate": client_cand, "sdpMid": "0"}))
+            .b
+            .session
+            .handle_remote_candidate(now, &json!({"candidate": client_cand, "sdpMid": "0"}))
             .expect("remote candidate");
         // Already in the offer: str0m ignores the duplicate, we report it as handed to ICE.
         assert_eq!(outcome, RemoteCandidateOutcome::Added);
@@ -124,7 +115,8 @@ impl Net {
 
     fn accept_answer(&mut self, pending: SdpPendingOffer, answer: &str) {
         let answer = SdpAnswer::from_sdp_string(answer).expect("answer parses");
-        self.client
+        self.a
+            .rtc
             .sdp_api()
             .accept_answer(pending, answer)
             .expect("accept answer");
@@ -132,128 +124,34 @@ impl Net {
 
     fn add_candidate_to_client(&mut self, json: &Value) {
         // The mid of the offer's application m-line (str0m makes random ones; browsers "0").
-        assert_eq!(json["sdpMid"], json!(self.gw.app_mid()));
+        assert_eq!(json["sdpMid"], json!(self.b.session.app_mid()));
         assert_eq!(json["sdpMLineIndex"], json!(0));
         let s = json["candidate"].as_str().expect("string");
         assert!(s.starts_with("candidate:"), "{s}");
         let c = Candidate::from_sdp_string(s).expect("parses");
-        self.client.add_remote_candidate(c);
+        self.a.rtc.add_remote_candidate(c);
     }
 
-    fn drain(&mut self) {
-        loop {
-            match self.client.poll_output().expect("client poll") {
-                Output::Timeout(t) => {
-                    self.client_timeout = t;
-                    break;
-                }
-                Output::Transmit(t) => {
-                    self.to_gw
-                        .push_back((t.source, t.destination, t.contents.into()));
-                }
-                Output::Event(e) => self.client_events.push(e),
-            }
-        }
-        loop {
-            match self.gw.poll_output() {
-                Next::Timeout(t) => {
-                    self.gw_timeout = t.expect("a session always has a deadline");
-                    break;
-                }
-                Next::Output(SessionOutput::Transmit(t)) => {
-                    assert!(
-                        t.contents.len() <= 1200 + 100,
-                        "datagram {}",
-                        t.contents.len()
-                    );
-                    self.router.note_transmit(KEY, t.destination);
-                    self.to_client
-                        .push_back((t.source, t.destination, t.contents));
-                }
-                Next::Output(SessionOutput::Event(e)) => self.gw_events.push(e),
-            }
-        }
-    }
-
-    /// One step: deliver queued packets, else advance the clock to the next timeout.
-    fn step(&mut self) {
-        self.drain();
-        if self.to_gw.is_empty() && self.to_client.is_empty() {
-            let next = self.client_timeout.min(self.gw_timeout);
-            // Never stall: at least 1 ms.
-            self.now = next.max(self.now + Duration::from_millis(1));
-            self.client
-                .handle_input(Input::Timeout(self.now))
-                .expect("client timeout");
-            self.gw.handle_timeout(self.now);
-            self.drain();
-            return;
-        }
-        while let Some((src, dst, bytes)) = self.to_gw.pop_front() {
-            if self.dead_addrs.contains(&src) || self.dead_addrs.contains(&dst) {
-                continue;
-            }
-            match self.router.route(src, &bytes, |_| false) {
-                Route::Session(k) => {
-                    assert_eq!(k, KEY);
-                    self.routed_to_gw += 1;
-                    self.gw.handle_receive(self.now, src, dst, &bytes);
-                }
-                Route::Gather => panic!("no gathering here"),
-                Route::Drop(_) => {}
-            }
-            self.drain();
-        }
-        while let Some((src, dst, bytes)) = self.to_client.pop_front() {
-            if self.dead_addrs.contains(&src) || self.dead_addrs.contains(&dst) {
-                continue;
-            }
-            let recv = Receive::new(Protocol::Udp, src, dst, &bytes).expect("parse");
-            self.client
-                .handle_input(Input::Receive(self.now, recv))
-                .expect("client input");
-            self.drain();
-        }
-    }
-
-    fn run_until(&mut self, what: &str, max: Duration, mut done: impl FnMut(&mut Net) -> bool) {
-        let deadline = self.now + max;
-        let mut steps = 0u64;
-        while !done(self) {
-            assert!(
-                self.now < deadline && steps < 2_000_000,
-                "timed out waiting for {what} (gw events {:?})",
-                self.gw_events
-            );
-            self.step();
-            steps += 1;
-        }
-    }
-
-    fn take_gw_events(&mut self) -> Vec<SessionEvent> {
-        std::mem::take(&mut self.gw_events)
-    }
-
-    /// Connect and wait for the "ma-api" channel on both sides; returns (client id, gw id).
     fn connect(&mut self) -> (ChannelId, ChannelId) {
         let (cid, _) = self.negotiate();
         let mut gw_id = None;
         self.run_until("channel open", Duration::from_secs(10), |n| {
-            for e in n.take_gw_events() {
+            for e in n.b.take_events() {
                 if let SessionEvent::ChannelOpen { id, label } = e {
                     assert_eq!(label, "ma-api");
                     gw_id = Some(id);
                 }
             }
-            gw_id.is_some() && n.client.channel(cid).is_some()
+            gw_id.is_some() && n.a.rtc.channel(cid).is_some()
         });
-        assert!(self.gw.is_connected());
+        assert!(self.b.session.is_connected());
         (cid, gw_id.expect("open"))
     }
 
     fn client_send(&mut self, cid: ChannelId, binary: bool, data: &[u8]) {
         let accepted = self
-            .client
+            .a
+            .rtc
             .channel(cid)
             .expect("client channel")
             .write(binary, data)
@@ -261,12 +159,11 @@ impl Net {
         assert!(accepted, "client budget");
     }
 
-    /// Wait for one message at the gateway.
     fn gw_recv(&mut self) -> (bool, Vec<u8>) {
         let mut got = None;
         self.run_until("gateway data", Duration::from_secs(20), |n| {
             let mut keep = Vec::new();
-            for e in n.take_gw_events() {
+            for e in n.b.take_events() {
                 match e {
                     SessionEvent::ChannelData { binary, data, .. } if got.is_none() => {
                         got = Some((binary, data));
@@ -274,25 +171,23 @@ impl Net {
                     other => keep.push(other),
                 }
             }
-            n.gw_events = keep;
+            n.b.events = keep;
             got.is_some()
         });
         got.expect("data")
     }
 
-    /// Wait for one message at the client.
     fn client_recv(&mut self) -> (bool, Vec<u8>) {
         let mut got = None;
         self.run_until("client data", Duration::from_secs(20), |n| {
-            let mut i = 0;
-            while i < n.client_events.len() {
-                if let Event::ChannelData(_) = &n.client_events[i] {
-                    if let Event::ChannelData(d) = n.client_events.remove(i) {
-                        got = Some((d.binary, d.data));
-                    }
-                    break;
+            let events = &mut n.a.events;
+            if let Some(i) = events
+                .iter()
+                .position(|e| matches!(e, Event::ChannelData(_)))
+            {
+                if let Event::ChannelData(d) = events.remove(i) {
+                    got = Some((d.binary, d.data));
                 }
-                i += 1;
             }
             got.is_some()
         });
@@ -304,7 +199,7 @@ impl Net {
         self.client_send(cid, false, up.as_bytes());
         assert_eq!(self.gw_recv(), (false, up.into_bytes()));
         let down = format!("{{\"result\":\"pong\",\"tag\":\"{tag}\"}}");
-        assert_eq!(self.gw.write(gid, false, down.as_bytes()), Ok(true));
+        assert_eq!(self.b.session.write(gid, false, down.as_bytes()), Ok(true));
         assert_eq!(self.client_recv(), (false, down.into_bytes()));
     }
 }
@@ -318,7 +213,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn connect_exchange_and_large_messages() {
-    let (mut net, cert) = Net::new(&SessionConfig::default());
+    let (mut net, cert) = new_net(&SessionConfig::default());
     let (cid, answer) = net.negotiate();
 
     // The answer carries exactly our certificate's sha-256 fingerprint (clients pin it).
@@ -327,24 +222,24 @@ fn connect_exchange_and_large_messages() {
         answer.contains(&format!("a=fingerprint:sha-256 {fp}")),
         "{answer}"
     );
-    assert_eq!(net.gw.local_fingerprint().bytes.len(), 32);
-    assert!(answer.contains(&format!("a=ice-ufrag:{}", net.gw.local_ufrag())));
+    assert_eq!(net.b.session.local_fingerprint().bytes.len(), 32);
+    assert!(answer.contains(&format!("a=ice-ufrag:{}", net.b.session.local_ufrag())));
     assert!(answer.contains("a=setup:passive") || answer.contains("a=setup:active"));
     assert!(!answer.contains("a=ice-lite"));
     assert!(answer.contains("a=max-message-size:262144"));
     // str0m's offer advertises 256 KiB.
-    assert_eq!(net.gw.remote_max_message_size(), Some(262_144));
-    assert_eq!(net.gw.max_send_message_size(), 262_144);
+    assert_eq!(net.b.session.remote_max_message_size(), Some(262_144));
+    assert_eq!(net.b.session.max_send_message_size(), 262_144);
     let offer_mid = answer
         .lines()
         .find_map(|l| l.strip_prefix("a=mid:"))
         .expect("mid");
-    assert_eq!(net.gw.app_mid(), offer_mid);
+    assert_eq!(net.b.session.app_mid(), offer_mid);
 
     let mut gid = None;
     let mut connected = false;
     net.run_until("channel open", Duration::from_secs(10), |n| {
-        for e in n.take_gw_events() {
+        for e in n.b.take_events() {
             match e {
                 SessionEvent::Connected => connected = true,
                 SessionEvent::ChannelOpen { id, label } => {
@@ -354,15 +249,15 @@ fn connect_exchange_and_large_messages() {
                 other => panic!("unexpected {other:?}"),
             }
         }
-        gid.is_some() && n.client.channel(cid).is_some()
+        gid.is_some() && n.a.rtc.channel(cid).is_some()
     });
     assert!(connected);
     let gid = gid.expect("gw channel");
-    assert_eq!(net.gw.channel_label(gid), Some("ma-api"));
-    assert_eq!(net.router.session_for_addr(net.client_addr), Some(KEY));
-    assert!(net.routed_to_gw > 0);
+    assert_eq!(net.b.session.channel_label(gid), Some("ma-api"));
+    assert_eq!(net.b.router.session_for_addr(net.a.addr), Some(KEY));
+    assert!(net.b.routed > 0);
     assert_eq!(
-        net.router.dropped(),
+        net.b.router.dropped(),
         0,
         "nothing dropped: STUN taught the address first"
     );
@@ -380,7 +275,7 @@ fn connect_exchange_and_large_messages() {
 
     // 200 KiB text gateway → client (within the client's 256 KiB), byte-exact.
     let big_down = pattern(200 * 1024, 2);
-    assert_eq!(net.gw.write(gid, false, &big_down), Ok(true));
+    assert_eq!(net.b.session.write(gid, false, &big_down), Ok(true));
     let (binary, data) = net.client_recv();
     assert!(!binary);
     assert!(data == big_down, "200 KiB download differs");
@@ -389,30 +284,30 @@ fn connect_exchange_and_large_messages() {
     let bin: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     net.client_send(cid, true, &bin);
     assert_eq!(net.gw_recv(), (true, bin.clone()));
-    assert_eq!(net.gw.write(gid, true, &bin), Ok(true));
+    assert_eq!(net.b.session.write(gid, true, &bin), Ok(true));
     assert_eq!(net.client_recv(), (true, bin));
 
     // Empty messages are refused: sctp-proto 0.10.8 would send nothing but use up a stream
     // sequence number, stalling every later message on the (ordered) channel.
     assert_eq!(
-        net.gw.write(gid, false, b""),
+        net.b.session.write(gid, false, b""),
         Err(SessionError::EmptyMessage)
     );
     assert_eq!(
-        net.gw.write(gid, true, b""),
+        net.b.session.write(gid, true, b""),
         Err(SessionError::EmptyMessage)
     );
 
     // Above the peer's limit: refused without touching str0m.
     assert_eq!(
-        net.gw.write(gid, false, &vec![b'x'; 262_145]),
+        net.b.session.write(gid, false, &vec![b'x'; 262_145]),
         Err(SessionError::MessageTooLarge {
             len: 262_145,
             max: 262_144
         })
     );
     net.echo_both_ways(cid, gid, "after");
-    assert!(net.gw.is_alive());
+    assert!(net.b.session.is_alive());
 }
 
 #[test]
@@ -421,12 +316,12 @@ fn backpressure_then_writable() {
         sctp_max_buffered_amount: 256 * 1024,
         ..SessionConfig::default()
     };
-    let (mut net, _) = Net::new(&config);
+    let (mut net, _) = new_net(&config);
     let (_cid, gid) = net.connect();
     let msg = pattern(60 * 1024, 3);
     let mut accepted = 0;
     loop {
-        match net.gw.write(gid, false, &msg) {
+        match net.b.session.write(gid, false, &msg) {
             Ok(true) => accepted += 1,
             Ok(false) => break,
             Err(e) => panic!("{e}"),
@@ -434,18 +329,18 @@ fn backpressure_then_writable() {
         assert!(accepted < 100, "the budget never filled");
     }
     assert!(accepted >= 4, "accepted {accepted}");
-    assert!(net.gw.send_budget_available() < msg.len());
-    assert!(net.gw.buffered_amount(gid) > 0);
+    assert!(net.b.session.send_budget_available() < msg.len());
+    assert!(net.b.session.buffered_amount(gid) > 0);
     let mut writable = false;
     net.run_until("writable", Duration::from_secs(10), |n| {
-        for e in n.take_gw_events() {
+        for e in n.b.take_events() {
             if let SessionEvent::Writable = e {
                 writable = true;
             }
         }
         writable
     });
-    assert_eq!(net.gw.write(gid, false, &msg), Ok(true));
+    assert_eq!(net.b.session.write(gid, false, &msg), Ok(true));
     // All of it arrives, in order.
     for _ in 0..=accepted {
         assert_eq!(net.client_recv(), (false, msg.clone()));
@@ -454,22 +349,23 @@ fn backpressure_then_writable() {
 
 #[test]
 fn ice_restart_same_path() {
-    let (mut net, _) = Net::new(&SessionConfig::default());
+    let (mut net, _) = new_net(&SessionConfig::default());
     let (cid, gid) = net.connect();
-    let old_ufrag = net.gw.local_ufrag().to_string();
+    let old_ufrag = net.b.session.local_ufrag().to_string();
 
-    let mut api = net.client.sdp_api();
+    let mut api = net.a.rtc.sdp_api();
     api.ice_restart(true);
     let (offer, pending) = api.apply().expect("restart offer");
     let answer = net
-        .gw
-        .handle_offer(net.now, &offer.to_sdp_string())
+        .b
+        .session
+        .handle_offer(net.now(), &offer.to_sdp_string())
         .expect("answer to the restart");
-    let new_ufrag = net.gw.local_ufrag().to_string();
+    let new_ufrag = net.b.session.local_ufrag().to_string();
     assert_ne!(new_ufrag, old_ufrag);
     assert_eq!(new_ufrag.len(), 16);
-    assert_eq!(net.gw.ice_restarts(), 1);
-    assert_eq!(net.gw.offers_accepted(), 2);
+    assert_eq!(net.b.session.ice_restarts(), 1);
+    assert_eq!(net.b.session.offers_accepted(), 2);
     assert!(
         answer.contains(&format!("a=ice-ufrag:{new_ufrag}")),
         "{answer}"
@@ -479,14 +375,17 @@ fn ice_restart_same_path() {
     for line in answer.lines().filter(|l| l.starts_with("a=candidate:")) {
         assert!(line.ends_with(&format!("ufrag {new_ufrag}")), "{line}");
     }
-    net.router.set_ufrag(KEY, &new_ufrag).expect("re-register");
-    assert_eq!(net.router.session_for_ufrag(&old_ufrag), None);
+    net.b
+        .router
+        .set_ufrag(KEY, &new_ufrag)
+        .expect("re-register");
+    assert_eq!(net.b.router.session_for_ufrag(&old_ufrag), None);
     net.accept_answer(pending, &answer);
 
     // The client's ICE comes back to connected with the new credentials; data still flows.
-    net.client_events.clear();
+    net.a.events.clear();
     net.run_until("client ICE connected", Duration::from_secs(10), |n| {
-        n.client_events.iter().any(|e| {
+        n.a.events.iter().any(|e| {
             matches!(
                 e,
                 Event::IceConnectionStateChange(
@@ -497,61 +396,66 @@ fn ice_restart_same_path() {
     });
     net.echo_both_ways(cid, gid, "restarted");
     // The gateway did not lose the session.
-    assert!(net.gw.is_connected());
+    assert!(net.b.session.is_connected());
     assert!(net
-        .gw_events
+        .b
+        .events
         .iter()
         .all(|e| !matches!(e, SessionEvent::Closed { .. })));
 }
 
 #[test]
 fn ice_restart_after_network_change() {
-    let (mut net, _) = Net::new(&SessionConfig::default());
+    let (mut net, _) = new_net(&SessionConfig::default());
     let (cid, gid) = net.connect();
     net.echo_both_ways(cid, gid, "before");
 
     // The phone moves to another network: its old address is gone.
-    let old_addr = net.client_addr;
+    let old_addr = net.a.addr;
     let new_addr = addr("10.0.9.9:7000");
-    net.dead_addrs.insert(old_addr);
-    net.client_addr = new_addr;
+    net.dead.insert(old_addr);
+    net.a.addr = new_addr;
 
-    let mut api = net.client.sdp_api();
+    let mut api = net.a.rtc.sdp_api();
     api.ice_restart(false);
     let (offer, pending) = api.apply().expect("restart offer");
     let answer = net
-        .gw
-        .handle_offer(net.now, &offer.to_sdp_string())
+        .b
+        .session
+        .handle_offer(net.now(), &offer.to_sdp_string())
         .expect("answer");
-    net.router
-        .set_ufrag(KEY, net.gw.local_ufrag())
+    net.b
+        .router
+        .set_ufrag(KEY, net.b.session.local_ufrag())
         .expect("re-register");
     net.accept_answer(pending, &answer);
     // The answer already carried the gateway's candidate; the client trickles its new one,
     // without the "candidate:" prefix and without sdpMLineIndex (both seen in the field).
     let c = Candidate::host(new_addr, "udp").expect("cand");
     let s = net
-        .client
+        .a
+        .rtc
         .add_local_candidate(c)
         .expect("added")
         .to_sdp_string();
     let bare = s.strip_prefix("candidate:").expect("prefix").to_string();
     assert_eq!(
-        net.gw
+        net.b
+            .session
             .handle_remote_candidate(Instant::now(), &json!({"candidate": bare, "sdpMid": "0"})),
         Ok(RemoteCandidateOutcome::Added)
     );
 
     net.echo_both_ways(cid, gid, "moved");
-    assert_eq!(net.router.session_for_addr(new_addr), Some(KEY));
-    assert!(net.gw.is_connected());
+    assert_eq!(net.b.router.session_for_addr(new_addr), Some(KEY));
+    assert!(net.b.session.is_connected());
 }
 
 #[test]
 fn remote_candidate_variants() {
-    let (mut net, _) = Net::new(&SessionConfig::default());
+    let (mut net, _) = new_net(&SessionConfig::default());
     net.negotiate();
-    let gw = &mut net.gw;
+    let gw = &mut net.b.session;
     let ok = [
         json!({"candidate": "candidate:1 1 udp 2122260223 192.168.1.5 54321 typ host generation 0 ufrag x network-id 1", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "x"}),
         json!({"candidate": "2 1 udp 2122260223 192.168.1.6 54321 typ host", "sdpMid": "0"}),
@@ -608,7 +512,7 @@ fn candidate_limit() {
         max_remote_candidates: 3,
         ..SessionConfig::default()
     };
-    let (mut net, _) = Net::new(&config);
+    let (mut net, _) = new_net(&config);
     for i in 0..5u8 {
         let c = json!({"candidate": format!("candidate:{i} 1 udp 2122260223 192.168.1.{i} 5000 typ host")});
         let expected = if i < 3 {
@@ -617,7 +521,7 @@ fn candidate_limit() {
             RemoteCandidateOutcome::IgnoredLimit
         };
         assert_eq!(
-            net.gw.handle_remote_candidate(Instant::now(), &c),
+            net.b.session.handle_remote_candidate(Instant::now(), &c),
             Ok(expected)
         );
     }
@@ -625,28 +529,28 @@ fn candidate_limit() {
 
 #[test]
 fn bad_offers_are_errors_not_deaths() {
-    let (mut net, _) = Net::new(&SessionConfig::default());
-    let now = net.now;
+    let (mut net, _) = new_net(&SessionConfig::default());
+    let now = net.now();
     assert!(matches!(
-        net.gw.handle_offer(now, "garbage"),
+        net.b.session.handle_offer(now, "garbage"),
         Err(SessionError::Sdp(_))
     ));
     assert!(matches!(
-        net.gw.handle_offer(now, ""),
+        net.b.session.handle_offer(now, ""),
         Err(SessionError::Sdp(_))
     ));
     let audio_only =
         "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n";
     assert!(matches!(
-        net.gw.handle_offer(now, audio_only),
+        net.b.session.handle_offer(now, audio_only),
         Err(SessionError::Sdp(_))
     ));
     let huge = "v=0\r\n".repeat(100_000);
     assert!(matches!(
-        net.gw.handle_offer(now, &huge),
+        net.b.session.handle_offer(now, &huge),
         Err(SessionError::Sdp(_))
     ));
-    assert!(net.gw.is_alive());
+    assert!(net.b.session.is_alive());
     // A good offer still works afterwards.
     let (cid, gid) = net.connect();
     net.echo_both_ways(cid, gid, "ok");
@@ -654,14 +558,14 @@ fn bad_offers_are_errors_not_deaths() {
 
 #[test]
 fn offer_with_lf_line_endings() {
-    let (mut net, _) = Net::new(&SessionConfig::default());
-    let mut api = net.client.sdp_api();
+    let (mut net, _) = new_net(&SessionConfig::default());
+    let mut api = net.a.rtc.sdp_api();
     api.add_channel("ma-api".into());
     let (offer, _pending) = api.apply().expect("offer");
     let lf = offer.to_sdp_string().replace("\r\n", "\n");
-    let now = net.now;
+    let now = net.now();
     // Either accepted or a clean error; never a panic or a dead session.
-    match net.gw.handle_offer(now, &lf) {
+    match net.b.session.handle_offer(now, &lf) {
         Ok(answer) => assert!(answer.contains("a=ice-ufrag:")),
         Err(SessionError::Sdp(_)) => {}
         Err(e) => panic!("{e}"),
@@ -674,11 +578,11 @@ fn connect_timeout_closes() {
         connect_timeout: Duration::from_secs(5),
         ..SessionConfig::default()
     };
-    let (mut net, _) = Net::new(&config);
-    let start = net.now;
+    let (mut net, _) = new_net(&config);
+    let start = net.now();
     let mut closed = None;
     net.run_until("connect timeout", Duration::from_secs(10), |n| {
-        for e in n.take_gw_events() {
+        for e in n.b.take_events() {
             if let SessionEvent::Closed { reason } = e {
                 closed = Some(reason);
             }
@@ -686,35 +590,35 @@ fn connect_timeout_closes() {
         closed.is_some()
     });
     assert_eq!(closed, Some(CloseReason::ConnectTimeout));
-    assert!(net.now >= start + Duration::from_secs(5));
+    assert!(net.now() >= start + Duration::from_secs(5));
     assert!(
-        net.now < start + Duration::from_secs(6),
+        net.now() < start + Duration::from_secs(6),
         "{:?}",
-        net.now - start
+        net.now() - start
     );
-    assert!(!net.gw.is_alive());
+    assert!(!net.b.session.is_alive());
     assert_eq!(
-        net.gw.handle_offer(net.now, "v=0"),
+        net.b.session.handle_offer(net.now(), "v=0"),
         Err(SessionError::Closed)
     );
 }
 
 #[test]
 fn local_close_reaches_the_client() {
-    let (mut net, _) = Net::new(&SessionConfig::default());
+    let (mut net, _) = new_net(&SessionConfig::default());
     let (_cid, _gid) = net.connect();
-    net.gw.handle_close(net.now);
+    net.b.session.handle_close(net.now());
     let mut reason = None;
     net.run_until("client sees close", Duration::from_secs(10), |n| {
-        for e in n.take_gw_events() {
+        for e in n.b.take_events() {
             if let SessionEvent::Closed { reason: r } = e {
                 reason = Some(r);
             }
         }
-        n.client_events.iter().any(|e| matches!(e, Event::Closed))
+        n.a.events.iter().any(|e| matches!(e, Event::Closed))
     });
     assert_eq!(reason, Some(CloseReason::Local));
-    assert!(!net.gw.is_alive());
+    assert!(!net.b.session.is_alive());
 }
 
 #[test]
@@ -723,14 +627,14 @@ fn peer_disappears_then_ice_timeout() {
         disconnected_timeout: Duration::from_secs(5),
         ..SessionConfig::default()
     };
-    let (mut net, _) = Net::new(&config);
+    let (mut net, _) = new_net(&config);
     let _ = net.connect();
-    net.take_gw_events();
-    let client_addr = net.client_addr;
-    net.dead_addrs.insert(client_addr);
+    net.b.take_events();
+    let client_addr = net.a.addr;
+    net.dead.insert(client_addr);
     let mut seen = Vec::new();
     net.run_until("closed", Duration::from_secs(120), |n| {
-        for e in n.take_gw_events() {
+        for e in n.b.take_events() {
             seen.push(format!("{e:?}"));
             if let SessionEvent::Closed { reason } = e {
                 // ICE notices first (consent); SCTP may give up on its own later.
@@ -748,36 +652,36 @@ fn peer_disappears_then_ice_timeout() {
 
 #[test]
 fn junk_from_a_routed_address_is_harmless() {
-    let (mut net, _) = Net::new(&SessionConfig::default());
+    let (mut net, _) = new_net(&SessionConfig::default());
     let (cid, gid) = net.connect();
-    let (src, dst, now) = (net.client_addr, net.gw_addr, net.now);
+    let (src, dst, now) = (net.a.addr, net.b.addr, net.now());
     // A bogus DTLS application-data record, a bogus handshake record, a non-WebRTC byte.
-    net.gw.handle_receive(
+    net.b.session.handle_receive(
         now,
         src,
         dst,
         &[23, 254, 253, 0, 1, 0, 0, 0, 0, 0, 9, 0, 3, 1, 2, 3],
     );
-    net.gw.handle_receive(
+    net.b.session.handle_receive(
         now,
         src,
         dst,
         &[22, 254, 253, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 9],
     );
-    net.gw.handle_receive(now, src, dst, &[200, 1, 2, 3]);
-    net.gw.handle_receive(now, src, dst, &[]);
-    assert!(net.gw.is_alive(), "{:?}", net.gw_events);
+    net.b.session.handle_receive(now, src, dst, &[200, 1, 2, 3]);
+    net.b.session.handle_receive(now, src, dst, &[]);
+    assert!(net.b.session.is_alive(), "{:?}", net.b.events);
     net.echo_both_ways(cid, gid, "still here");
 }
 
 #[test]
 fn channel_close_and_write_errors() {
-    let (mut net, _) = Net::new(&SessionConfig::default());
+    let (mut net, _) = new_net(&SessionConfig::default());
     let (_cid, gid) = net.connect();
-    net.gw.close_channel(gid);
+    net.b.session.close_channel(gid);
     let mut closed = false;
     net.run_until("channel close", Duration::from_secs(10), |n| {
-        for e in n.take_gw_events() {
+        for e in n.b.take_events() {
             if let SessionEvent::ChannelClose { id } = e {
                 assert_eq!(id, gid);
                 closed = true;
@@ -786,11 +690,11 @@ fn channel_close_and_write_errors() {
         closed
     });
     assert_eq!(
-        net.gw.write(gid, false, b"x"),
+        net.b.session.write(gid, false, b"x"),
         Err(SessionError::ChannelNotOpen)
     );
-    assert_eq!(net.gw.channel_label(gid), None);
-    assert!(net.gw.is_alive());
+    assert_eq!(net.b.session.channel_label(gid), None);
+    assert!(net.b.session.is_alive());
 }
 
 #[test]
