@@ -51,6 +51,12 @@ pub struct CoreConfig {
     pub max_sessions: usize,
     /// A session that gets no offer this long after `client-connected` is closed.
     pub offer_timeout: Duration,
+    /// A connected session that has not opened `ma-api` this long after connecting is closed.
+    pub api_timeout: Duration,
+    /// Sessions not connected yet (no offer, or ICE/DTLS not up) held at most; a newcomer
+    /// beyond it evicts the oldest of them, so strangers cannot squat the slots
+    /// (docs/design.md#gateway-core).
+    pub max_pending: usize,
     /// Connecting and handshaking to a local service (MA's API, Sendspin) must finish within
     /// this, or the bridge fails as if the socket had closed: a hung MA must not hold
     /// sessions and their queues forever.
@@ -71,9 +77,15 @@ impl CoreConfig {
             sendspin_url,
             live_announcement_url: live,
             max_sessions,
-            offer_timeout: Duration::from_secs(30),
+            offer_timeout: Duration::from_secs(10),
+            api_timeout: Duration::from_secs(10),
+            max_pending: 8.min(max_sessions),
             local_connect_timeout: Duration::from_secs(10),
-            session: SessionConfig::default(),
+            session: SessionConfig {
+                // Not connected 15 s after client-connected: a squatter or a hopeless path.
+                connect_timeout: Duration::from_secs(15),
+                ..SessionConfig::default()
+            },
             limits: Limits::default(),
             stun_servers: Vec::new(),
         }
@@ -132,6 +144,18 @@ impl Session {
             .filter_map(|b| b.connect_deadline)
             .min()
     }
+
+    /// Not connected yet, and not closing: what a squatter's session looks like.
+    fn is_pending(&self) -> bool {
+        self.connected.is_none() && self.closing.is_none()
+    }
+
+    /// By then a connected session must have opened `ma-api`.
+    fn api_deadline(&self, timeout: Duration) -> Option<Instant> {
+        self.connected
+            .filter(|_| !self.api_seen)
+            .map(|t| t + timeout)
+    }
 }
 
 struct Session {
@@ -139,6 +163,10 @@ struct Session {
     peer: PeerSession,
     created: Instant,
     got_offer: bool,
+    /// When ICE and DTLS came up.
+    connected: Option<Instant>,
+    /// `ma-api` was opened once (it may have closed since: the session closes with it).
+    api_seen: bool,
     bridges: HashMap<ChannelId, Bridge>,
     /// Closing: channels reset and waiting for the client's reset to complete, until then.
     closing: Option<Instant>,
@@ -215,7 +243,10 @@ impl Gateway {
             match s.closing {
                 Some(deadline) => t.min(deadline),
                 None if !s.got_offer => t.min(s.created + self.cfg.offer_timeout),
-                None => s.local_deadline().map_or(t, |d| t.min(d)),
+                None => [s.local_deadline(), s.api_deadline(self.cfg.api_timeout)]
+                    .into_iter()
+                    .flatten()
+                    .fold(t, Instant::min),
             }
         });
         let sessions = sessions.min();
@@ -341,11 +372,7 @@ impl Gateway {
             log::info!("[{session_id}] connected again: replacing the old session");
             self.close_session(key, "replaced by a new client-connected");
         }
-        if self.sessions.len() >= self.cfg.max_sessions {
-            log::warn!(
-                "[{session_id}] refused: already {} sessions (MA_MAX_SESSIONS)",
-                self.sessions.len()
-            );
+        if !self.make_room(session_id) {
             return;
         }
         let peer = match PeerSession::new(now, self.cert.clone(), &self.cfg.session, session_id) {
@@ -368,6 +395,8 @@ impl Gateway {
                 peer,
                 created: now,
                 got_offer: false,
+                connected: None,
+                api_seen: false,
                 bridges: HashMap::new(),
                 closing: None,
                 resetting: Vec::new(),
@@ -379,6 +408,38 @@ impl Gateway {
         self.out.push_back(Output::SessionReady {
             session_id: session_id.to_string(),
         });
+    }
+
+    /// Room for a new session: a newcomer pushes out the oldest session that has not connected
+    /// yet when those are at their cap or every slot is taken, so a stranger who opens
+    /// sessions and never connects cannot keep the real user out. `false`: every slot holds a
+    /// connected session.
+    fn make_room(&mut self, newcomer: &str) -> bool {
+        let pending = self.sessions.values().filter(|s| s.is_pending()).count();
+        let full = self.sessions.len() >= self.cfg.max_sessions;
+        if pending < self.cfg.max_pending && !full {
+            return true;
+        }
+        let oldest = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.is_pending())
+            .min_by_key(|(_, s)| s.created)
+            .map(|(k, _)| *k);
+        let Some(key) = oldest else {
+            log::warn!(
+                "[{newcomer}] refused: already {} connected sessions (MA_MAX_SESSIONS)",
+                self.sessions.len()
+            );
+            return false;
+        };
+        self.close_session(
+            key,
+            &format!("evicted by {newcomer}: too many not connected"),
+        );
+        // Its channel resets would keep the slot a moment longer: free it now.
+        self.finish_close(key);
+        true
     }
 
     /// An SDP offer (the first, or an ICE restart).
@@ -520,6 +581,8 @@ impl Gateway {
                     || s.closing.is_some_and(|d| now >= d)
                     || (!s.got_offer && now >= s.created + self.cfg.offer_timeout)
                     || s.local_deadline().is_some_and(|d| now >= d)
+                    || s.api_deadline(self.cfg.api_timeout)
+                        .is_some_and(|d| now >= d)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -533,6 +596,13 @@ impl Gateway {
             }
             if s.closing.is_none() && !s.got_offer && now >= s.created + self.cfg.offer_timeout {
                 self.close_session(key, "no offer in time");
+                continue;
+            }
+            if s.closing.is_none()
+                && s.api_deadline(self.cfg.api_timeout)
+                    .is_some_and(|d| now >= d)
+            {
+                self.close_session(key, "connected, but no ma-api channel in time");
                 continue;
             }
             let overdue: Vec<BridgeId> = s
@@ -687,6 +757,7 @@ impl Gateway {
         }
         match event {
             SessionEvent::Connected => {
+                s.connected = Some(now);
                 log::info!(
                     "[{}] connected in {} ms",
                     s.id,
@@ -746,6 +817,7 @@ impl Gateway {
             b
         });
         log::info!("[{}] channel {label:?} open: {}", s.id, kind.name());
+        s.api_seen |= kind == ChannelKind::Api;
         let mut b = Bridge::new(kind, id, local, &self.cfg.limits);
         b.connect_deadline = local.map(|_| self.now + self.cfg.local_connect_timeout);
         s.bridges.insert(id, b);

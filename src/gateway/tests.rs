@@ -178,28 +178,128 @@ fn client_disconnected_frees_everything() {
     assert!(sim.b.gw.poll_output().output().is_none());
 }
 
+/// What the gateway answered `client-connected` with, in order.
+fn ready(gw: &mut super::Gateway) -> Vec<String> {
+    std::iter::from_fn(|| gw.poll_output().output())
+        .filter_map(|o| match o {
+            Output::SessionReady { session_id } => Some(session_id),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn session_limit_and_offer_deadline() {
+fn a_newcomer_evicts_the_oldest_unconnected_session_and_offers_are_due_in_10_s() {
     let mut sim = sim(1);
     let now = sim.now();
     let gw = &mut sim.b.gw;
     gw.handle_client_connected(now, "one");
     gw.handle_client_connected(now, "two");
-    let ready: Vec<String> = std::iter::from_fn(|| gw.poll_output().output())
-        .filter_map(|o| match o {
-            Output::SessionReady { session_id } => Some(session_id),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(ready, ["one"], "the second is refused at MA_MAX_SESSIONS");
-    // No offer within 30 s: the session is closed.
-    let later = now + Duration::from_secs(31);
+    assert_eq!(
+        ready(gw),
+        ["one", "two"],
+        "nobody is refused for a squatter"
+    );
+    assert_eq!(gw.session_count(), 1, "\"one\" made room for \"two\"");
+    // No offer within 10 s: the session is closed.
+    gw.handle_timeout(now + Duration::from_secs(9));
+    assert_eq!(gw.session_count(), 1);
+    let later = now + Duration::from_secs(11);
     gw.handle_timeout(later);
     assert_eq!(gw.session_count(), 0);
     // Unknown sessions are ignored.
     gw.handle_offer(later, "nobody", "v=0");
     gw.handle_remote_candidate(later, "nobody", &json!({"candidate": ""}));
-    gw.handle_client_disconnected(now, "nobody");
+    gw.handle_client_disconnected(later, "nobody");
+}
+
+#[test]
+fn unconnected_sessions_have_their_own_cap_and_connected_ones_keep_their_slots() {
+    let mut sim = sim(32);
+    connect(&mut sim);
+    let now = sim.now();
+    let gw = &mut sim.b.gw;
+    // A flood of sessions that never connect: never more than the pre-connect cap of 8.
+    for i in 0..100 {
+        gw.handle_client_connected(now, &format!("squatter{i}"));
+    }
+    assert_eq!(ready(gw).len(), 100, "each newcomer got its session");
+    assert_eq!(
+        gw.session_count(),
+        1 + 8,
+        "the connected one and the 8 newest"
+    );
+    // The real client kept its session all along.
+    let now = sim.now();
+    assert!(sim.a.clients[0]
+        .rc
+        .handle_send_text(now, "still here")
+        .unwrap());
+    sim.settle();
+    let bridge = sim.b.first_bridge().unwrap();
+    sim.b.open_ws(now, bridge);
+    sim.settle();
+    assert!(sim.b.ws[&bridge]
+        .sent_texts()
+        .contains(&"still here".to_string()));
+
+    // Every slot held by a connected session: a newcomer is refused, nobody is evicted.
+    let mut full = self::sim(1);
+    connect(&mut full);
+    let now = full.now();
+    full.b.gw.handle_client_connected(now, "late");
+    assert!(ready(&mut full.b.gw).is_empty());
+    assert_eq!(full.b.gw.session_count(), 1);
+}
+
+#[test]
+fn a_connected_session_without_ma_api_is_closed_after_10_s() {
+    use crate::testkit::RtcEnd;
+    use str0m::change::SdpAnswer;
+    use str0m::{Candidate, Rtc};
+
+    let identity = Identity::generate().unwrap();
+    let clock = Clock::simulated();
+    let now = clock.now();
+    let gw_addr = addr("127.0.0.1:40000");
+    let mut gw = GatewayEnd::new(now, GatewayEnd::config(4), &identity, gw_addr);
+    // A client that connects but opens only a side channel, never ma-api.
+    let client_addr = addr("127.0.0.1:50000");
+    let mut rtc = Rtc::builder().build(now);
+    rtc.add_local_candidate(Candidate::host(client_addr, "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_channel("sendspin".into());
+    let (offer, pending) = api.apply().unwrap();
+    let mut pending = Some(pending);
+    gw.gw.handle_client_connected(now, "lazy");
+    gw.gw.handle_offer(now, "lazy", &offer.to_sdp_string());
+    for o in std::iter::from_fn(|| gw.gw.poll_output().output()) {
+        match o {
+            Output::Answer { sdp, .. } => {
+                let answer = SdpAnswer::from_sdp_string(&sdp).unwrap();
+                let pending = pending.take().unwrap();
+                rtc.sdp_api().accept_answer(pending, answer).unwrap();
+            }
+            Output::Candidate { candidate, .. } => {
+                let line = candidate["candidate"].as_str().unwrap();
+                rtc.add_remote_candidate(Candidate::from_sdp_string(line).unwrap());
+            }
+            _ => {}
+        }
+    }
+    let mut pair = Pair::new(clock, RtcEnd::new(rtc, client_addr), gw);
+    pair.run_until("ICE and DTLS", Duration::from_secs(5), |p| {
+        p.a.rtc.is_connected()
+    });
+    let connected = pair.now();
+    pair.run_until("the session closes", Duration::from_secs(30), |p| {
+        p.b.gw.session_count() == 0
+    });
+    let waited = pair.now() - connected;
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(12),
+        "closed {waited:?} after connecting"
+    );
 }
 
 #[test]
