@@ -222,3 +222,88 @@ fn a_hung_ma_closes_the_session_instead_of_holding_it() {
     );
     gateway.wait_for("not open within 10 s", WAIT);
 }
+
+/// One stranger's session through the real signaling server: `connect-request`, then (if
+/// `offer`) an offer whose only candidate is a loopback port nobody answers, so ICE never
+/// completes. The socket stays open (the session stays pending) until dropped.
+fn squat(
+    port: u16,
+    remote_id: &str,
+    offer: bool,
+) -> Option<tungstenite::WebSocket<std::net::TcpStream>> {
+    use ma_webrtc_gateway::signaling::protocol::{FromServer, Relay, ToServer};
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(WAIT)).ok()?;
+    let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream).ok()?;
+    let request = ToServer::ConnectRequest {
+        remote_id: Some(remote_id.to_string()),
+    };
+    ws.send(tungstenite::Message::text(request.to_text()))
+        .ok()?;
+    let session_id = loop {
+        let msg = ws.read().ok()?;
+        let Ok(text) = msg.to_text() else { continue };
+        if let Ok(FromServer::Connected {
+            session_id: Some(sid),
+            ..
+        }) = FromServer::parse(text)
+        {
+            break sid;
+        }
+    };
+    if offer {
+        let now = std::time::Instant::now();
+        let mut rtc = str0m::Rtc::builder().build(now);
+        let nobody = "127.0.0.1:9".parse().unwrap();
+        rtc.add_local_candidate(str0m::Candidate::host(nobody, "udp").unwrap());
+        let mut api = rtc.sdp_api();
+        api.add_channel("ma-api".into());
+        let (sdp, _pending) = api.apply()?;
+        let msg = ToServer::Offer(Relay::offer(session_id, &sdp.to_sdp_string()));
+        ws.send(tungstenite::Message::text(msg.to_text())).ok()?;
+    }
+    Some(ws)
+}
+
+#[test]
+fn a_stranger_flooding_connect_requests_cannot_keep_the_real_user_out() {
+    let mut s = stack(&[]);
+    let port = s.signaling.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, remote_id) = (stop.clone(), s.remote_id.clone());
+        std::thread::spawn(move || {
+            // Sessions that never connect, half of them with an offer, at a steady 20 per
+            // second; the newest 64 sockets stay open so their sessions stay pending.
+            let mut open = std::collections::VecDeque::new();
+            let mut sent = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(ws) = squat(port, &remote_id, sent % 2 == 0) {
+                    open.push_back(ws);
+                }
+                if open.len() > 64 {
+                    open.pop_front();
+                }
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            sent
+        })
+    };
+    // Let the flood fill the pending sessions first.
+    std::thread::sleep(Duration::from_secs(2));
+    for attempt in 0..5 {
+        let mut c = connect(&s);
+        expect_server_info(&mut c);
+        c.send_text(&format!(r#"{{"attempt":{attempt}}}"#), WAIT)
+            .unwrap();
+        assert_eq!(
+            c.recv_text(WAIT).unwrap(),
+            format!(r#"{{"attempt":{attempt}}}"#)
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().unwrap();
+    assert!(sent >= 20, "the flood ran ({sent} sessions asked for)");
+    s.gateway.wait_for("too many not connected", WAIT);
+}
