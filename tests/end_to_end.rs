@@ -278,7 +278,7 @@ fn a_stranger_flooding_connect_requests_cannot_keep_the_real_user_out() {
             let mut open = std::collections::VecDeque::new();
             let mut sent = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(ws) = squat(port, &remote_id, sent % 2 == 0) {
+                if let Some(ws) = squat(port, &remote_id, sent.is_multiple_of(2)) {
                     open.push_back(ws);
                 }
                 if open.len() > 64 {
