@@ -226,11 +226,7 @@ fn a_hung_ma_closes_the_session_instead_of_holding_it() {
 /// One stranger's session through the real signaling server: `connect-request`, then (if
 /// `offer`) an offer whose only candidate is a loopback port nobody answers, so ICE never
 /// completes. The socket stays open (the session stays pending) until dropped.
-fn squat(
-    port: u16,
-    remote_id: &str,
-    offer: bool,
-) -> Option<tungstenite::WebSocket<std::net::TcpStream>> {
+fn squat(port: u16, remote_id: &str, offer: bool) -> Option<Squatter> {
     use ma_webrtc_gateway::signaling::protocol::{FromServer, Relay, ToServer};
     let stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(WAIT)).ok()?;
@@ -259,11 +255,16 @@ fn squat(
         let mut api = rtc.sdp_api();
         api.add_channel("ma-api".into());
         let (sdp, _pending) = api.apply()?;
-        let msg = ToServer::Offer(Relay::offer(session_id, &sdp.to_sdp_string()));
+        let msg = ToServer::Offer(Relay::offer(session_id.clone(), &sdp.to_sdp_string()));
         ws.send(tungstenite::Message::text(msg.to_text())).ok()?;
     }
-    Some(ws)
+    Some((ws, session_id))
 }
+
+type Squatter = (
+    tungstenite::WebSocket<std::net::TcpStream>,
+    ma_webrtc_gateway::signaling::protocol::SessionId,
+);
 
 #[test]
 fn a_stranger_flooding_connect_requests_cannot_keep_the_real_user_out() {
@@ -306,4 +307,23 @@ fn a_stranger_flooding_connect_requests_cannot_keep_the_real_user_out() {
     let sent = flood.join().unwrap();
     assert!(sent >= 20, "the flood ran ({sent} sessions asked for)");
     s.gateway.wait_for("too many not connected", WAIT);
+}
+
+#[test]
+fn a_panic_while_handling_one_session_costs_only_that_session() {
+    use ma_webrtc_gateway::gateway::isolation::PANIC_FOR_TESTS;
+    use ma_webrtc_gateway::signaling::protocol::{Relay, ToServer};
+    let mut s = stack(&[]);
+    let mut calm = connect(&s);
+    expect_server_info(&mut calm);
+    // A session whose next input hits a bug (injected: test builds only).
+    let (mut ws, sid) = squat(s.signaling.port, &s.remote_id, false).unwrap();
+    let poison = ToServer::IceCandidate(Relay::candidate(sid, json!({"candidate": PANIC_FOR_TESTS})));
+    ws.send(tungstenite::Message::text(poison.to_text())).unwrap();
+    s.gateway.wait_for("internal error: the session is closed", WAIT);
+    // Everyone else is served as before, and newcomers too.
+    calm.send_text(r#"{"after":"panic"}"#, WAIT).unwrap();
+    assert_eq!(calm.recv_text(WAIT).unwrap(), r#"{"after":"panic"}"#);
+    let mut late = connect(&s);
+    expect_server_info(&mut late);
 }

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +21,7 @@ use super::connections::{Connections, Data, End, Event as ConnEvent};
 use super::emit_event;
 use crate::config::GatewayConfig;
 use crate::gateway::bridge::{BridgeId, LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER};
+use crate::gateway::isolation::Culprit;
 use crate::gateway::{Gateway, LookupKey, Output as CoreOutput};
 use crate::http_proxy::ConnId;
 use crate::identity::Identity;
@@ -124,7 +126,8 @@ impl Driver {
         loop {
             let now = Instant::now();
             self.signaling.handle_timeout(now);
-            self.core.handle_timeout(now);
+            self.core
+                .guarded(now, Culprit::Timers, |c| c.handle_timeout(now));
             let deadline = self.drain();
             // Reads cut short by their budget go on after one look at the other sockets.
             let wait = match self.udp_unfinished || self.conns.has_unfinished() {
@@ -229,7 +232,10 @@ impl Driver {
             match self.udp.recv_from(&mut self.buf) {
                 Ok((n, source)) => {
                     let now = Instant::now();
-                    self.core.handle_datagram(now, source, &self.buf[..n]);
+                    let datagram = &self.buf[..n];
+                    let culprit = Culprit::Datagram(source);
+                    self.core
+                        .guarded(now, culprit, |c| c.handle_datagram(now, source, datagram));
                     self.pump();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -243,8 +249,9 @@ impl Driver {
     fn on_dns_answers(&mut self) {
         for (id, answer) in self.conns.on_dns() {
             if let Some(key) = self.lookups.remove(&id) {
-                let answer = answer.map_err(|e| e.to_string());
-                self.core.handle_resolved(Instant::now(), key, answer);
+                let (now, answer) = (Instant::now(), answer.map_err(|e| e.to_string()));
+                self.core
+                    .guarded(now, Culprit::Other, |c| c.handle_resolved(now, key, answer));
             }
         }
     }
@@ -257,23 +264,39 @@ impl Driver {
             }
         }
         let (core, signaling) = (&mut self.core, &mut self.signaling);
+        let mut signaling_failed = false;
         self.conns.read(token, |owner, data| {
             let now = Instant::now();
             match (owner, data) {
                 (Owner::Signaling, Data::Message(Message::Text(text))) => {
-                    signaling.handle_text(now, text.as_str())
+                    let input = AssertUnwindSafe(|| signaling.handle_text(now, text.as_str()));
+                    if catch_unwind(input).is_err() {
+                        signaling_failed = true;
+                        return false;
+                    }
                 }
                 (Owner::Signaling, _) => signaling.handle_frame(now),
                 (Owner::Bridge(b), Data::Message(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    core.handle_ws_message(now, b, m);
+                    core.guarded(now, Culprit::Bridge(b), |c| c.handle_ws_message(now, b, m));
                     return core.ws_read_allowed(b);
                 }
-                (Owner::Fetch(c), Data::Bytes(bytes)) => core.handle_fetch_data(now, c, bytes),
+                (Owner::Fetch(f), Data::Bytes(bytes)) => {
+                    core.guarded(now, Culprit::Fetch(f), |c| {
+                        c.handle_fetch_data(now, f, bytes)
+                    })
+                }
                 // Pings are answered by tungstenite on the next flush.
                 _ => {}
             }
             true
         });
+        if signaling_failed {
+            // The signaling client's state is suspect: start over with a fresh one.
+            log::error!("signaling: internal error handling a message; reconnecting");
+            self.conns.close(Owner::Signaling, None);
+            let remote_id = self.signaling.remote_id().to_string();
+            self.signaling = self.config.signaling_client(Instant::now(), remote_id);
+        }
     }
 
     fn on_conn_event(&mut self, owner: Owner, event: ConnEvent) {
@@ -286,7 +309,11 @@ impl Driver {
                         log::info!("signaling: connected to {url}");
                         self.signaling.handle_open(now);
                     }
-                    Owner::Bridge(bridge) => self.core.handle_ws_opened(now, bridge),
+                    Owner::Bridge(b) => {
+                        let culprit = Culprit::Bridge(b);
+                        self.core
+                            .guarded(now, culprit, |c| c.handle_ws_opened(now, b))
+                    }
                     Owner::Fetch(_) => {}
                 }
                 return;
@@ -303,9 +330,15 @@ impl Driver {
                 self.signaling.handle_closed(now, code, &reason)
             }
             (Owner::Signaling, _) => self.signaling.handle_closed(now, None, &why),
-            (Owner::Bridge(b), _) => self.core.handle_ws_closed(now, b, &why),
-            (Owner::Fetch(c), End::Closed { .. }) => self.core.handle_fetch_eof(now, c),
-            (Owner::Fetch(c), _) => self.core.handle_fetch_failed(now, c, &why),
+            (Owner::Bridge(b), _) => {
+                let culprit = Culprit::Bridge(b);
+                self.core
+                    .guarded(now, culprit, |c| c.handle_ws_closed(now, b, &why))
+            }
+            (Owner::Fetch(f), end) => self.core.guarded(now, Culprit::Fetch(f), |c| match end {
+                End::Closed { .. } => c.handle_fetch_eof(now, f),
+                _ => c.handle_fetch_failed(now, f, &why),
+            }),
         }
     }
 
@@ -347,25 +380,14 @@ impl Driver {
                     crate::identity::app_link(&remote_id)
                 );
                 emit_event(json!({"event": "registered", "remote_id": remote_id}));
-                self.core.handle_registered(now);
+                self.core
+                    .guarded(now, Culprit::Other, |c| c.handle_registered(now));
             }
             Event::Lost => {
                 log::warn!("signaling: disconnected; new remote clients cannot reach this gateway");
                 emit_event(json!({"event": "disconnected"}));
             }
-            Event::ClientConnected { session_id } => {
-                self.core.handle_client_connected(now, &session_id)
-            }
-            Event::Offer { session_id, sdp } => self.core.handle_offer(now, &session_id, &sdp),
-            Event::RemoteCandidate {
-                session_id,
-                candidate,
-            } => self
-                .core
-                .handle_remote_candidate(now, &session_id, &candidate),
-            Event::ClientDisconnected { session_id } => {
-                self.core.handle_client_disconnected(now, &session_id)
-            }
+            session_event => self.core.handle_session_event(now, session_event),
         }
     }
 
@@ -406,10 +428,9 @@ impl Driver {
             CoreOutput::FetchConnect { conn } => self
                 .conns
                 .open_stream(Owner::Fetch(conn), &self.config.local_ws_url),
+            // No connection: it ended already, and the core was told so.
             CoreOutput::FetchWrite { conn, bytes } => {
-                if !self.conns.write(Owner::Fetch(conn), &bytes) {
-                    self.core.handle_fetch_failed(now, conn, "no connection");
-                }
+                self.conns.write(Owner::Fetch(conn), &bytes);
             }
             CoreOutput::FetchClose { conn } => self.conns.close(Owner::Fetch(conn), None),
             CoreOutput::Lookup { key, host, port } => {

@@ -10,6 +10,7 @@
 
 pub mod bridge;
 pub mod channels;
+pub mod isolation;
 pub mod queue;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -198,6 +199,8 @@ pub struct Gateway {
     /// The sub-machines' deadlines, as their last poll said.
     gatherer_deadline: Option<Instant>,
     proxy_deadline: Option<Instant>,
+    /// The session the timer loop is working on (a panic there is pinned on it).
+    current: Option<SessionKey>,
     /// The latest `now` seen (internal steps act at the time of the input that caused them).
     now: Instant,
     out: VecDeque<Output>,
@@ -223,6 +226,7 @@ impl Gateway {
             next_lookup: 1,
             gatherer_deadline: None,
             proxy_deadline: None,
+            current: None,
             now,
             out: VecDeque::new(),
         }
@@ -518,6 +522,10 @@ impl Gateway {
     /// A trickled remote candidate.
     pub fn handle_remote_candidate(&mut self, now: Instant, session_id: &str, candidate: &Value) {
         self.now = now;
+        #[cfg(any(test, feature = "testkit"))]
+        if candidate.get("candidate").and_then(Value::as_str) == Some(isolation::PANIC_FOR_TESTS) {
+            panic!("[{session_id}] a panic injected by a test");
+        }
         let Some(key) = self.by_id.get(session_id).copied() else {
             log::debug!("[{session_id}] candidate for an unknown session; ignored");
             return;
@@ -587,6 +595,7 @@ impl Gateway {
             .map(|(k, _)| *k)
             .collect();
         for key in due {
+            self.current = Some(key);
             let Some(s) = self.sessions.get_mut(&key) else {
                 continue;
             };
