@@ -61,17 +61,29 @@
 //!
 //! - Statuses made up by the gateway: 400 invalid request, 500 any fetch failure (cannot
 //!   connect, malformed or too large response: "fetch failed" in
-//!   docs/protocol.md#proxy-responses), 503 the requester's queue is full, 504 the fetch timed
-//!   out. Bodies are `text/plain`.
+//!   docs/protocol.md#proxy-responses), 503 the requester's queue is full or the fetched body
+//!   does not fit in [`PoolConfig::max_held_bytes`] ("the gateway is busy"), 504 the fetch
+//!   timed out. Bodies are `text/plain`.
 //! - The fetch timeout runs from the start of the fetch (not from queueing) to the end of the
 //!   body. Queueing is bounded by the per-requester queue instead.
 //! - Fair share: a free slot goes to the requester with the fewest fetches in flight (ties in
 //!   round-robin order), so one requester with many queued requests cannot starve another.
 //! - A fetch slot is released as soon as the body is read; fetched responses then wait in the
-//!   pool for their turn. A requester never has more than
-//!   [`PoolConfig::max_ahead_per_requester`] responses fetching, waiting or being delivered,
-//!   so a client that stops reading costs at most that many bodies until
-//!   [`PoolConfig::drain_timeout`] ends it, and it holds no fetch slot.
+//!   pool for their turn. No fetch starts for a requester while it holds a fetched response
+//!   (waiting or being delivered) and its fetching and held responses reach
+//!   [`PoolConfig::max_held_per_requester`] (2); a requester that holds none may have
+//!   [`PoolConfig::max_ahead_per_requester`] (6) fetching, so a reader that keeps up (the API
+//!   channel hands responses over at once) still fetches in parallel. A client that stops
+//!   reading therefore gets no new fetch, holds no fetch slot, and costs at most the bodies
+//!   already fetched or fetching for it (2 in the steady state, 6 after a burst) until
+//!   [`PoolConfig::drain_timeout`] ends it; its further requests wait in its bounded queue
+//!   (503 beyond).
+//! - Fetched bodies held gateway-wide are counted ([`ProxyPool::held_bytes`]): added when a
+//!   response completes (its size is bounded by [`Limits::max_body`] while it streams into
+//!   [`HttpConn`]), released when the caller is done with it or its requester is dropped
+//!   (stalled or cancelled). A response that would take the count beyond
+//!   [`PoolConfig::max_held_bytes`] is dropped and answered 503. Bodies still streaming are
+//!   bounded separately: at most [`PoolConfig::max_in_flight`] × [`Limits::max_body`].
 //! - A request sent on a reused keep-alive connection that fails before any byte of the
 //!   response arrived (the server closed the idle connection meanwhile) is retried once on a
 //!   new connection (GET and HEAD are idempotent).
@@ -104,8 +116,15 @@ pub struct PoolConfig {
     /// Requests a requester may have waiting for a slot; more are answered 503.
     pub max_queued_per_requester: usize,
     /// Responses a requester may have fetching, fetched and waiting, or delivered and not yet
-    /// done, together.
+    /// done, together, while it holds no fetched response (its fetch parallelism).
     pub max_ahead_per_requester: usize,
+    /// While a requester holds a fetched response (waiting, or delivered and not yet done), its
+    /// fetching and held responses together stay below this bound: at most this many bodies
+    /// wait on a slow reader, and none is fetched for it while that many wait.
+    pub max_held_per_requester: usize,
+    /// Body bytes of fetched responses held gateway-wide (waiting or delivered and not yet
+    /// done). A fetched response that would go beyond is answered 503 instead of kept.
+    pub max_held_bytes: usize,
     /// From the start of a fetch to the end of its body; then 504.
     pub fetch_timeout: Duration,
     /// How long a delivered response may go without progress before its requester counts as
@@ -120,14 +139,17 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// Defaults: 6 in flight, 32 queued per requester, 6 ahead, 15 s fetch timeout, 30 s drain
-    /// timeout, 4 idle connections for 15 s, 16 KiB heads, 16 MiB bodies.
+    /// Defaults: 6 in flight, 32 queued per requester, 6 ahead, 2 held, 32 MiB held
+    /// gateway-wide, 15 s fetch timeout, 30 s drain timeout, 4 idle connections for 15 s,
+    /// 16 KiB heads, 16 MiB bodies.
     pub fn new(host_header: String) -> PoolConfig {
         PoolConfig {
             host_header,
             max_in_flight: 6,
             max_queued_per_requester: 32,
             max_ahead_per_requester: 6,
+            max_held_per_requester: 2,
+            max_held_bytes: 32 * 1024 * 1024,
             fetch_timeout: Duration::from_secs(15),
             drain_timeout: Duration::from_secs(30),
             max_idle: 4,
@@ -161,14 +183,36 @@ pub enum PoolOutput<R> {
 struct Requester {
     queued: VecDeque<ProxyRequest>,
     in_flight: usize,
-    ready: VecDeque<ProxyResponse>,
+    /// Responses waiting for their turn, each with the bytes it counts in
+    /// [`ProxyPool::held_bytes`].
+    ready: VecDeque<(ProxyResponse, usize)>,
     /// A response is with the caller; it counts as stalled after this moment.
     delivered_deadline: Option<Instant>,
+    /// Bytes the response with the caller counts in [`ProxyPool::held_bytes`] (until it is
+    /// done).
+    delivered_bytes: usize,
 }
 
 impl Requester {
-    fn ahead(&self) -> usize {
-        self.in_flight + self.ready.len() + usize::from(self.delivered_deadline.is_some())
+    /// Fetched responses held: waiting, or with the caller.
+    fn held(&self) -> usize {
+        self.ready.len() + usize::from(self.delivered_deadline.is_some())
+    }
+
+    /// Bytes its responses count in [`ProxyPool::held_bytes`].
+    fn held_bytes(&self) -> usize {
+        self.ready.iter().map(|(_, bytes)| bytes).sum::<usize>() + self.delivered_bytes
+    }
+
+    /// Whether a fetch may start for it (see [`PoolConfig::max_held_per_requester`]).
+    fn may_fetch(&self, cfg: &PoolConfig) -> bool {
+        let held = self.held();
+        let bound = if held == 0 {
+            cfg.max_ahead_per_requester
+        } else {
+            cfg.max_held_per_requester.min(cfg.max_ahead_per_requester)
+        };
+        !self.queued.is_empty() && self.in_flight + held < bound
     }
 
     fn is_empty(&self) -> bool {
@@ -209,6 +253,8 @@ pub struct ProxyPool<R> {
     conns: HashMap<ConnId, HttpConn>,
     /// Idle connections and since when, most recently used last.
     idle: Vec<(ConnId, Instant)>,
+    /// Body bytes of the responses held for all requesters (waiting or with the caller).
+    held_bytes: usize,
     next_conn: ConnId,
     out: VecDeque<PoolOutput<R>>,
 }
@@ -222,6 +268,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             fetches: HashMap::new(),
             conns: HashMap::new(),
             idle: Vec::new(),
+            held_bytes: 0,
             next_conn: 1,
             out: VecDeque::new(),
         }
@@ -240,6 +287,12 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     /// Idle keep-alive connections.
     pub fn idle_connections(&self) -> usize {
         self.idle.len()
+    }
+
+    /// Body bytes of fetched responses held (waiting, or with the caller and not yet done);
+    /// the gateway's own short error bodies are not counted.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
     }
 
     /// The next moment [`Machine::handle_timeout`] must run.
@@ -317,6 +370,9 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             return;
         };
         r.delivered_deadline = None;
+        self.held_bytes = self
+            .held_bytes
+            .saturating_sub(std::mem::take(&mut r.delivered_bytes));
         self.deliver(now, requester);
         self.forget_if_idle(requester);
         self.schedule(now);
@@ -333,6 +389,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
         let Some(r) = self.requesters.remove(requester) else {
             return;
         };
+        self.held_bytes = self.held_bytes.saturating_sub(r.held_bytes());
         if !r.queued.is_empty() || r.in_flight > 0 {
             log::debug!(
                 "http proxy: {requester:?} gone: {} queued, {} in flight dropped",
@@ -526,13 +583,12 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     /// Take out of the rotation the eligible requester with the fewest fetches in flight
     /// (first in rotation order among equals).
     fn pick(&mut self) -> Option<R> {
-        let max_ahead = self.cfg.max_ahead_per_requester;
         let mut best: Option<(usize, usize)> = None;
         for (i, key) in self.rotation.iter().enumerate() {
             let Some(r) = self.requesters.get(key) else {
                 continue;
             };
-            if r.queued.is_empty() || r.ahead() >= max_ahead {
+            if !r.may_fetch(&self.cfg) {
                 continue;
             }
             if best.is_none_or(|(_, n)| r.in_flight < n) {
@@ -583,15 +639,30 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             return;
         };
         let id = fetch.req.id;
-        let resp = match outcome {
-            Outcome::Ok(resp) => ProxyResponse::from_http(id, resp),
+        let (resp, bytes) = match outcome {
+            Outcome::Ok(resp) if self.held_bytes + resp.body.len() > self.cfg.max_held_bytes => {
+                log::warn!(
+                    "http proxy: {} {}: {} body bytes would exceed the {} held gateway-wide; \
+                     answering 503",
+                    fetch.req.method.as_str(),
+                    fetch.req.path,
+                    resp.body.len(),
+                    self.cfg.max_held_bytes
+                );
+                let busy = ProxyResponse::error(id, 503, "the gateway is busy; try again later");
+                (busy, 0)
+            }
+            Outcome::Ok(resp) => {
+                let bytes = resp.body.len();
+                (ProxyResponse::from_http(id, resp), bytes)
+            }
             Outcome::Failed(why) => {
                 log::info!(
                     "http proxy: {} {}: {why}",
                     fetch.req.method.as_str(),
                     fetch.req.path
                 );
-                ProxyResponse::error(id, 500, &why)
+                (ProxyResponse::error(id, 500, &why), 0)
             }
             Outcome::TimedOut => {
                 log::info!(
@@ -599,18 +670,21 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
                     fetch.req.method.as_str(),
                     fetch.req.path
                 );
-                ProxyResponse::error(id, 504, "Music Assistant did not answer in time")
+                let timeout = "Music Assistant did not answer in time";
+                (ProxyResponse::error(id, 504, timeout), 0)
             }
         };
         if let Some(r) = self.requesters.get_mut(&fetch.requester) {
             r.in_flight = r.in_flight.saturating_sub(1);
-            r.ready.push_back(resp);
+            self.held_bytes += bytes;
+            r.ready.push_back((resp, bytes));
             self.deliver(now, &fetch.requester);
         }
         self.schedule(now);
     }
 
-    /// Queue a response made up by the gateway (bounded: beyond the bound it is dropped).
+    /// Queue a response made up by the gateway (bounded: beyond the bound it is dropped). Its
+    /// short text body does not count in [`ProxyPool::held_bytes`].
     fn push_ready(&mut self, now: Instant, requester: &R, resp: ProxyResponse) {
         let bound = self.cfg.max_queued_per_requester + self.cfg.max_ahead_per_requester;
         let Some(r) = self.requesters.get_mut(requester) else {
@@ -623,7 +697,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             );
             return;
         }
-        r.ready.push_back(resp);
+        r.ready.push_back((resp, 0));
         self.deliver(now, requester);
     }
 
@@ -635,10 +709,11 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
         if r.delivered_deadline.is_some() {
             return;
         }
-        let Some(response) = r.ready.pop_front() else {
+        let Some((response, bytes)) = r.ready.pop_front() else {
             return;
         };
         r.delivered_deadline = Some(now + self.cfg.drain_timeout);
+        r.delivered_bytes = bytes;
         self.out.push_back(PoolOutput::Response {
             requester: requester.clone(),
             response,

@@ -12,9 +12,12 @@
 //! - `path` must be an origin-form request target: it starts with exactly one `/`, consists of
 //!   printable ASCII only (no space, no control character, no CR/LF, no non-ASCII: percent-encode
 //!   those), contains no `\` (some URL parsers read it as `/`) and no `#`, is at most
-//!   [`MAX_PATH_LEN`] bytes, and its path component (before `?`) holds neither an `@` nor a
-//!   scheme separator `://`. The query is opaque to us and may hold `@` or `:` (the target host
-//!   is fixed; only the request line's framing matters there).
+//!   [`MAX_PATH_LEN`] bytes, has only valid percent escapes, and its path component (before
+//!   `?`) holds neither an `@` nor a scheme separator `://`, nor, once each segment is
+//!   percent-decoded, a dot segment (`.`, `..`, `%2e%2e`, …), an encoded `/` or `\`, or an
+//!   encoded control character. The query is opaque to us and may hold `@`, `:` or `%2F` (the
+//!   target host is fixed; only the request line's framing matters there). The whole rule
+//!   is [`check_path`].
 //! - `method` is `GET` or `HEAD`, compared case-sensitively as HTTP does (RFC 9110 §9.1):
 //!   `get` is refused. A missing `method` means `GET`.
 //! - Only the request headers of [`FORWARDED_HEADERS`] are kept (names compared
@@ -241,7 +244,27 @@ pub fn parse_method(m: &str) -> Option<Method> {
     }
 }
 
-/// Check an origin-form request target; the error says why it is refused.
+/// The one rule for the `path` of a request: an origin-form target on MA's host that, once
+/// percent-decoded, names the segments it shows. The error says why it is refused.
+///
+/// Whole target (path and query):
+/// - not empty, at most [`MAX_PATH_LEN`] bytes, starts with exactly one `/` (so no scheme such
+///   as `http://`, no authority such as `//host`, no `*`, no bare `?query`);
+/// - printable ASCII only: no control character (NUL, CR, LF, tab, DEL), no space, no
+///   non-ASCII (clients percent-encode those);
+/// - no `\` (some servers read it as `/`), no `#` (a fragment is never sent to a server);
+/// - every `%` starts a valid escape: `%` and two hex digits.
+///
+/// Path component (before the first `?`):
+/// - holds neither `@` nor `://`;
+/// - each `/`-separated segment, once percent-decoded, is not a dot segment (`.` or `..`,
+///   whatever its spelling: `%2e`, `.%2E`, …; also not when followed by `;params`, as in
+///   `..;x`), holds no `/` or `\` (`%2f`, `%5c`) and no control character (`%00`, `%0a`).
+///
+/// The query is otherwise opaque: it may hold `@`, `:` or encoded slashes (the apps pass URLs
+/// there, e.g. `/imageproxy?path=https%3A%2F%2F…`). The target host is fixed, so only the
+/// path can be used to reach another resource, and the server decodes it once: a path that
+/// passes names, after that decoding, exactly the segments it shows.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
     if path.is_empty() {
         return Err("empty");
@@ -256,7 +279,7 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     if bytes.get(1) == Some(&b'/') {
         return Err("must not start with //");
     }
-    for &b in bytes {
+    for (i, &b) in bytes.iter().enumerate() {
         match b {
             b'\r' | b'\n' => return Err("CR or LF"),
             0..=0x1f | 0x7f => return Err("control character"),
@@ -264,6 +287,7 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
             0x80.. => return Err("non-ASCII character (percent-encode it)"),
             b'\\' => return Err("backslash"),
             b'#' => return Err("fragment"),
+            b'%' if !is_escape(&bytes[i..]) => return Err("invalid percent escape"),
             _ => {}
         }
     }
@@ -274,7 +298,44 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
     if path_part.contains("://") {
         return Err("scheme in the path");
     }
+    for segment in path_part[1..].split('/') {
+        let decoded = percent_decode(segment);
+        if decoded.iter().any(|&b| b == b'/' || b == b'\\') {
+            return Err("encoded slash or backslash in a segment");
+        }
+        if decoded.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err("encoded control character");
+        }
+        let name = decoded.split(|&b| b == b';').next().unwrap_or(&[]);
+        if name == b"." || name == b".." {
+            return Err("dot segment");
+        }
+    }
     Ok(())
+}
+
+/// Whether `bytes` (starting at a `%`) start with a valid escape: `%` and two hex digits.
+fn is_escape(bytes: &[u8]) -> bool {
+    bytes.len() >= 3 && bytes[1].is_ascii_hexdigit() && bytes[2].is_ascii_hexdigit()
+}
+
+/// Decode the percent escapes of a segment whose escapes are valid (see [`is_escape`]);
+/// anything else is kept as it is.
+fn percent_decode(segment: &str) -> Vec<u8> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && is_escape(&bytes[i..]) {
+            let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+            out.push(hex(bytes[i + 1]) << 4 | hex(bytes[i + 2]));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// The allowlisted headers of the request, canonical names, at most one each. A header named
@@ -335,60 +396,198 @@ mod tests {
         parse(text).expect_err("must be refused")
     }
 
-    #[test]
-    fn accepts_paths_in_use() {
-        for path in [
-            "/imageproxy?path=https%3A%2F%2Fi.scdn.co%2Fimage%2Fab67&provider=spotify--x&size=256&fmt=webp",
-            "/imageproxy/abc123?size=512",
-            "/preview?item_id=1&provider=library",
-            "/info",
-            "/",
-            // The query is opaque: an unencoded URL or @ there cannot change the target.
-            "/imageproxy?path=https://example.com/a@2x.png",
-        ] {
-            let r = parse(&req(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
-            assert_eq!(r.path, path);
-            assert_eq!(r.id, "req_1");
-            assert_eq!(r.method, Method::Get);
-        }
-    }
+    /// Every refused path of the table, with a word of the reason it must give.
+    const REFUSED: &[(&str, &str)] = &[
+        // Not origin-form: empty, scheme, authority, relative, asterisk, query only.
+        ("", "empty"),
+        ("//evil.com/x", "//"),
+        ("//", "//"),
+        ("http://evil.com/", "start with /"),
+        ("https://evil.com/", "start with /"),
+        ("https:evil.com", "start with /"),
+        ("evil.com/x", "start with /"),
+        ("*", "start with /"),
+        ("?x", "start with /"),
+        (".", "start with /"),
+        ("%2f", "start with /"),
+        ("/http://evil.com/", "scheme"),
+        ("/@evil", "@"),
+        ("/x@evil.com/", "@"),
+        // Request-line framing and characters.
+        ("/\r\nHost: x", "CR or LF"),
+        ("/a\nb", "CR or LF"),
+        ("/a\rb", "CR or LF"),
+        ("/a b", "space"),
+        ("/a\tb", "control"),
+        ("/a\0b", "control"),
+        ("/a\u{7f}", "control"),
+        ("/caf\u{e9}", "non-ASCII"),
+        ("/x#frag", "fragment"),
+        ("/#", "fragment"),
+        ("\\\\evil", "start with /"),
+        ("/\\evil", "backslash"),
+        ("/a\\..\\b", "backslash"),
+        // Dot segments, in any spelling and position.
+        ("/..", "dot segment"),
+        ("/.", "dot segment"),
+        ("/../info", "dot segment"),
+        ("/a/../b", "dot segment"),
+        ("/a/./b", "dot segment"),
+        ("/a/..", "dot segment"),
+        ("/a/.", "dot segment"),
+        ("/a/..?x=1", "dot segment"),
+        ("/%2e%2e", "dot segment"),
+        ("/%2E%2E/x", "dot segment"),
+        ("/%2E.", "dot segment"),
+        ("/.%2e", "dot segment"),
+        ("/a/%2e/b", "dot segment"),
+        ("/a/%2e%2E", "dot segment"),
+        ("/..;/x", "dot segment"),
+        ("/%2e%2e;jsessionid=1/x", "dot segment"),
+        // Encoded separators and controls inside a segment.
+        ("/a%2fb", "slash"),
+        ("/a%2F..%2Fb", "slash"),
+        ("/%2f%2fevil.com", "slash"),
+        ("/..%2f", "slash"),
+        ("/a%5cb", "slash"),
+        ("/%5C..%5C", "slash"),
+        ("/a%00b", "control"),
+        ("/a%0d%0aHost:x", "control"),
+        ("/a%7f", "control"),
+        // Invalid escapes, in the path or the query.
+        ("/a%", "percent"),
+        ("/a%2", "percent"),
+        ("/a%zz", "percent"),
+        ("/a%%2e", "percent"),
+        ("/%.2e", "percent"),
+        ("/x?q=%g0", "percent"),
+        ("/x?q=100%", "percent"),
+    ];
+
+    /// Accepted paths: those the apps use, and near misses of the refused ones.
+    const ACCEPTED: &[&str] = &[
+        "/imageproxy?path=https%3A%2F%2Fi.scdn.co%2Fimage%2Fab67&provider=spotify--x&size=256&fmt=webp",
+        "/imageproxy/abc123?size=512",
+        "/preview?item_id=1&provider=library",
+        "/info",
+        "/",
+        // The query is opaque: URLs, @, encoded slashes and dots there cannot change the target.
+        "/imageproxy?path=https://example.com/a@2x.png",
+        "/imageproxy?path=..%2F..%2Fetc&x=/../",
+        "/x?.",
+        // Dots that are not whole segments.
+        "/...",
+        "/.../x",
+        "/a..b",
+        "/..a",
+        "/a.",
+        "/.well-known/x",
+        "/file.tar.gz",
+        "/%2e%2e%2e",
+        "/%2ex",
+        "/a;..",
+        // Other escapes are data.
+        "/a%20b",
+        "/caf%C3%A9",
+        "/a%3Fb",
+        "/a%23b",
+        "/a%25",
+        "/a%252e%252e",
+        // Empty segments are not dot segments.
+        "/a//b",
+        "/a/",
+    ];
 
     #[test]
-    fn refuses_malicious_paths() {
-        let long = format!("/{}", "a".repeat(MAX_PATH_LEN));
-        for path in [
-            "",
-            "//evil.com/x",
-            "http://evil.com/",
-            "https://evil.com/",
-            "https:evil.com",
-            "evil.com/x",
-            "/\r\nHost: x",
-            "/a\nb",
-            "/a\rb",
-            "/@evil",
-            "/x@evil.com/",
-            "\\\\evil",
-            "/\\evil",
-            "/a b",
-            "/a\tb",
-            "/a\0b",
-            "/a\u{7f}",
-            "/caf\u{e9}",
-            "/x#frag",
-            "/http://evil.com/",
-            "*",
-            "?x",
-            long.as_str(),
-        ] {
+    fn path_table() {
+        for path in ACCEPTED {
+            let r = parse(&req(path)).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+            assert_eq!(r.path, *path);
+        }
+        for (path, why) in REFUSED {
             let e = refused(&req(path));
             assert_eq!(e.id.as_deref(), Some("req_1"), "{path:?}");
-            assert!(matches!(e.reason, Invalid::Path(_)), "{path:?}: {e}");
+            let Invalid::Path(reason) = e.reason else {
+                panic!("{path:?}: {e}");
+            };
+            assert!(reason.contains(why), "{path:?}: {reason:?}, wanted {why:?}");
             assert_eq!(e.status(), 400);
         }
+        let long = format!("/{}", "a".repeat(MAX_PATH_LEN));
+        assert_eq!(refused(&req(&long)).reason, Invalid::Path("too long"));
         // Exactly at the limit is fine.
         let max = format!("/{}", "a".repeat(MAX_PATH_LEN - 1));
         assert!(parse(&req(&max)).is_ok());
+        // A valid request keeps its id and method.
+        let r = parse(&req("/info")).unwrap();
+        assert_eq!((r.id.as_str(), r.method), ("req_1", Method::Get));
+    }
+
+    /// Independent of the code under test: decode `%XX`, keep everything else.
+    fn decode(segment: &str) -> Vec<u8> {
+        let b = segment.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) if b[i] == b'%' => {
+                    out.push(v);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Generated paths over a small alphabet rich in dots, escapes and separators: whatever
+    /// is accepted decodes to plain segments.
+    #[test]
+    fn accepted_paths_decode_to_plain_segments() {
+        const ALPHABET: &[&str] = &[
+            "/", ".", "%", "2", "e", "E", "f", "F", "5", "c", "C", "a", "b", "?", "=", ";", "0",
+            "%2e", "%2E", "%2f", "%5c", "..", "\\",
+        ];
+        // xorshift64*: deterministic, no crate.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..5000 {
+            let len = 1 + (next() % 10) as usize;
+            let mut path = String::from(if next() % 8 == 0 { "" } else { "/" });
+            for _ in 0..len {
+                path.push_str(ALPHABET[(next() % ALPHABET.len() as u64) as usize]);
+            }
+            if check_path(&path).is_err() {
+                refused += 1;
+                continue;
+            }
+            accepted += 1;
+            let path_part = path.split('?').next().unwrap();
+            assert!(
+                path_part.starts_with('/') && !path_part.starts_with("//"),
+                "{path:?}"
+            );
+            for segment in path_part[1..].split('/') {
+                let d = decode(segment);
+                assert!(d != b"." && d != b"..", "{path:?}: dot segment {segment:?}");
+                assert!(!d.contains(&b'/'), "{path:?}: slash in {segment:?}");
+                assert!(!d.contains(&b'\\'), "{path:?}: backslash in {segment:?}");
+            }
+        }
+        // The alphabet exercises both sides of the rule.
+        assert!(accepted > 500 && refused > 500, "{accepted} / {refused}");
     }
 
     #[test]

@@ -59,6 +59,14 @@ impl Harness {
     }
 
     fn drain(&mut self) {
+        // The pool-wide count is the sum of what each requester holds.
+        let held: usize = self
+            .pool
+            .requesters
+            .values()
+            .map(Requester::held_bytes)
+            .sum();
+        assert_eq!(self.pool.held_bytes(), held);
         while let Next::Output(o) = self.pool.poll_output() {
             match o {
                 PoolOutput::Connect { conn } => {
@@ -524,4 +532,104 @@ fn stalled_requester_holds_no_slots() {
     assert_eq!(h.pool.in_flight(), 1);
     h.answer("b0", OK);
     assert_eq!(h.responses.last().unwrap().0, "b");
+}
+
+#[test]
+fn slow_reader_gets_no_fetch_while_two_wait() {
+    let mut h = Harness::default();
+    h.submit("a", "a0");
+    h.answer("a0", OK);
+    // a holds a0 (it is being delivered) and asks for more: one fetch, not five.
+    for i in 1..6 {
+        h.submit("a", &format!("a{i}"));
+    }
+    assert_eq!(h.fetch_order(), vec!["a1".to_string()]);
+    h.answer("a1", OK);
+    // Two held: nothing more is fetched for a; its requests wait in its queue.
+    assert_eq!(h.responses.len(), 1);
+    assert_eq!(h.pool.in_flight(), 0);
+    assert_eq!(h.pool.queued(), 4);
+    assert_eq!(h.pool.held_bytes(), 6);
+    // Time passing changes nothing (short of the drain timeout) and others are served.
+    h.advance(Duration::from_secs(20));
+    assert_eq!(h.pool.in_flight(), 0);
+    h.submit("b", "b0");
+    assert_eq!(h.fetch_order(), vec!["b0".to_string()]);
+    // a's queue fills up: the next request is answered 503 (after what a already holds).
+    for i in 6..(6 + 28) {
+        h.submit("a", &format!("a{i}"));
+    }
+    assert_eq!(h.pool.queued(), 32);
+    h.submit("a", "a34");
+    assert_eq!(h.pool.in_flight(), 1);
+    // a reads a0: a1 goes out; the 503 waits, so a still holds two and fetches nothing.
+    h.done("a");
+    assert_eq!(h.responses.last().unwrap().1.id, "a1");
+    assert_eq!(h.pool.in_flight(), 1);
+    // a reads a1: the 503 goes out and one more fetch starts for a.
+    h.done("a");
+    let (who, resp) = h.responses.last().unwrap();
+    assert_eq!((*who, resp.id.as_str(), resp.status), ("a", "a34", 503));
+    assert_eq!(h.fetch_order(), vec!["b0".to_string(), "a2".to_string()]);
+    assert_eq!(h.pool.held_bytes(), 0);
+    // Once a holds nothing, it fetches in parallel again.
+    h.done("a");
+    assert_eq!(h.pool.in_flight(), 6);
+}
+
+#[test]
+fn stalled_reader_releases_its_bytes() {
+    let mut h = Harness::default();
+    h.submit("a", "a0");
+    h.submit("a", "a1");
+    h.answer("a0", OK);
+    h.answer("a1", OK);
+    assert_eq!(h.pool.held_bytes(), 6);
+    h.advance(Duration::from_secs(30));
+    assert_eq!(h.stalled, vec!["a"]);
+    assert_eq!(h.pool.held_bytes(), 0);
+    // Cancelling a requester also releases what it holds.
+    h.submit("b", "b0");
+    h.answer("b0", OK);
+    assert_eq!(h.pool.held_bytes(), 3);
+    h.pool.handle_cancel(h.now, &"b");
+    h.drain();
+    assert_eq!(h.pool.held_bytes(), 0);
+}
+
+#[test]
+fn held_bytes_cap_gives_503() {
+    let mut cfg = PoolConfig::new("h".into());
+    cfg.max_held_bytes = 5;
+    let mut h = Harness::new(cfg);
+    h.submit("a", "a0");
+    h.submit("b", "b0");
+    h.submit("c", "c0");
+    h.answer("a0", OK);
+    assert_eq!(h.pool.held_bytes(), 3);
+    // b's body would bring the total to 6 > 5: not kept, answered 503.
+    h.answer("b0", OK);
+    let (who, resp) = h.responses.last().unwrap();
+    assert_eq!((*who, resp.id.as_str(), resp.status), ("b", "b0", 503));
+    assert!(String::from_utf8_lossy(&resp.body).contains("the gateway is busy"));
+    assert_eq!(h.pool.held_bytes(), 3);
+    // The 503's own body counts for nothing; an empty body always fits.
+    h.done("b");
+    h.submit("b", "b1");
+    h.answer("b1", b"HTTP/1.1 204 No Content\r\n\r\n");
+    assert_eq!(h.responses.last().unwrap().1.status, 204);
+    h.done("b");
+    // a's response is done: its bytes are released and c's fits.
+    h.done("a");
+    assert_eq!(h.pool.held_bytes(), 0);
+    h.answer("c0", OK);
+    let (who, resp) = h.responses.last().unwrap();
+    assert_eq!(
+        (*who, resp.status, resp.body.as_slice()),
+        ("c", 200, &b"abc"[..])
+    );
+    assert_eq!(h.pool.held_bytes(), 3);
+    h.done("c");
+    assert_eq!(h.pool.held_bytes(), 0);
+    assert!(h.pool.requesters.is_empty());
 }
