@@ -6,6 +6,16 @@ mod common;
 use common::ma_standin::{MaStandin, Seen};
 use common::stack::{connect, expect_server_info, stack, WAIT};
 
+/// Log in on `ma-api` as the web app does; MA's (the stand-in's) reply is returned.
+fn login(c: &mut Connection, token: &str, message_id: &str) -> Value {
+    let auth = json!({"command": "auth", "args": {"token": token, "device_name": "test"},
+                      "message_id": message_id});
+    c.send_text(&auth.to_string(), WAIT).unwrap();
+    let reply: Value = serde_json::from_str(&c.recv_text(WAIT).unwrap()).unwrap();
+    assert_eq!(reply["message_id"], message_id);
+    reply
+}
+
 #[test]
 fn sendspin_frames_echo_intact_and_the_player_is_reported() {
     let sendspin = MaStandin::start_echo();
@@ -16,6 +26,8 @@ fn sendspin_frames_echo_intact_and_the_player_is_reported() {
     let mut c = connect(&s);
     expect_server_info(&mut c);
     let sid = c.session_id().unwrap().to_string();
+    let reply = login(&mut c, "good-admin", "login-1");
+    assert_eq!(reply["result"]["user"]["role"], "admin");
     c.open_channel("sendspin", WAIT).unwrap();
 
     // The first text message is the auth: forwarded unchanged, and reported as the player.
@@ -65,6 +77,7 @@ fn sendspin_server_gone_closes_only_that_channel() {
     )]);
     let mut c = connect(&s);
     expect_server_info(&mut c);
+    login(&mut c, "good-user", "login-1");
     c.open_channel("sendspin", WAIT).unwrap();
     c.send_on("sendspin", false, br#"{"command":"standin/close"}"#, WAIT)
         .unwrap();
@@ -74,6 +87,82 @@ fn sendspin_server_gone_closes_only_that_channel() {
     assert!(err.contains("closed"), "{err}");
     c.send_text(r#"{"message_id":"2"}"#, WAIT).unwrap();
     assert_eq!(c.recv_text(WAIT).unwrap(), r#"{"message_id":"2"}"#);
+}
+
+#[test]
+fn sendspin_is_for_logged_in_users_and_a_guest_is_only_a_player() {
+    let sendspin = MaStandin::start_echo();
+    let s = stack(&[(
+        "MA_SENDSPIN_URL",
+        format!("ws://127.0.0.1:{}/sendspin", sendspin.port),
+    )]);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+
+    // Not logged in (a wrong token does not count): held, then closed; nothing reaches
+    // Sendspin.
+    let reply = login(&mut c, "wrong", "login-1");
+    assert_eq!(reply["error_code"], 20);
+    c.open_channel("sendspin", WAIT).unwrap();
+    let t0 = std::time::Instant::now();
+    c.send_on(
+        "sendspin",
+        false,
+        br#"{"type":"auth","client_id":"x"}"#,
+        WAIT,
+    )
+    .unwrap();
+    let err = c.recv_on("sendspin", WAIT).expect_err("closed");
+    assert!(err.contains("closed"), "{err}");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(4),
+        "held for the grace first: {:?}",
+        t0.elapsed()
+    );
+    assert!(sendspin.seen().is_empty(), "{:?}", sendspin.seen());
+
+    // Opened before the login, which comes within the grace: connected then, nothing lost.
+    c.open_channel("sendspin", WAIT).unwrap();
+    c.send_on("sendspin", false, b"early", WAIT).unwrap();
+    let reply = login(&mut c, "good-guest", "login-2");
+    assert_eq!(reply["result"]["user"]["role"], "guest");
+    assert_eq!(
+        c.recv_on("sendspin", WAIT).unwrap(),
+        (false, b"early".to_vec())
+    );
+    // A guest's hello asks for the player role only; the rest is kept, other messages are
+    // byte-identical.
+    let hello = json!({"type": "client/hello", "payload": {"client_id": "g", "name": "Guest",
+        "version": 1, "supported_roles": ["controller@v1", "player@v1", "metadata@v1"]}});
+    c.send_on("sendspin", false, hello.to_string().as_bytes(), WAIT)
+        .unwrap();
+    let (binary, echoed) = c.recv_on("sendspin", WAIT).unwrap();
+    assert!(!binary);
+    let mut want = hello.clone();
+    want["payload"]["supported_roles"] = json!(["player@v1"]);
+    assert_eq!(serde_json::from_slice::<Value>(&echoed).unwrap(), want);
+    let state = br#"{"type":"client/state", "payload":{"supported_roles":["controller@v1"]}}"#;
+    c.send_on("sendspin", false, state, WAIT).unwrap();
+    assert_eq!(
+        c.recv_on("sendspin", WAIT).unwrap(),
+        (false, state.to_vec())
+    );
+    c.send_on("sendspin", true, &[7; 100], WAIT).unwrap();
+    assert_eq!(c.recv_on("sendspin", WAIT).unwrap(), (true, vec![7; 100]));
+
+    // Logging out closes Sendspin at once; the session stays.
+    c.send_text(r#"{"command":"auth/logout","message_id":"bye"}"#, WAIT)
+        .unwrap();
+    let err = c.recv_on("sendspin", WAIT).expect_err("closed");
+    assert!(err.contains("closed"), "{err}");
+    assert_eq!(
+        c.recv_text(WAIT).unwrap(),
+        r#"{"command":"auth/logout","message_id":"bye"}"#,
+        "MA's echo"
+    );
+    sendspin.wait_until("the Sendspin socket closed", |seen| {
+        seen.iter().any(|x| matches!(x, Seen::Closed(_)))
+    });
 }
 
 #[test]

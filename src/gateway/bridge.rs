@@ -61,6 +61,10 @@ pub struct Bridge {
     pub local_open: bool,
     /// The local socket must be open by then (connect and handshake), or the bridge fails.
     pub connect_deadline: Option<Instant>,
+    /// Held, not connected (`sendspin` before the session's login): the client's messages
+    /// wait in `to_local`, and the channel is closed at this time unless MA confirms a login
+    /// first (docs/protocol.md#channels-and-labels).
+    pub hold_until: Option<Instant>,
     to_local: ByteQueue<Message>,
     to_peer: ByteQueue<Outgoing>,
     /// A frame taken from `Outgoing::Chunks` that did not fit yet.
@@ -86,6 +90,7 @@ impl Bridge {
             local,
             local_open: false,
             connect_deadline: None,
+            hold_until: None,
             to_local: ByteQueue::new(limits.to_local),
             to_peer: ByteQueue::new(limits.to_peer),
             stalled_chunk: None,

@@ -8,6 +8,7 @@
 //! address (at every registration with the signaling server, since the public address may
 //! have changed while we were away).
 
+pub mod auth;
 pub mod bridge;
 pub mod channels;
 pub mod isolation;
@@ -22,6 +23,7 @@ use str0m::channel::ChannelId;
 use str0m::config::DtlsCert;
 use tungstenite::Message;
 
+use self::auth::{Change, Role, SessionAuth};
 use self::bridge::{Bridge, BridgeId, Flush, Limits};
 use self::channels::ChannelKind;
 use crate::chunk::{self, Chunker};
@@ -62,6 +64,10 @@ pub struct CoreConfig {
     /// this, or the bridge fails as if the socket had closed: a hung MA must not hold
     /// sessions and their queues forever.
     pub local_connect_timeout: Duration,
+    /// A `sendspin` channel opened before MA confirmed the session's login is held this long
+    /// (its messages queued, nothing connected), then closed unless the login came
+    /// (docs/protocol.md#channels-and-labels).
+    pub sendspin_login_grace: Duration,
     pub session: SessionConfig,
     pub limits: Limits,
     /// STUN servers asked for our public address at every registration.
@@ -82,6 +88,7 @@ impl CoreConfig {
             api_timeout: Duration::from_secs(10),
             max_pending: 8.min(max_sessions),
             local_connect_timeout: Duration::from_secs(10),
+            sendspin_login_grace: Duration::from_secs(5),
             session: SessionConfig {
                 // Not connected 15 s after client-connected: a squatter or a hopeless path.
                 connect_timeout: Duration::from_secs(15),
@@ -146,6 +153,11 @@ impl Session {
             .min()
     }
 
+    /// The earliest deadline of a channel held until the login.
+    fn hold_deadline(&self) -> Option<Instant> {
+        self.bridges.values().filter_map(|b| b.hold_until).min()
+    }
+
     /// Not connected yet, and not closing: what a squatter's session looks like.
     fn is_pending(&self) -> bool {
         self.connected.is_none() && self.closing.is_none()
@@ -175,6 +187,8 @@ struct Session {
     resetting: Vec<ChannelId>,
     /// Local candidates already given to this session (advertised address).
     candidates: Vec<SocketAddr>,
+    /// The login MA confirmed on this session's `ma-api` socket (who may use Sendspin).
+    auth: SessionAuth,
 }
 
 pub struct Gateway {
@@ -247,10 +261,15 @@ impl Gateway {
             match s.closing {
                 Some(deadline) => t.min(deadline),
                 None if !s.got_offer => t.min(s.created + self.cfg.offer_timeout),
-                None => [s.local_deadline(), s.api_deadline(self.cfg.api_timeout)]
-                    .into_iter()
-                    .flatten()
-                    .fold(t, Instant::min),
+                None => [
+                    s.local_deadline(),
+                    s.api_deadline(self.cfg.api_timeout),
+                    s.hold_deadline(),
+                    s.auth.deadline(),
+                ]
+                .into_iter()
+                .flatten()
+                .fold(t, Instant::min),
             }
         });
         let sessions = sessions.min();
@@ -405,6 +424,7 @@ impl Gateway {
                 closing: None,
                 resetting: Vec::new(),
                 candidates: Vec::new(),
+                auth: SessionAuth::new(),
             },
         );
         self.by_id.insert(session_id.to_string(), key);
@@ -591,6 +611,8 @@ impl Gateway {
                     || s.local_deadline().is_some_and(|d| now >= d)
                     || s.api_deadline(self.cfg.api_timeout)
                         .is_some_and(|d| now >= d)
+                    || s.hold_deadline().is_some_and(|d| now >= d)
+                    || s.auth.deadline().is_some_and(|d| now >= d)
             })
             .map(|(k, _)| *k)
             .collect();
@@ -614,6 +636,14 @@ impl Gateway {
                 self.close_session(key, "connected, but no ma-api channel in time");
                 continue;
             }
+            if s.closing.is_none() {
+                let change = s.auth.handle_timeout(now);
+                self.auth_changed(key, change);
+                self.close_held(key, now);
+            }
+            let Some(s) = self.sessions.get_mut(&key) else {
+                continue;
+            };
             let overdue: Vec<BridgeId> = s
                 .bridges
                 .values()
@@ -646,14 +676,19 @@ impl Gateway {
         let Some((key, ch)) = self.bridges.get(&bridge).copied() else {
             return;
         };
-        let Some(b) = self
-            .sessions
-            .get_mut(&key)
-            .and_then(|s| s.bridges.get_mut(&ch))
-        else {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Some(b) = s.bridges.get_mut(&ch) else {
             return;
         };
         for msg in b.local_opened() {
+            let msg = match b.kind {
+                ChannelKind::Sendspin => {
+                    to_sendspin(&mut self.out, &s.id, &mut b.saw_text, s.auth.role(), msg)
+                }
+                _ => msg,
+            };
             self.out.push_back(Output::WsSend { bridge, msg });
         }
     }
@@ -684,6 +719,11 @@ impl Gateway {
         let Some(b) = s.bridges.get_mut(&ch) else {
             return;
         };
+        // Only MA's reply on the session's own API socket can log it in.
+        let change = match (&msg, b.kind) {
+            (Message::Text(t), ChannelKind::Api) => s.auth.handle_ma_text(now, t),
+            _ => Change::None,
+        };
         if b.from_local(msg, &mut self.chunker, limit).is_err() {
             log::warn!(
                 "[{}] {} queue to the client overflowed; closing the session",
@@ -705,6 +745,7 @@ impl Gateway {
             );
             b.read_paused = true;
         }
+        self.auth_changed(key, change);
         self.drain_session(key, now);
     }
 
@@ -804,7 +845,10 @@ impl Gateway {
         };
         s.peer
             .set_buffered_amount_low_threshold(id, self.cfg.session.buffered_amount_low_threshold);
+        // Sendspin is for logged-in users only: before MA confirms a login, hold the channel.
+        let held = kind == ChannelKind::Sendspin && s.auth.role().is_none();
         let url = match kind {
+            _ if held => None,
             ChannelKind::Api => {
                 let mut url = self.cfg.local_ws_url.clone();
                 let sep = if url.path_and_query.contains('?') {
@@ -825,10 +869,20 @@ impl Gateway {
             self.next_bridge += 1;
             b
         });
-        log::info!("[{}] channel {label:?} open: {}", s.id, kind.name());
+        if held {
+            log::info!(
+                "[{}] channel {label:?} open: {}, held until MA confirms a login (at most {} s)",
+                s.id,
+                kind.name(),
+                self.cfg.sendspin_login_grace.as_secs_f32()
+            );
+        } else {
+            log::info!("[{}] channel {label:?} open: {}", s.id, kind.name());
+        }
         s.api_seen |= kind == ChannelKind::Api;
         let mut b = Bridge::new(kind, id, local, &self.cfg.limits);
         b.connect_deadline = local.map(|_| self.now + self.cfg.local_connect_timeout);
+        b.hold_until = held.then(|| self.now + self.cfg.sendspin_login_grace);
         s.bridges.insert(id, b);
         if let (Some(bridge), Some(url)) = (local, url) {
             self.bridges.insert(bridge, (key, id));
@@ -884,29 +938,34 @@ impl Gateway {
             self.drain_proxy();
             return;
         }
-        if b.kind == ChannelKind::Sendspin && !b.saw_text {
-            if let Message::Text(t) = &msg {
-                b.saw_text = true;
-                if let Some(client_id) = sendspin_client_id(t) {
-                    log::info!("[{}] Sendspin player {client_id}", s.id);
-                    self.out.push_back(Output::SendspinPlayer {
-                        session_id: s.id.clone(),
-                        client_id,
-                    });
-                }
-            }
-        }
-        let Some(bridge) = b.local else {
+        // The client's login (or logout) on the API channel: MA's reply decides.
+        let change = match (&msg, b.kind) {
+            (Message::Text(t), ChannelKind::Api) => s.auth.handle_client_text(self.now, t),
+            _ => Change::None,
+        };
+        if b.local.is_none() && b.hold_until.is_none() {
             log::debug!(
                 "[{}] {} message not handled yet; dropped",
                 s.id,
                 b.kind.name()
             );
             return;
-        };
+        }
+        // A held channel has no socket yet: `from_peer` queues its messages.
         match b.from_peer(msg) {
-            Ok(Some(msg)) => self.out.push_back(Output::WsSend { bridge, msg }),
-            Ok(None) => {}
+            Ok(Some(msg)) => {
+                let msg = match b.kind {
+                    ChannelKind::Sendspin => {
+                        to_sendspin(&mut self.out, &s.id, &mut b.saw_text, s.auth.role(), msg)
+                    }
+                    _ => msg,
+                };
+                if let Some(bridge) = b.local {
+                    self.out.push_back(Output::WsSend { bridge, msg });
+                }
+                self.auth_changed(key, change);
+            }
+            Ok(None) => self.auth_changed(key, change),
             Err(_) => {
                 log::warn!(
                     "[{}] the client sent more than {} bytes before {} was reachable; closing",
@@ -934,6 +993,80 @@ impl Gateway {
         }
         if b.kind == ChannelKind::Api {
             self.close_session(key, "the API channel closed");
+        }
+    }
+
+    /// Act on a change of the session's login: a login releases the `sendspin` channel held for
+    /// it; a logout closes an open one (and its local socket).
+    fn auth_changed(&mut self, key: SessionKey, change: Change) {
+        let now = self.now;
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        match change {
+            Change::None => {}
+            Change::LoggedIn(role) => {
+                log::info!("[{}] MA confirmed a login as {}", s.id, role.name());
+                for b in s.bridges.values_mut() {
+                    if b.hold_until.take().is_none() {
+                        continue;
+                    }
+                    let bridge = self.next_bridge;
+                    self.next_bridge += 1;
+                    b.local = Some(bridge);
+                    b.connect_deadline = Some(now + self.cfg.local_connect_timeout);
+                    self.bridges.insert(bridge, (key, b.channel));
+                    log::info!("[{}] {} released: connecting", s.id, b.kind.name());
+                    let url = self.cfg.sendspin_url.clone();
+                    self.out.push_back(Output::OpenWs { bridge, url });
+                }
+            }
+            Change::LoggedOut(why) => {
+                let open: Vec<ChannelId> = s
+                    .bridges
+                    .values()
+                    .filter(|b| b.kind == ChannelKind::Sendspin && b.local.is_some())
+                    .map(|b| b.channel)
+                    .collect();
+                log::info!("[{}] not logged in any more: {why}", s.id);
+                for ch in open {
+                    log::warn!("[{}] sendspin closed: the session is not logged in", s.id);
+                    if let Some(bridge) = s.bridges.remove(&ch).and_then(|b| b.local) {
+                        self.bridges.remove(&bridge);
+                        self.out.push_back(Output::CloseWs { bridge });
+                    }
+                    s.peer.close_channel(ch);
+                }
+                self.drain_session(key, now);
+            }
+        }
+    }
+
+    /// Close the channels held for a login that did not come in time (fail closed: nothing
+    /// they sent reached the local service).
+    fn close_held(&mut self, key: SessionKey, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let expired: Vec<ChannelId> = s
+            .bridges
+            .values()
+            .filter(|b| b.hold_until.is_some_and(|d| now >= d))
+            .map(|b| b.channel)
+            .collect();
+        for ch in &expired {
+            if let Some(b) = s.bridges.remove(ch) {
+                log::warn!(
+                    "[{}] {} closed: MA confirmed no login within {} s",
+                    s.id,
+                    b.kind.name(),
+                    self.cfg.sendspin_login_grace.as_secs_f32()
+                );
+            }
+            s.peer.close_channel(*ch);
+        }
+        if !expired.is_empty() {
+            self.drain_session(key, now);
         }
     }
 
@@ -1180,6 +1313,37 @@ impl Machine for Gateway {
     fn poll_output(&mut self) -> Next<Output> {
         Next::or_timeout(self.out.pop_front(), || self.deadline())
     }
+}
+
+/// A client message leaving for the Sendspin server: the first text names the player
+/// ([`Output::SendspinPlayer`]); a guest's `client/hello` asks for the player role only.
+fn to_sendspin(
+    out: &mut VecDeque<Output>,
+    session_id: &str,
+    saw_text: &mut bool,
+    role: Option<Role>,
+    msg: Message,
+) -> Message {
+    let Message::Text(text) = msg else {
+        return msg;
+    };
+    if !*saw_text {
+        *saw_text = true;
+        if let Some(client_id) = sendspin_client_id(&text) {
+            log::info!("[{session_id}] Sendspin player {client_id}");
+            out.push_back(Output::SendspinPlayer {
+                session_id: session_id.to_string(),
+                client_id,
+            });
+        }
+    }
+    if role == Some(Role::Guest) {
+        if let Some(hello) = auth::guest_hello(&text) {
+            log::info!("[{session_id}] guest's Sendspin hello: roles limited to player");
+            return Message::text(hello);
+        }
+    }
+    Message::Text(text)
 }
 
 /// The `client_id` of a Sendspin `{"type":"auth",...,"client_id":X}` message.

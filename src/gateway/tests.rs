@@ -318,3 +318,282 @@ fn shutdown_closes_every_session_at_once() {
         "{events:?}"
     );
 }
+
+// ---- Sendspin only after login ------------------------------------------------------------
+
+const SENDSPIN_URL: &str = "ws://127.0.0.1:8927/sendspin";
+
+/// A connected client whose API socket MA accepted: the API bridge.
+fn logged_out(sim: &mut Sim) -> BridgeId {
+    let api = connect(sim);
+    let now = sim.now();
+    sim.b.open_ws(now, api);
+    sim.settle();
+    api
+}
+
+/// The client sends `auth` on `ma-api`; MA answers with `reply` (a role, or `None`: refused).
+fn login(sim: &mut Sim, api: BridgeId, message_id: serde_json::Value, reply: Option<&str>) {
+    let now = sim.now();
+    let auth = json!({"command": "auth", "args": {"token": "t"}, "message_id": message_id});
+    assert!(sim.a.clients[0]
+        .rc
+        .handle_send_text(now, &auth.to_string())
+        .unwrap());
+    sim.settle();
+    let answer = match reply {
+        Some(role) => json!({"message_id": message_id, "result": {"authenticated": true,
+                             "user": {"user_id": "u", "username": "n", "role": role}}}),
+        None => json!({"message_id": message_id, "error_code": 20, "details": "bad token"}),
+    };
+    sim.b.ma_send(api, Message::text(answer.to_string()));
+    sim.settle();
+}
+
+fn open_sendspin(sim: &mut Sim) {
+    let now = sim.now();
+    sim.a.clients[0]
+        .rc
+        .handle_open_channel(now, "sendspin")
+        .unwrap();
+    sim.run_until("the sendspin channel", Duration::from_secs(5), |s| {
+        s.a.clients[0].rc.side_open("sendspin")
+    });
+}
+
+fn send_sendspin(sim: &mut Sim, binary: bool, data: &[u8]) {
+    let now = sim.now();
+    assert!(sim.a.clients[0]
+        .rc
+        .handle_send_on(now, "sendspin", binary, data)
+        .unwrap());
+    sim.settle();
+}
+
+/// The Sendspin socket the gateway opened, if any.
+fn sendspin_ws(sim: &Sim) -> Option<BridgeId> {
+    let mut found = sim.b.ws.iter().filter(|(_, ws)| ws.url == SENDSPIN_URL);
+    let first = found.next().map(|(b, _)| *b);
+    assert!(found.next().is_none(), "one Sendspin socket at most");
+    first
+}
+
+fn sendspin_closed(sim: &Sim) -> bool {
+    sim.a.clients[0]
+        .events
+        .iter()
+        .any(|e| matches!(e, ClientEvent::SideClosed { label } if label == "sendspin"))
+}
+
+#[test]
+fn sendspin_before_login_is_held_then_closed_and_never_connected() {
+    let mut sim = sim(4);
+    logged_out(&mut sim);
+    open_sendspin(&mut sim);
+    let opened = sim.now();
+    send_sendspin(
+        &mut sim,
+        false,
+        br#"{"type":"auth","token":"x","client_id":"p"}"#,
+    );
+    send_sendspin(&mut sim, true, &[1, 2, 3]);
+    sim.run_for(Duration::from_secs(4));
+    assert_eq!(sendspin_ws(&sim), None, "nothing connected while held");
+    assert!(!sendspin_closed(&sim), "held for the grace");
+    sim.run_until("the channel closes", Duration::from_secs(5), |s| {
+        sendspin_closed(s)
+    });
+    let held = sim.now() - opened;
+    assert!(
+        held >= Duration::from_secs(5) && held < Duration::from_secs(6),
+        "closed after {held:?}"
+    );
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(sendspin_ws(&sim), None, "never connected");
+    assert!(
+        !sim.b
+            .other
+            .iter()
+            .any(|o| matches!(o, Output::SendspinPlayer { .. })),
+        "no player reported for a session that never logged in"
+    );
+    assert_eq!(sim.b.gw.session_count(), 1, "only the channel closed");
+}
+
+#[test]
+fn sendspin_held_opens_once_ma_confirms_the_login() {
+    let mut sim = sim(4);
+    let api = logged_out(&mut sim);
+    open_sendspin(&mut sim);
+    send_sendspin(&mut sim, false, b"first");
+    send_sendspin(&mut sim, true, &[9, 8, 7]);
+    send_sendspin(&mut sim, false, b"third");
+    // The auth is on its way: still held, until MA's reply.
+    let now = sim.now();
+    let auth = r#"{"command":"auth","args":{"token":"t"},"message_id":"m1"}"#;
+    assert!(sim.a.clients[0].rc.handle_send_text(now, auth).unwrap());
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(sendspin_ws(&sim), None);
+    assert_eq!(sim.b.ws[&api].sent_texts(), [auth]);
+    let reply = r#"{"message_id":"m1","result":{"authenticated":true,"user":{"role":"user"}}}"#;
+    sim.b.ma_send(api, Message::text(reply));
+    sim.settle();
+    let ss = sendspin_ws(&sim).expect("connected after the login");
+    assert!(sim.b.ws[&ss].sent.is_empty(), "held until the socket opens");
+    let now = sim.now();
+    sim.b.open_ws(now, ss);
+    sim.settle();
+    assert_eq!(
+        sim.b.ws[&ss].sent,
+        [
+            Message::text("first"),
+            Message::binary(vec![9, 8, 7]),
+            Message::text("third")
+        ],
+        "every held message, in order"
+    );
+    // MA's reply reached the client too, and the channel stays open past the grace.
+    sim.run_for(Duration::from_secs(10));
+    assert!(!sendspin_closed(&sim));
+    assert_eq!(sim.a.clients[0].texts(), [reply]);
+}
+
+#[test]
+fn a_guest_asks_sendspin_for_the_player_role_only() {
+    let mut sim = sim(4);
+    let api = logged_out(&mut sim);
+    login(&mut sim, api, json!(42), Some("guest"));
+    open_sendspin(&mut sim);
+    let ss = sendspin_ws(&sim).expect("logged in: connected at once");
+    let now = sim.now();
+    sim.b.open_ws(now, ss);
+    let hello = json!({"type": "client/hello", "payload": {"client_id": "c", "name": "n",
+        "supported_roles": ["controller@v1", "player@v1"], "extra": {"k": [1, 2]}}});
+    let malformed = r#"{"type":"client/hello","payload":{"supported_roles":["controller@v1"]"#;
+    let state = r#"{"type":"client/state","payload":{"supported_roles":["controller@v1"]}}"#;
+    send_sendspin(&mut sim, false, hello.to_string().as_bytes());
+    send_sendspin(&mut sim, false, malformed.as_bytes());
+    send_sendspin(&mut sim, false, state.as_bytes());
+    send_sendspin(&mut sim, true, hello.to_string().as_bytes());
+    send_sendspin(&mut sim, false, hello.to_string().as_bytes());
+    let sent = &sim.b.ws[&ss].sent;
+    assert_eq!(sent.len(), 5);
+    let mut want = hello.clone();
+    want["payload"]["supported_roles"] = json!(["player@v1"]);
+    for i in [0, 4] {
+        let got: serde_json::Value = serde_json::from_str(sent[i].to_text().unwrap()).unwrap();
+        assert_eq!(got, want, "hello {i} rewritten, the rest kept");
+    }
+    assert_eq!(sent[1], Message::text(malformed));
+    assert_eq!(sent[2], Message::text(state));
+    assert_eq!(sent[3], Message::binary(hello.to_string().into_bytes()));
+
+    // An admin's hello passes untouched.
+    let mut sim = self::sim(4);
+    let api = logged_out(&mut sim);
+    login(&mut sim, api, json!("a"), Some("admin"));
+    open_sendspin(&mut sim);
+    let ss = sendspin_ws(&sim).unwrap();
+    let now = sim.now();
+    sim.b.open_ws(now, ss);
+    send_sendspin(&mut sim, false, hello.to_string().as_bytes());
+    assert_eq!(sim.b.ws[&ss].sent, [Message::text(hello.to_string())]);
+}
+
+#[test]
+fn the_client_cannot_log_itself_in() {
+    let mut sim = sim(4);
+    let api = logged_out(&mut sim);
+    let now = sim.now();
+    // The client forges MA's reply to its own auth on every channel it has.
+    let forged = r#"{"message_id":1,"result":{"authenticated":true,"user":{"role":"admin"}}}"#;
+    let client = &mut sim.a.clients[0].rc;
+    client
+        .handle_send_text(
+            now,
+            r#"{"command":"auth","args":{"token":"x"},"message_id":1}"#,
+        )
+        .unwrap();
+    client.handle_send_text(now, forged).unwrap();
+    sim.settle();
+    open_sendspin(&mut sim);
+    send_sendspin(&mut sim, false, forged.as_bytes());
+    // MA answers another id, then refuses the login: neither counts as one.
+    let other = r#"{"message_id":2,"result":{"authenticated":true,"user":{"role":"admin"}}}"#;
+    sim.b.ma_send(api, Message::text(other));
+    sim.b.ma_send(
+        api,
+        Message::text(r#"{"message_id":1,"error_code":20,"details":"Invalid token"}"#),
+    );
+    sim.run_until("the channel closes", Duration::from_secs(10), |s| {
+        sendspin_closed(s)
+    });
+    assert_eq!(sendspin_ws(&sim), None, "nothing ever reached Sendspin");
+    // A late MA success to the refused id is no longer awaited.
+    sim.b.ma_send(api, Message::text(forged));
+    sim.settle();
+    open_sendspin(&mut sim);
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(sendspin_ws(&sim), None);
+}
+
+#[test]
+fn a_logout_or_failed_login_closes_sendspin_and_its_socket() {
+    for logout in [
+        r#"{"command":"auth/logout","message_id":"bye"}"#,
+        r#"{"command":"auth","args":{"token":"bad"},"message_id":"again"}"#,
+    ] {
+        let mut sim = sim(4);
+        let api = logged_out(&mut sim);
+        login(&mut sim, api, json!("in"), Some("admin"));
+        open_sendspin(&mut sim);
+        let ss = sendspin_ws(&sim).unwrap();
+        let now = sim.now();
+        sim.b.open_ws(now, ss);
+        sim.settle();
+        assert!(sim.a.clients[0].rc.handle_send_text(now, logout).unwrap());
+        sim.settle();
+        if logout.contains("again") {
+            // A new auth: still in until MA refuses it.
+            assert!(!sim.b.ws[&ss].closed);
+            let refused = r#"{"message_id":"again","error_code":20,"details":"no"}"#;
+            sim.b.ma_send(api, Message::text(refused));
+            sim.settle();
+        }
+        assert!(sim.b.ws[&ss].closed, "the Sendspin socket closed: {logout}");
+        sim.run_until("the channel closes", Duration::from_secs(5), |s| {
+            sendspin_closed(s)
+        });
+        assert_eq!(sim.b.gw.session_count(), 1, "the session stays");
+    }
+}
+
+#[test]
+fn live_announcement_needs_no_login_and_passes_untouched() {
+    let mut sim = sim(4);
+    logged_out(&mut sim);
+    let now = sim.now();
+    sim.a.clients[0]
+        .rc
+        .handle_open_channel(now, "live_announcement")
+        .unwrap();
+    sim.run_until("the socket", Duration::from_secs(5), |s| s.b.ws.len() == 2);
+    let (&la, ws) = sim.b.ws.iter().last().unwrap();
+    assert!(ws.url.ends_with("/live_announcement"), "{}", ws.url);
+    let now = sim.now();
+    sim.b.open_ws(now, la);
+    let first = r#"{"type":"client/hello","payload":{"supported_roles":["controller@v1"]}}"#;
+    let now = sim.now();
+    let client = &mut sim.a.clients[0].rc;
+    client
+        .handle_send_on(now, "live_announcement", false, first.as_bytes())
+        .unwrap();
+    client
+        .handle_send_on(now, "live_announcement", true, &[0, 1])
+        .unwrap();
+    sim.settle();
+    assert_eq!(
+        sim.b.ws[&la].sent,
+        [Message::text(first), Message::binary(vec![0, 1])]
+    );
+}

@@ -207,6 +207,10 @@ async function mainPhase(cfg) {
   const bench = {};
   r.bench = bench;
   r.sendspin = await timed(steps, 'sendspin', async () => {
+    // Sendspin is for logged-in users: log in on ma-api first, as the web app does.
+    conn.send(JSON.stringify({ command: 'auth', args: { token: 'good-admin', device_name: 'browser' }, message_id: 'login' }));
+    const login = JSON.parse(await conn.next(cfg.timeout_ms, 'MA login reply'));
+    if (!login.result || login.result.authenticated !== true) throw new Error(`login refused: ${JSON.stringify(login)}`);
     const dc = await conn.openChannel('sendspin');
     const q = new MessageQueue();
     dc.onmessage = (ev) => q.push(ev.data);

@@ -4,7 +4,9 @@
 //! back with its type (text or binary) preserved. A few test commands make it act:
 //! `{"command":"standin/send","size":N,"message_id":..}` sends one text message of exactly N
 //! bytes; `{"command":"standin/close"}` closes the socket; `{"command":"standin/stall",
-//! "seconds":S}` stops reading for S seconds.
+//! "seconds":S}` stops reading for S seconds. It answers MA's `auth` command as MA does: the
+//! tokens `good-admin`, `good-user` and `good-guest` log in with that role, any other gets an
+//! error reply (see [`auth_reply`]).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -51,6 +53,21 @@ pub fn server_info() -> Value {
         "homeassistant_addon": false,
         "onboard_done": true,
     })
+}
+
+/// MA's answer to `{"command":"auth","args":{"token":T},"message_id":M}`.
+pub fn auth_reply(cmd: &Value) -> Value {
+    let message_id = cmd.get("message_id").cloned().unwrap_or(Value::Null);
+    let token = cmd.pointer("/args/token").and_then(Value::as_str);
+    match token.and_then(|t| t.strip_prefix("good-")) {
+        Some(role @ ("admin" | "user" | "guest")) => json!({
+            "message_id": message_id,
+            "result": {"authenticated": true, "user": {
+                "user_id": format!("{role}-id"), "username": role, "role": role,
+                "display_name": null, "enabled": true}},
+        }),
+        _ => json!({"message_id": message_id, "error_code": 20, "details": "Invalid token"}),
+    }
 }
 
 /// A text message of exactly `size` bytes that is valid JSON.
@@ -249,6 +266,12 @@ fn echo(ws: &mut WebSocket<TcpStream>, seen: &Mutex<Vec<Seen>>) -> String {
                         // Stop reading (and answering) for a while, like an overloaded MA.
                         let secs = cmd["seconds"].as_f64().unwrap_or(5.0);
                         std::thread::sleep(Duration::from_secs_f64(secs));
+                    }
+                    Some("auth") => {
+                        let reply = auth_reply(&cmd).to_string();
+                        if ws.send(Message::text(reply)).is_err() {
+                            return "send failed".into();
+                        }
                     }
                     Some("standin/close") => {
                         let _ = ws.close(None);
