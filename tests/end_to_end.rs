@@ -318,9 +318,12 @@ fn a_panic_while_handling_one_session_costs_only_that_session() {
     expect_server_info(&mut calm);
     // A session whose next input hits a bug (injected: test builds only).
     let (mut ws, sid) = squat(s.signaling.port, &s.remote_id, false).unwrap();
-    let poison = ToServer::IceCandidate(Relay::candidate(sid, json!({"candidate": PANIC_FOR_TESTS})));
-    ws.send(tungstenite::Message::text(poison.to_text())).unwrap();
-    s.gateway.wait_for("internal error: the session is closed", WAIT);
+    let poison =
+        ToServer::IceCandidate(Relay::candidate(sid, json!({"candidate": PANIC_FOR_TESTS})));
+    ws.send(tungstenite::Message::text(poison.to_text()))
+        .unwrap();
+    s.gateway
+        .wait_for("internal error: the session is closed", WAIT);
     // Everyone else is served as before, and newcomers too.
     calm.send_text(r#"{"after":"panic"}"#, WAIT).unwrap();
     assert_eq!(calm.recv_text(WAIT).unwrap(), r#"{"after":"panic"}"#);
