@@ -276,6 +276,12 @@ impl WsUrl {
     }
 }
 
+impl std::fmt::Display for WsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_url())
+    }
+}
+
 /// Parse a duration such as `10s`, `500ms`, `5m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

@@ -195,32 +195,41 @@ impl<O: Copy + Eq + Hash> Connections<O> {
         }
     }
 
-    /// Read until the socket would block (mio is edge-triggered), `deliver` says stop (it
-    /// returns whether to go on: the core pauses a bridge whose client is slow), or
-    /// [`READS_PER_TURN`] are done: then the connection is [unfinished](Self::take_unfinished)
-    /// and the driver reads on after one turn of its loop.
-    pub fn read(&mut self, token: Token, mut deliver: impl FnMut(O, Data<'_>) -> bool) {
+    /// Read once from a connection and hand what came to `deliver`, borrowed. `true`: something
+    /// was delivered and more may follow; `false`: nothing more for now (the socket would
+    /// block: mio is edge-triggered, so the driver reads until then) or the connection ended
+    /// (an `Ended` event follows).
+    pub fn read_one(&mut self, token: Token, deliver: impl FnOnce(O, Data<'_>)) -> bool {
+        let Some((owner, link)) = self.table.get_mut(token) else {
+            return false;
+        };
+        let owner = *owner;
         // Whatever reading queues (pongs, close replies) goes out with this turn's flush.
         self.dirty.insert(token);
-        self.unfinished.remove(&token);
-        for _ in 0..READS_PER_TURN {
-            let Some((owner, link)) = self.table.get_mut(token) else {
-                return;
-            };
-            let owner = *owner;
-            let more = match link.read(&mut self.buf) {
-                Ok(None) => return,
-                Ok(Some(Incoming::Message(msg))) => deliver(owner, Data::Message(msg)),
-                Ok(Some(Incoming::Bytes(n))) => deliver(owner, Data::Bytes(&self.buf[..n])),
-                Ok(Some(Incoming::Closed { code, reason })) => {
-                    return self.end(token, End::Closed { code, reason })
-                }
-                Err(why) => return self.end(token, End::Failed(why)),
-            };
-            if !more {
-                return;
+        match link.read(&mut self.buf) {
+            Ok(None) => false,
+            Ok(Some(Incoming::Message(msg))) => {
+                deliver(owner, Data::Message(msg));
+                true
+            }
+            Ok(Some(Incoming::Bytes(n))) => {
+                deliver(owner, Data::Bytes(&self.buf[..n]));
+                true
+            }
+            Ok(Some(Incoming::Closed { code, reason })) => {
+                self.end(token, End::Closed { code, reason });
+                false
+            }
+            Err(why) => {
+                self.end(token, End::Failed(why));
+                false
             }
         }
+    }
+
+    /// The connection's read budget for this turn ran out with data left: the driver reads
+    /// it again after one turn of its loop ([`READS_PER_TURN`]).
+    pub fn mark_unfinished(&mut self, token: Token) {
         self.unfinished.insert(token);
     }
 

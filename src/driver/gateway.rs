@@ -17,7 +17,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
 
-use super::connections::{Connections, Data, End, Event as ConnEvent};
+use super::connections::{Connections, Data, End, Event as ConnEvent, READS_PER_TURN};
 use super::emit_event;
 use crate::config::GatewayConfig;
 use crate::gateway::bridge::{BridgeId, LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER};
@@ -117,11 +117,7 @@ impl Driver {
     fn run(mut self) -> Result<(), String> {
         let mut signals = super::shutdown_signals(&self.poll, SIGNALS)?;
         let (signaling, api) = (&self.config.signaling_url, &self.config.local_ws_url);
-        log::info!(
-            "gateway starting: signaling {}, MA API {}",
-            signaling.to_url(),
-            api.to_url()
-        );
+        log::info!("gateway starting: signaling {signaling}, MA API {api}");
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
@@ -258,45 +254,49 @@ impl Driver {
 
     /// Read what a connection has, handing each message to its machine at once.
     fn read(&mut self, token: Token) {
-        if let Some(Owner::Bridge(bridge)) = self.conns.owner(token) {
-            if !self.core.ws_read_allowed(bridge) {
+        for _ in 0..READS_PER_TURN {
+            if let Some(Owner::Bridge(bridge)) = self.conns.owner(token) {
+                if !self.core.ws_read_allowed(bridge) {
+                    return; // paused: the core resumes it (ResumeWsRead)
+                }
+            }
+            let (core, signaling, now) = (&mut self.core, &mut self.signaling, Instant::now());
+            let mut signaling_failed = false;
+            let more = self
+                .conns
+                .read_one(token, |owner, data| match (owner, data) {
+                    (Owner::Signaling, Data::Message(Message::Text(text))) => {
+                        let input = AssertUnwindSafe(|| signaling.handle_text(now, text.as_str()));
+                        signaling_failed = catch_unwind(input).is_err();
+                    }
+                    (Owner::Signaling, _) => signaling.handle_frame(now),
+                    (
+                        Owner::Bridge(b),
+                        Data::Message(m @ (Message::Text(_) | Message::Binary(_))),
+                    ) => core.guarded(now, Culprit::Bridge(b), |c| c.handle_ws_message(now, b, m)),
+                    (Owner::Fetch(f), Data::Bytes(bytes)) => {
+                        core.guarded(now, Culprit::Fetch(f), |c| {
+                            c.handle_fetch_data(now, f, bytes)
+                        })
+                    }
+                    // Pings are answered by tungstenite on the next flush.
+                    _ => {}
+                });
+            if signaling_failed {
+                // The signaling client's state is suspect: start over with a fresh one.
+                log::error!("signaling: internal error handling a message; reconnecting");
+                self.conns.close(Owner::Signaling, None);
+                let remote_id = self.signaling.remote_id().to_string();
+                self.signaling = self.config.signaling_client(now, remote_id);
+                return;
+            }
+            // What this message caused goes out before the next one is read.
+            self.pump();
+            if !more {
                 return;
             }
         }
-        let (core, signaling) = (&mut self.core, &mut self.signaling);
-        let mut signaling_failed = false;
-        self.conns.read(token, |owner, data| {
-            let now = Instant::now();
-            match (owner, data) {
-                (Owner::Signaling, Data::Message(Message::Text(text))) => {
-                    let input = AssertUnwindSafe(|| signaling.handle_text(now, text.as_str()));
-                    if catch_unwind(input).is_err() {
-                        signaling_failed = true;
-                        return false;
-                    }
-                }
-                (Owner::Signaling, _) => signaling.handle_frame(now),
-                (Owner::Bridge(b), Data::Message(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    core.guarded(now, Culprit::Bridge(b), |c| c.handle_ws_message(now, b, m));
-                    return core.ws_read_allowed(b);
-                }
-                (Owner::Fetch(f), Data::Bytes(bytes)) => {
-                    core.guarded(now, Culprit::Fetch(f), |c| {
-                        c.handle_fetch_data(now, f, bytes)
-                    })
-                }
-                // Pings are answered by tungstenite on the next flush.
-                _ => {}
-            }
-            true
-        });
-        if signaling_failed {
-            // The signaling client's state is suspect: start over with a fresh one.
-            log::error!("signaling: internal error handling a message; reconnecting");
-            self.conns.close(Owner::Signaling, None);
-            let remote_id = self.signaling.remote_id().to_string();
-            self.signaling = self.config.signaling_client(Instant::now(), remote_id);
-        }
+        self.conns.mark_unfinished(token);
     }
 
     fn on_conn_event(&mut self, owner: Owner, event: ConnEvent) {
