@@ -193,6 +193,12 @@ impl Bridge {
         self.to_peer.is_high()
     }
 
+    /// Bytes this bridge holds in its queues (both directions).
+    pub fn queued_bytes(&self) -> usize {
+        let stalled = self.stalled_chunk.as_ref().map_or(0, String::len);
+        self.to_local.bytes() + self.to_peer.bytes() + stalled
+    }
+
     pub fn has_queued_for_peer(&self) -> bool {
         !self.to_peer.is_empty() || self.stalled_chunk.is_some()
     }

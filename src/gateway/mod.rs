@@ -56,6 +56,10 @@ pub struct CoreConfig {
     pub offer_timeout: Duration,
     /// A connected session that has not opened `ma-api` this long after connecting is closed.
     pub api_timeout: Duration,
+    /// Bytes the whole gateway may hold in its queues towards clients and in fetched proxy
+    /// bodies; past it, every local socket that adds to it is paused until it drains to 3/4
+    /// (a Pi has 1 GB, and 32 sessions × 1 MiB queues plus proxy bodies must fit).
+    pub memory_budget: usize,
     /// Sessions not connected yet (no offer, or ICE/DTLS not up) held at most; a newcomer
     /// beyond it evicts the oldest of them, so strangers cannot squat the slots
     /// (docs/design.md#gateway-core).
@@ -86,6 +90,7 @@ impl CoreConfig {
             max_sessions,
             offer_timeout: Duration::from_secs(10),
             api_timeout: Duration::from_secs(10),
+            memory_budget: 64 * 1024 * 1024,
             max_pending: 8.min(max_sessions),
             local_connect_timeout: Duration::from_secs(10),
             sendspin_login_grace: Duration::from_secs(5),
@@ -213,6 +218,8 @@ pub struct Gateway {
     /// The sub-machines' deadlines, as their last poll said.
     gatherer_deadline: Option<Instant>,
     proxy_deadline: Option<Instant>,
+    /// The memory budget is exceeded: local sockets stay paused until it drains.
+    over_budget: bool,
     /// The session the timer loop is working on (a panic there is pinned on it).
     current: Option<SessionKey>,
     /// The latest `now` seen (internal steps act at the time of the input that caused them).
@@ -241,6 +248,7 @@ impl Gateway {
             gatherer_deadline: None,
             proxy_deadline: None,
             current: None,
+            over_budget: false,
             now,
             out: VecDeque::new(),
         }
@@ -746,7 +754,54 @@ impl Gateway {
             b.read_paused = true;
         }
         self.auth_changed(key, change);
+        if self.queued_bytes() >= self.cfg.memory_budget {
+            self.pause_for_budget(key, ch);
+        }
         self.drain_session(key, now);
+    }
+
+    /// Bytes held in every bridge's queues and in fetched proxy bodies.
+    fn queued_bytes(&self) -> usize {
+        let bridges = self.sessions.values().flat_map(|s| s.bridges.values());
+        bridges.map(Bridge::queued_bytes).sum::<usize>() + self.proxy.held_bytes()
+    }
+
+    /// Over the gateway-wide budget: stop reading this bridge's local socket.
+    fn pause_for_budget(&mut self, key: SessionKey, ch: ChannelId) {
+        if !self.over_budget {
+            log::warn!(
+                "the gateway holds {} KiB for clients that read slowly (budget {} KiB): \
+                 pausing MA's sockets until it drains",
+                self.queued_bytes() / 1024,
+                self.cfg.memory_budget / 1024
+            );
+        }
+        self.over_budget = true;
+        if let Some(b) = self
+            .sessions
+            .get_mut(&key)
+            .and_then(|s| s.bridges.get_mut(&ch))
+        {
+            b.read_paused = true;
+        }
+    }
+
+    /// Back under 3/4 of the budget: resume every socket only the budget held.
+    fn check_budget(&mut self) {
+        if !self.over_budget || self.queued_bytes() > self.cfg.memory_budget / 4 * 3 {
+            return;
+        }
+        self.over_budget = false;
+        for s in self.sessions.values_mut() {
+            for b in s.bridges.values_mut() {
+                if b.read_paused && !b.peer_queue_high() {
+                    b.read_paused = false;
+                    if let Some(bridge) = b.local {
+                        self.out.push_back(Output::ResumeWsRead { bridge });
+                    }
+                }
+            }
+        }
     }
 
     /// A bridge's local WebSocket closed or failed (also: its write buffer overflowed).
@@ -1086,6 +1141,7 @@ impl Gateway {
                 break;
             }
         }
+        self.check_budget();
     }
 
     /// Close a session: its local sockets at once; its channels are reset so the client sees
@@ -1214,7 +1270,7 @@ impl Gateway {
     /// Move a bridge's queue into its channel; for an `http_proxy` channel, tell the pool
     /// how its response delivery is going.
     fn flush_bridge(&mut self, key: SessionKey, ch: ChannelId) -> Flush {
-        let now = self.now;
+        let (now, over_budget) = (self.now, self.over_budget);
         let Some(s) = self.sessions.get_mut(&key) else {
             return Flush::Closed("no session".into());
         };
@@ -1225,7 +1281,7 @@ impl Gateway {
         if let Flush::Closed(e) = &result {
             log::debug!("[{}] write to the client failed: {e}", s.id);
         }
-        if b.read_paused && !b.peer_queue_high() {
+        if b.read_paused && !b.peer_queue_high() && !over_budget {
             b.read_paused = false;
             if let Some(bridge) = b.local {
                 self.out.push_back(Output::ResumeWsRead { bridge });
@@ -1300,6 +1356,8 @@ impl Gateway {
                 self.out.push_back(Output::Transmit(t));
             }
         }
+        // What it held is free: sockets the budget paused may read again.
+        self.check_budget();
     }
 }
 

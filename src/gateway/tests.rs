@@ -140,6 +140,60 @@ fn backpressure_pauses_the_local_socket_and_resumes_it() {
 }
 
 #[test]
+fn a_gateway_wide_budget_pauses_every_socket_that_adds_to_it_until_it_drains() {
+    // Two sessions, a budget (300 KB) below one bridge's own high-water mark (512 KiB): only
+    // the budget can pause them.
+    let identity = Identity::generate().unwrap();
+    let clock = Clock::simulated();
+    let now = clock.now();
+    let mut cfg = GatewayEnd::config(4);
+    cfg.memory_budget = 300_000;
+    let gw = GatewayEnd::new(now, cfg, &identity, addr("127.0.0.1:40000"));
+    let mut sim = Pair::new(clock, ClientsEnd::new(&identity.remote_id), gw);
+    let now = sim.now();
+    sim.a.add(now, addr("127.0.0.1:50000"), "sessionOne");
+    sim.a.add(now, addr("127.0.0.1:50001"), "sessionTwo");
+    sim.run_until("both connected", Duration::from_secs(10), |s| {
+        s.a.clients.iter().all(|c| c.rc.is_open()) && s.b.ws.len() == 2
+    });
+    let bridges: Vec<BridgeId> = sim.b.ws.keys().copied().collect();
+    let now = sim.now();
+    for b in &bridges {
+        sim.b.open_ws(now, *b);
+    }
+    // MA floods both bridges at one instant: the clients get no turn to read meanwhile.
+    let chunk = "y".repeat(50_000);
+    let mut sent = 0;
+    for _ in 0..200 {
+        for b in &bridges {
+            if sim.b.gw.ws_read_allowed(*b) {
+                sim.b
+                    .gw
+                    .handle_ws_message(now, *b, Message::text(chunk.clone()));
+                sent += 1;
+            }
+        }
+    }
+    assert!(
+        bridges.iter().all(|b| !sim.b.gw.ws_read_allowed(*b)),
+        "both paused"
+    );
+    let queued = sim.b.gw.queued_bytes();
+    assert!(
+        queued < 300_000 + 2 * 60_000,
+        "the budget held: {queued} bytes queued"
+    );
+    // The clients read: everything arrives and both sockets resume.
+    sim.run_until(
+        "every message at the clients",
+        Duration::from_secs(120),
+        |s| s.a.clients.iter().map(|c| c.text_count()).sum::<usize>() >= sent,
+    );
+    assert!(bridges.iter().all(|b| sim.b.gw.ws_read_allowed(*b)));
+    assert!(bridges.iter().all(|b| sim.b.ws[b].resumed > 0));
+}
+
+#[test]
 fn the_session_goes_with_its_ma_socket() {
     let mut sim = sim(4);
     let bridge = connect(&mut sim);
