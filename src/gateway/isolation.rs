@@ -135,14 +135,7 @@ impl Gateway {
         self.bridges.retain(|_, (k, _)| *k != key);
         let out = &mut self.out;
         let goodbye = catch_unwind(AssertUnwindSafe(|| {
-            s.peer.handle_close(now);
-            while let crate::machine::Next::Output(o) =
-                crate::machine::Machine::poll_output(&mut s.peer)
-            {
-                if let crate::webrtc::SessionOutput::Transmit(t) = o {
-                    out.push_back(Output::Transmit(t));
-                }
-            }
+            super::say_goodbye(&mut s.peer, now, out)
         }));
         if goodbye.is_err() {
             log::error!("[{}] the WebRTC session could not be closed cleanly", s.id);

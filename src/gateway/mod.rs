@@ -745,6 +745,9 @@ impl Gateway {
             Flush::Done | Flush::Blocked => {}
             Flush::Closed(e) => log::debug!("[{}] write to the client failed: {e}", s.id),
         }
+        // Only a message left waiting adds to the gateway's memory: most go straight through,
+        // and then the budget (a sum over every bridge) need not be looked at.
+        let queued = b.has_queued_for_peer();
         if b.peer_queue_high() && !b.read_paused {
             log::debug!(
                 "[{}] {} backed up: pausing the local socket",
@@ -754,7 +757,7 @@ impl Gateway {
             b.read_paused = true;
         }
         self.auth_changed(key, change);
-        if self.queued_bytes() >= self.cfg.memory_budget {
+        if queued && self.queued_bytes() >= self.cfg.memory_budget {
             self.pause_for_budget(key, ch);
         }
         self.drain_session(key, now);
@@ -1350,14 +1353,19 @@ impl Gateway {
             let n = s.peer.ignored_datagrams();
             log::info!("[{}] {n} unparseable datagrams were ignored", s.id);
         }
-        s.peer.handle_close(self.now);
-        while let Next::Output(o) = s.peer.poll_output() {
-            if let SessionOutput::Transmit(t) = o {
-                self.out.push_back(Output::Transmit(t));
-            }
-        }
+        say_goodbye(&mut s.peer, self.now, &mut self.out);
         // What it held is free: sockets the budget paused may read again.
         self.check_budget();
+    }
+}
+
+/// Close a session's DTLS and queue the datagrams that says goodbye with.
+fn say_goodbye(peer: &mut PeerSession, now: Instant, out: &mut VecDeque<Output>) {
+    peer.handle_close(now);
+    while let Next::Output(o) = peer.poll_output() {
+        if let SessionOutput::Transmit(t) = o {
+            out.push_back(Output::Transmit(t));
+        }
     }
 }
 
