@@ -16,13 +16,16 @@ fn login(c: &mut Connection, token: &str, message_id: &str) -> Value {
     reply
 }
 
+/// A stack whose Sendspin server is an echoing stand-in (returned too: it must outlive the test).
+fn sendspin_stack() -> (MaStandin, common::stack::Stack) {
+    let sendspin = MaStandin::start_echo();
+    let url = format!("ws://127.0.0.1:{}/sendspin", sendspin.port);
+    (sendspin, stack(&[("MA_SENDSPIN_URL", url)]))
+}
+
 #[test]
 fn sendspin_frames_echo_intact_and_the_player_is_reported() {
-    let sendspin = MaStandin::start_echo();
-    let mut s = stack(&[(
-        "MA_SENDSPIN_URL",
-        format!("ws://127.0.0.1:{}/sendspin", sendspin.port),
-    )]);
+    let (sendspin, mut s) = sendspin_stack();
     let mut c = connect(&s);
     expect_server_info(&mut c);
     let sid = c.session_id().unwrap().to_string();
@@ -70,11 +73,7 @@ fn sendspin_frames_echo_intact_and_the_player_is_reported() {
 
 #[test]
 fn sendspin_server_gone_closes_only_that_channel() {
-    let sendspin = MaStandin::start_echo();
-    let s = stack(&[(
-        "MA_SENDSPIN_URL",
-        format!("ws://127.0.0.1:{}/sendspin", sendspin.port),
-    )]);
+    let (_sendspin, s) = sendspin_stack();
     let mut c = connect(&s);
     expect_server_info(&mut c);
     login(&mut c, "good-user", "login-1");
@@ -91,11 +90,7 @@ fn sendspin_server_gone_closes_only_that_channel() {
 
 #[test]
 fn sendspin_is_for_logged_in_users_and_a_guest_is_only_a_player() {
-    let sendspin = MaStandin::start_echo();
-    let s = stack(&[(
-        "MA_SENDSPIN_URL",
-        format!("ws://127.0.0.1:{}/sendspin", sendspin.port),
-    )]);
+    let (sendspin, s) = sendspin_stack();
     let mut c = connect(&s);
     expect_server_info(&mut c);
 
