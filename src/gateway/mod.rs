@@ -56,9 +56,11 @@ pub struct CoreConfig {
     pub offer_timeout: Duration,
     /// A connected session that has not opened `ma-api` this long after connecting is closed.
     pub api_timeout: Duration,
-    /// Bytes the whole gateway may hold in its queues towards clients and in fetched proxy
-    /// bodies; past it, every local socket that adds to it is paused until it drains to 3/4
-    /// (a Pi has 1 GB, and 32 sessions × 1 MiB queues plus proxy bodies must fit).
+    /// Bytes the whole gateway may hold in its queues towards clients and in proxy bodies
+    /// (fetched or still arriving); past it, every local socket that adds to it is paused
+    /// until it drains to 3/4 (a Pi has 1 GB, and 32 sessions × 1 MiB queues plus proxy bodies
+    /// must fit). Proxy bodies alone may take at most half of it: a fetch beyond is answered
+    /// 503.
     pub memory_budget: usize,
     /// Sessions not connected yet (no offer, or ICE/DTLS not up) held at most; a newcomer
     /// beyond it evicts the oldest of them, so strangers cannot squat the slots
@@ -229,8 +231,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(now: Instant, cfg: CoreConfig, cert: DtlsCert) -> Gateway {
+        let mut pool = PoolConfig::new(cfg.local_ws_url.host_port());
+        // Fetched bodies may take half the budget; the queues towards clients keep the rest.
+        pool.max_held_bytes = pool.max_held_bytes.min(cfg.memory_budget / 2);
         Gateway {
-            proxy: ProxyPool::new(PoolConfig::new(cfg.local_ws_url.host_port())),
+            proxy: ProxyPool::new(pool),
             cfg,
             cert,
             sessions: HashMap::new(),
@@ -766,7 +771,7 @@ impl Gateway {
     /// Bytes held in every bridge's queues and in fetched proxy bodies.
     fn queued_bytes(&self) -> usize {
         let bridges = self.sessions.values().flat_map(|s| s.bridges.values());
-        bridges.map(Bridge::queued_bytes).sum::<usize>() + self.proxy.held_bytes()
+        bridges.map(Bridge::queued_bytes).sum::<usize>() + self.proxy.buffered_bytes()
     }
 
     /// Over the gateway-wide budget: stop reading this bridge's local socket.

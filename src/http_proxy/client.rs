@@ -240,6 +240,11 @@ impl HttpConn {
         self.received
     }
 
+    /// Body bytes of the current response buffered so far.
+    pub fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
     /// Start a request: returns the bytes to write. Any previous exchange is forgotten.
     pub fn start(&mut self, req: &ProxyRequest) -> Vec<u8> {
         let mut out = String::with_capacity(128 + req.path.len());

@@ -82,8 +82,12 @@
 //!   response completes (its size is bounded by [`Limits::max_body`] while it streams into
 //!   [`HttpConn`]), released when the caller is done with it or its requester is dropped
 //!   (stalled or cancelled). A response that would take the count beyond
-//!   [`PoolConfig::max_held_bytes`] is dropped and answered 503. Bodies still streaming are
-//!   bounded separately: at most [`PoolConfig::max_in_flight`] × [`Limits::max_body`].
+//!   [`PoolConfig::max_held_bytes`] is dropped and answered 503. Bodies still streaming count
+//!   too ([`ProxyPool::buffered_bytes`]): every body byte read for a fetch counts as it arrives,
+//!   and the fetch whose bytes would take held and streaming bytes together beyond
+//!   [`PoolConfig::max_held_bytes`] is aborted there and answered 503, so a burst of large
+//!   fetches cannot pin [`PoolConfig::max_in_flight`] × [`Limits::max_body`] behind the
+//!   bound's back.
 //! - A request sent on a reused keep-alive connection that fails before any byte of the
 //!   response arrived (the server closed the idle connection meanwhile) is retried once on a
 //!   new connection (GET and HEAD are idempotent).
@@ -232,6 +236,8 @@ struct Fetch<R> {
     reused: bool,
     /// Already retried once on a new connection.
     retried: bool,
+    /// Body bytes read for it so far, counted in [`ProxyPool::buffered_bytes`].
+    received: usize,
 }
 
 /// How a fetch ended.
@@ -239,6 +245,8 @@ enum Outcome {
     Ok(client::HttpResponse),
     Failed(String),
     TimedOut,
+    /// Its bytes would take the pool beyond [`PoolConfig::max_held_bytes`].
+    Busy,
 }
 
 /// The proxy's scheduler. `R` identifies a requester (see the module docs).
@@ -255,6 +263,8 @@ pub struct ProxyPool<R> {
     idle: Vec<(ConnId, Instant)>,
     /// Body bytes of the responses held for all requesters (waiting or with the caller).
     held_bytes: usize,
+    /// Body bytes read so far for the fetches in flight.
+    streaming_bytes: usize,
     next_conn: ConnId,
     out: VecDeque<PoolOutput<R>>,
 }
@@ -269,6 +279,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             conns: HashMap::new(),
             idle: Vec::new(),
             held_bytes: 0,
+            streaming_bytes: 0,
             next_conn: 1,
             out: VecDeque::new(),
         }
@@ -293,6 +304,13 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     /// the gateway's own short error bodies are not counted.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
+    }
+
+    /// Everything the pool holds for requesters: [`ProxyPool::held_bytes`] plus the body bytes
+    /// read so far for the fetches in flight. Never above [`PoolConfig::max_held_bytes`] by more
+    /// than one read.
+    pub fn buffered_bytes(&self) -> usize {
+        self.held_bytes + self.streaming_bytes
     }
 
     /// The next moment [`Machine::handle_timeout`] must run.
@@ -405,7 +423,9 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             .map(|(c, _)| *c)
             .collect();
         for conn in conns {
-            self.fetches.remove(&conn);
+            if let Some(f) = self.fetches.remove(&conn) {
+                self.streaming_bytes -= f.received;
+            }
             self.close_conn(conn);
         }
     }
@@ -425,7 +445,18 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             return;
         };
         match http.feed(bytes) {
-            Ok(client::Progress::NeedMore) => {}
+            Ok(client::Progress::NeedMore) => {
+                let body = http.body_len();
+                let Some(f) = self.fetches.get_mut(&conn) else {
+                    return;
+                };
+                self.streaming_bytes = self.streaming_bytes - f.received + body;
+                f.received = body;
+                if self.buffered_bytes() > self.cfg.max_held_bytes {
+                    self.close_conn(conn);
+                    self.finish(now, conn, Outcome::Busy);
+                }
+            }
             Ok(client::Progress::Done(resp)) => {
                 if resp.reusable && self.idle.len() < self.cfg.max_idle {
                     self.idle.push((conn, now));
@@ -500,6 +531,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
         let Some(mut fetch) = self.fetches.remove(&old) else {
             return;
         };
+        self.streaming_bytes -= std::mem::take(&mut fetch.received);
         log::debug!(
             "http proxy: kept-alive connection {old} was closed; retrying {:?}",
             fetch.req.id
@@ -575,6 +607,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
                 deadline: now + self.cfg.fetch_timeout,
                 reused,
                 retried: false,
+                received: 0,
             };
             self.send_request(conn, fetch);
         }
@@ -638,20 +671,15 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
         let Some(fetch) = self.fetches.remove(&conn) else {
             return;
         };
-        let id = fetch.req.id;
+        self.streaming_bytes -= fetch.received;
+        let id = fetch.req.id.clone();
         let (resp, bytes) = match outcome {
-            Outcome::Ok(resp) if self.held_bytes + resp.body.len() > self.cfg.max_held_bytes => {
-                log::warn!(
-                    "http proxy: {} {}: {} body bytes would exceed the {} held gateway-wide; \
-                     answering 503",
-                    fetch.req.method.as_str(),
-                    fetch.req.path,
-                    resp.body.len(),
-                    self.cfg.max_held_bytes
-                );
-                let busy = ProxyResponse::error(id, 503, "the gateway is busy; try again later");
-                (busy, 0)
+            Outcome::Ok(resp)
+                if self.buffered_bytes() + resp.body.len() > self.cfg.max_held_bytes =>
+            {
+                (self.busy(&fetch, resp.body.len()), 0)
             }
+            Outcome::Busy => (self.busy(&fetch, fetch.received), 0),
             Outcome::Ok(resp) => {
                 let bytes = resp.body.len();
                 (ProxyResponse::from_http(id, resp), bytes)
@@ -681,6 +709,18 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             self.deliver(now, &fetch.requester);
         }
         self.schedule(now);
+    }
+
+    /// The 503 for a fetch whose `size` bytes do not fit in [`PoolConfig::max_held_bytes`].
+    fn busy(&self, fetch: &Fetch<R>, size: usize) -> ProxyResponse {
+        log::warn!(
+            "http proxy: {} {}: {size} bytes would exceed the {} held gateway-wide; answering 503",
+            fetch.req.method.as_str(),
+            fetch.req.path,
+            self.cfg.max_held_bytes
+        );
+        let text = "the gateway is busy; try again later";
+        ProxyResponse::error(fetch.req.id.clone(), 503, text)
     }
 
     /// Queue a response made up by the gateway (bounded: beyond the bound it is dropped). Its

@@ -633,3 +633,35 @@ fn held_bytes_cap_gives_503() {
     assert_eq!(h.pool.held_bytes(), 0);
     assert!(h.pool.requesters.is_empty());
 }
+
+#[test]
+fn bodies_still_streaming_count_and_are_cut_at_the_cap() {
+    let mut cfg = PoolConfig::new("h".into());
+    cfg.max_held_bytes = 10;
+    let mut h = Harness::new(cfg);
+    h.submit("a", "a0");
+    h.submit("b", "b0");
+    // a's body is announced large and arrives in parts: each part counts at once.
+    h.answer(
+        "a0",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n123456",
+    );
+    assert_eq!((h.pool.held_bytes(), h.pool.buffered_bytes()), (0, 6));
+    assert!(h.responses.is_empty());
+    // b streams too; the part that takes the total beyond 10 ends b's fetch with a 503.
+    let b = h.conn_of("b0");
+    h.answer("b0", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n12345");
+    let (who, resp) = h.responses.last().unwrap();
+    assert_eq!((*who, resp.id.as_str(), resp.status), ("b", "b0", 503));
+    assert!(
+        h.closed.contains(&b),
+        "the aborted fetch's connection is closed"
+    );
+    assert_eq!(h.pool.buffered_bytes(), 6);
+    // a goes on; cancelling it releases its streaming bytes.
+    h.answer("a0", b"78");
+    assert_eq!(h.pool.buffered_bytes(), 8);
+    h.pool.handle_cancel(h.now, &"a");
+    h.drain();
+    assert_eq!(h.pool.buffered_bytes(), 0);
+}
