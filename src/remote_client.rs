@@ -75,6 +75,15 @@ pub struct Timings {
     pub first_message: Option<Instant>,
 }
 
+/// Choices a client makes in its offer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientOptions {
+    /// The `a=max-message-size` to announce (str0m's default when `None`): the largest
+    /// message the gateway may send us. The load generator's attacker announces the smallest
+    /// the gateway accepts, to make it cut large replies into as many messages as it can.
+    pub max_message_size: Option<u32>,
+}
+
 pub struct RemoteClient {
     remote_id: String,
     local_addr: SocketAddr,
@@ -97,9 +106,21 @@ impl RemoteClient {
     /// A client for `remote_id` whose UDP socket is bound at `local_addr` (an address the
     /// gateway can reach: on loopback tests, 127.0.0.1).
     pub fn new(now: Instant, remote_id: &str, local_addr: SocketAddr) -> RemoteClient {
-        let rtc = Rtc::builder()
-            .set_sctp_max_buffered_amount(512 * 1024)
-            .build(now);
+        RemoteClient::with_options(now, remote_id, local_addr, ClientOptions::default())
+    }
+
+    /// [`RemoteClient::new`] with an offer shaped by `options`.
+    pub fn with_options(
+        now: Instant,
+        remote_id: &str,
+        local_addr: SocketAddr,
+        options: ClientOptions,
+    ) -> RemoteClient {
+        let mut builder = Rtc::builder().set_sctp_max_buffered_amount(512 * 1024);
+        if let Some(max) = options.max_message_size {
+            builder = builder.set_sctp_max_message_size(max);
+        }
+        let rtc = builder.build(now);
         let mut client = RemoteClient {
             remote_id: remote_id.trim().to_string(),
             local_addr,

@@ -11,6 +11,7 @@ use common::temp_dir;
 use ma_webrtc_gateway::config::WsUrl;
 use ma_webrtc_gateway::driver::connect::Connection;
 use ma_webrtc_gateway::remote_client::ClientEvent;
+use ma_webrtc_gateway::testkit::stranger::squat;
 use serde_json::{json, Value};
 
 #[test]
@@ -223,49 +224,6 @@ fn a_hung_ma_closes_the_session_instead_of_holding_it() {
     gateway.wait_for("not open within 10 s", WAIT);
 }
 
-/// One stranger's session through the real signaling server: `connect-request`, then (if
-/// `offer`) an offer whose only candidate is a loopback port nobody answers, so ICE never
-/// completes. The socket stays open (the session stays pending) until dropped.
-fn squat(port: u16, remote_id: &str, offer: bool) -> Option<Squatter> {
-    use ma_webrtc_gateway::signaling::protocol::{FromServer, Relay, ToServer};
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(WAIT)).ok()?;
-    let (mut ws, _) = tungstenite::client(format!("ws://127.0.0.1:{port}/ws"), stream).ok()?;
-    let request = ToServer::ConnectRequest {
-        remote_id: Some(remote_id.to_string()),
-    };
-    ws.send(tungstenite::Message::text(request.to_text()))
-        .ok()?;
-    let session_id = loop {
-        let msg = ws.read().ok()?;
-        let Ok(text) = msg.to_text() else { continue };
-        if let Ok(FromServer::Connected {
-            session_id: Some(sid),
-            ..
-        }) = FromServer::parse(text)
-        {
-            break sid;
-        }
-    };
-    if offer {
-        let now = std::time::Instant::now();
-        let mut rtc = str0m::Rtc::builder().build(now);
-        let nobody = "127.0.0.1:9".parse().unwrap();
-        rtc.add_local_candidate(str0m::Candidate::host(nobody, "udp").unwrap());
-        let mut api = rtc.sdp_api();
-        api.add_channel("ma-api".into());
-        let (sdp, _pending) = api.apply()?;
-        let msg = ToServer::Offer(Relay::offer(session_id.clone(), &sdp.to_sdp_string()));
-        ws.send(tungstenite::Message::text(msg.to_text())).ok()?;
-    }
-    Some((ws, session_id))
-}
-
-type Squatter = (
-    tungstenite::WebSocket<std::net::TcpStream>,
-    ma_webrtc_gateway::signaling::protocol::SessionId,
-);
-
 #[test]
 fn a_stranger_flooding_connect_requests_cannot_keep_the_real_user_out() {
     let mut s = stack(&[]);
@@ -279,7 +237,7 @@ fn a_stranger_flooding_connect_requests_cannot_keep_the_real_user_out() {
             let mut open = std::collections::VecDeque::new();
             let mut sent = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(ws) = squat(port, &remote_id, sent.is_multiple_of(2)) {
+                if let Some(ws) = squat(port, &remote_id, sent.is_multiple_of(2), WAIT) {
                     open.push_back(ws);
                 }
                 if open.len() > 64 {
@@ -317,7 +275,7 @@ fn a_panic_while_handling_one_session_costs_only_that_session() {
     let mut calm = connect(&s);
     expect_server_info(&mut calm);
     // A session whose next input hits a bug (injected: test builds only).
-    let (mut ws, sid) = squat(s.signaling.port, &s.remote_id, false).unwrap();
+    let (mut ws, sid) = squat(s.signaling.port, &s.remote_id, false, WAIT).unwrap();
     let poison =
         ToServer::IceCandidate(Relay::candidate(sid, json!({"candidate": PANIC_FOR_TESTS})));
     ws.send(tungstenite::Message::text(poison.to_text()))

@@ -19,7 +19,7 @@ use crate::net::connect::Connecting;
 use crate::net::resolve::Resolver;
 use crate::net::udp;
 use crate::net::ws_client::{Progress, WsClient};
-use crate::remote_client::{ClientEvent, ClientOutput, RemoteClient, Timings};
+use crate::remote_client::{ClientEvent, ClientOptions, ClientOutput, RemoteClient, Timings};
 
 const WAKER: Token = Token(0);
 const SIGNALING: Token = Token(1);
@@ -36,6 +36,8 @@ pub struct Connection {
     client: RemoteClient,
     inbox: VecDeque<ClientEvent>,
     buf: Vec<u8>,
+    /// Where the gateway's datagrams last came from.
+    peer: Option<SocketAddr>,
 }
 
 impl Connection {
@@ -47,6 +49,19 @@ impl Connection {
         remote_id: &str,
         bind: SocketAddr,
         timeout: Duration,
+    ) -> Result<Connection, String> {
+        let options = ClientOptions::default();
+        Connection::open_with(signaling, tls, remote_id, bind, timeout, options)
+    }
+
+    /// [`Connection::open`] with an offer shaped by `options`.
+    pub fn open_with(
+        signaling: &WsUrl,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        remote_id: &str,
+        bind: SocketAddr,
+        timeout: Duration,
+        options: ClientOptions,
     ) -> Result<Connection, String> {
         let deadline = Instant::now() + timeout;
         let poll = Poll::new().map_err(|e| e.to_string())?;
@@ -69,7 +84,7 @@ impl Connection {
             SIGNALING,
             &mut resolver,
         );
-        let client = RemoteClient::new(Instant::now(), remote_id, local);
+        let client = RemoteClient::with_options(Instant::now(), remote_id, local, options);
         let mut conn = Connection {
             poll,
             events: Events::with_capacity(64),
@@ -80,6 +95,7 @@ impl Connection {
             client,
             inbox: VecDeque::new(),
             buf: vec![0; crate::net::READ_BUFFER],
+            peer: None,
         };
         while !conn.client.is_open() {
             conn.turn(deadline)?;
@@ -201,6 +217,21 @@ impl Connection {
         }
     }
 
+    /// Send `bytes` as one datagram from this client's own UDP socket to the address the
+    /// gateway's datagrams come from, outside the WebRTC session: the load generator's flood on
+    /// a session's own 5-tuple. `Ok(false)` when the socket is full or no datagram came yet.
+    #[cfg(feature = "testkit")]
+    pub fn send_raw_datagram(&self, bytes: &[u8]) -> io::Result<bool> {
+        let Some(peer) = self.peer else {
+            return Ok(false);
+        };
+        match self.udp.send_to(bytes, peer) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Close politely and let the goodbye packets out.
     pub fn close(mut self) {
         self.client.handle_close(Instant::now());
@@ -244,6 +275,7 @@ impl Connection {
                     loop {
                         match self.udp.recv_from(&mut self.buf) {
                             Ok((n, src)) => {
+                                self.peer = Some(src);
                                 self.client
                                     .handle_datagram(Instant::now(), src, &self.buf[..n])
                             }

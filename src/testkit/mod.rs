@@ -43,6 +43,7 @@
 
 mod clients;
 mod gateway;
+pub mod stranger;
 mod webrtc;
 
 use std::collections::{HashSet, VecDeque};

@@ -26,6 +26,10 @@
 //! set-up (connect-request → MA's first message), idle (footprint), rtt (one message at a time,
 //! round-trip times), echo (pipelined, at most `--window` bytes in flight per session), up
 //! (client → MA only, checked by the echo server), down (MA → client only).
+//!
+//! `--attack` runs the hostile scenarios of [`attack`] instead of the phases.
+
+mod attack;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -531,6 +535,11 @@ pub fn start_echo_server(listen: SocketAddr) -> io::Result<SocketAddr> {
 
 fn echo_connection(stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    // MA serves its image proxy on the same port: so does the stand-in.
+    if !attack::is_websocket(&stream) {
+        attack::serve_images(stream);
+        return;
+    }
     let Ok(mut ws) = tungstenite::accept(stream) else {
         return;
     };
@@ -1039,6 +1048,30 @@ pub struct BenchArgs {
     /// Write the spawned processes' logs to this folder.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+
+    /// Run the attack scenarios (stall, squat) instead of the phases; needs --spawn.
+    #[arg(long, requires = "spawn")]
+    pub attack: bool,
+
+    /// --attack: junk datagrams a second the attacker sends from its own 5-tuple.
+    #[arg(long, default_value_t = 20_000)]
+    pub flood_rate: u64,
+
+    /// --attack: size of each image the attacker fetches on http_proxy, back to back.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub fetch_size: usize,
+
+    /// --attack: how long the genuine session measures, alone and under attack.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub attack_time: Duration,
+
+    /// --attack: sessions a second the squatting stranger asks for.
+    #[arg(long, default_value_t = 20)]
+    pub squat_rate: u64,
+
+    /// --attack: genuine clients connecting, one after the other, during the squat.
+    #[arg(long, default_value_t = 10)]
+    pub squat_clients: usize,
 }
 
 /// The signaling server to use when not `--spawn`ing one, as the gateway reads it.
@@ -1056,7 +1089,7 @@ struct SignalingArgs {
 #[command(
     name = "load",
     bin_name = "cargo bench --bench load --",
-    about = "Load generator for ma-webrtc-gateway (see benches/load.rs)"
+    about = "Load generator for ma-webrtc-gateway (see benches/load/main.rs)"
 )]
 struct Cli {
     #[command(flatten)]
@@ -1221,6 +1254,17 @@ fn run_inner(gateway: &SignalingArgs, args: &BenchArgs) -> Result<bool, String> 
     if args.warmup > 0 {
         // Let the gateway notice the warm-up sessions left.
         std::thread::sleep(Duration::from_millis(300));
+    }
+    if args.attack {
+        let pid = gateway_pid.ok_or("--attack needs --spawn")?;
+        drop(out);
+        let ok = attack::run(args, &plan, pid);
+        if let Some(s) = stack {
+            let dir = s.data_dir.clone();
+            drop(s);
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        return ok;
     }
     let gate = Arc::new(Gate {
         barrier: Barrier::new(args.sessions + 1),
