@@ -196,6 +196,7 @@ impl SignalingClient {
         let msg = ToServer::RegisterServer {
             remote_id: Some(self.config.remote_id.clone()),
             ice_servers: Some(self.ice_servers.clone()),
+            proof: None,
         };
         self.out.push_back(Output::Send(msg.to_text()));
     }
@@ -296,6 +297,7 @@ impl SignalingClient {
             }
             FromServer::Ping => self.out.push_back(Output::Send(ToServer::Pong.to_text())),
             FromServer::Pong => {}
+            FromServer::Challenge { .. } => {}
             FromServer::ClientConnected { session_id } => {
                 let Some(session_id) = session_id else {
                     return without_session_id("client-connected");
