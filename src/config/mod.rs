@@ -391,6 +391,9 @@ pub struct GatewayConfig {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub signaling_ping: Duration,
+    /// Signs ownership proofs for servers that challenge (docs/protocol.md#ownership-proof);
+    /// set from the identity once it is loaded.
+    pub prover: Option<crate::identity::Prover>,
 }
 
 impl GatewayConfig {
@@ -421,6 +424,7 @@ impl GatewayConfig {
         };
         let backoff = Backoff::new(self.reconnect_min, self.reconnect_max, Jitter::from_os());
         SignalingClient::new(now, config, self.ice_servers.clone(), backoff)
+            .with_prover(self.prover.clone())
     }
 
     /// The gateway core's settings.
@@ -514,6 +518,7 @@ impl GatewayConfig {
             reconnect_min,
             reconnect_max,
             signaling_ping,
+            prover: None,
         })
     }
 }
