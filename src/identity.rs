@@ -25,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING};
-use data_encoding::{BASE32_NOPAD, HEXUPPER};
+use data_encoding::{BASE32_NOPAD, BASE64, HEXUPPER};
 use log::{info, warn};
 use x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY;
 use x509_parser::pem::{parse_x509_pem, Pem};
@@ -385,6 +385,17 @@ impl Identity {
         colon_hex(&self.fingerprint)
     }
 
+    /// The signer of ownership proofs for this identity's Remote ID.
+    pub fn prover(&self) -> Result<Prover, IdentityError> {
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.key_der)
+            .map_err(crypto_error("the key cannot sign"))?;
+        Ok(Prover {
+            cert_der: self.cert_der.clone().into(),
+            key: std::sync::Arc::new(key),
+            remote_id: self.remote_id.clone(),
+        })
+    }
+
     /// The certificate for str0m: `RtcConfig::new().set_dtls_cert(identity.dtls_cert())`.
     ///
     /// str0m then presents exactly this certificate in DTLS and puts its SHA-256 fingerprint
@@ -557,6 +568,54 @@ fn tighten_key_mode(path: &Path) {
     }
     #[cfg(not(unix))]
     let _ = path;
+}
+
+/// The Remote ID of a certificate (DER): [`remote_id_from_fingerprint`] of its SHA-256.
+pub fn remote_id_of_certificate(cert_der: &[u8]) -> String {
+    remote_id_from_fingerprint(&sha256(cert_der))
+}
+
+/// Signs ownership proofs for the signaling server (docs/protocol.md#ownership-proof) with the
+/// identity's key. Cheap to clone; its `Debug` shows no key.
+#[derive(Clone)]
+pub struct Prover {
+    cert_der: std::sync::Arc<[u8]>,
+    key: std::sync::Arc<EcdsaKeyPair>,
+    remote_id: String,
+}
+
+impl fmt::Debug for Prover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prover")
+            .field("remote_id", &self.remote_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prover {
+    /// The Remote ID this prover can prove (the certificate's).
+    pub fn remote_id(&self) -> &str {
+        &self.remote_id
+    }
+
+    /// The `proof` of `register-server` for `remote_id` against the server's `nonce`: the
+    /// certificate and an ECDSA P-256 / SHA-256 signature over
+    /// [`crate::signaling::protocol::proof_message`], both base64.
+    pub fn prove(
+        &self,
+        nonce: &str,
+        remote_id: &str,
+    ) -> Result<crate::signaling::protocol::Proof, IdentityError> {
+        let message = crate::signaling::protocol::proof_message(nonce, remote_id);
+        let signature = self
+            .key
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), &message)
+            .map_err(crypto_error("signing the proof failed"))?;
+        Ok(crate::signaling::protocol::Proof {
+            certificate: Some(BASE64.encode(&self.cert_der)),
+            signature: Some(BASE64.encode(signature.as_ref())),
+        })
+    }
 }
 
 /// The Remote ID of a certificate fingerprint: base32 (RFC 4648, upper-case, no padding) of

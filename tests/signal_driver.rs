@@ -68,10 +68,16 @@ fn send(ws: &mut WebSocket<TcpStream>, v: Value) {
     ws.send(Message::text(v.to_string())).unwrap();
 }
 
+/// The next JSON message, skipping control frames and the challenge every socket gets first.
 fn recv(ws: &mut WebSocket<TcpStream>) -> Value {
     loop {
         match read(ws) {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["type"] != "challenge" {
+                    return v;
+                }
+            }
             Message::Ping(_) | Message::Pong(_) => {}
             other => panic!("unexpected {other:?}"),
         }
@@ -185,8 +191,20 @@ fn connection_limit_refuses_extra_connections() {
     }));
 }
 
+/// Read until the close frame; its code.
+fn close_code(ws: &mut WebSocket<TcpStream>) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => return u16::from(frame.code),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
 #[test]
-fn a_peer_that_stops_reading_is_dropped_not_buffered() {
+fn a_client_flooding_a_stuck_gateway_is_closed_and_the_gateway_kept() {
     let r = start(DriverConfig::default());
     // The gateway never reads again: what is relayed to it piles up.
     let _stuck = register(r.addr, "STUCK");
@@ -197,23 +215,77 @@ fn a_peer_that_stops_reading_is_dropped_not_buffered() {
     );
     let sdp = "a".repeat(60 * 1024);
     let mut sent = 0;
-    while online(r.addr, "STUCK") {
-        for _ in 0..20 {
-            send(
-                &mut client,
-                json!({"type": "offer", "data": {"type": "offer", "sdp": sdp}}),
-            );
+    let closed = loop {
+        let offer = json!({"type": "offer", "data": {"type": "offer", "sdp": sdp}});
+        if client.send(Message::text(offer.to_string())).is_err() {
+            break true;
         }
-        sent += 20;
-        assert!(sent < 2000, "the stuck gateway was never dropped");
-    }
-    // The client is told (the session was still pending).
+        sent += 1;
+        if sent % 20 == 0 && !online(r.addr, "STUCK") {
+            break false;
+        }
+        assert!(sent < 4000, "nothing happened to the flooding client");
+    };
+    assert!(closed, "the gateway was dropped instead of the client");
+    assert!(
+        online(r.addr, "STUCK"),
+        "the stuck gateway is still registered"
+    );
+    let code = close_code(&mut client);
+    assert_eq!(code, 1008);
+    eprintln!("the client was closed after {sent} offers of 60 KiB");
+}
+
+#[test]
+fn a_peer_that_stops_reading_is_dropped_not_buffered() {
+    let r = start(DriverConfig::default());
+    let mut gw = register(r.addr, "GW");
+    // The client never reads: what the gateway sends it piles up.
+    let mut stuck = ws(r.addr);
+    send(
+        &mut stuck,
+        json!({"type": "connect-request", "remoteId": "GW"}),
+    );
+    let m = recv(&mut gw);
+    let sid = m["sessionId"].clone();
+    let sdp = "a".repeat(60 * 1024);
+    let mut sent = 0;
     loop {
-        let m = recv(&mut client);
-        if m["type"] == "error" {
-            assert_eq!(m["error"], "Server disconnected");
-            break;
+        send(
+            &mut gw,
+            json!({"type": "answer", "sessionId": sid, "data": {"type": "answer", "sdp": sdp}}),
+        );
+        sent += 1;
+        if sent % 20 == 0 {
+            send(&mut gw, json!({"type": "ping"}));
+            let m = loop {
+                let m = recv(&mut gw);
+                if m["type"] != "error" {
+                    break m;
+                }
+            };
+            if m["type"] == "client-disconnected" {
+                break;
+            }
+            assert_eq!(m["type"], "pong");
         }
+        assert!(sent < 4000, "the stuck client was never dropped");
     }
-    eprintln!("dropped after {sent} offers of 60 KiB");
+    assert!(online(r.addr, "GW"));
+    eprintln!("dropped after {sent} answers of 60 KiB");
+}
+
+#[test]
+fn a_socket_that_takes_no_role_is_closed_after_the_idle_timeout() {
+    let mut config = DriverConfig::default();
+    config.server.idle_timeout = Duration::from_millis(300);
+    let r = start(config);
+    let mut idle = ws(r.addr);
+    let _gw = register(r.addr, "GW");
+    let t0 = Instant::now();
+    assert_eq!(close_code(&mut idle), 1008);
+    eprintln!("closed after {:?}", t0.elapsed());
+    // The gateway is kept.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(online(r.addr, "GW"));
 }

@@ -18,6 +18,9 @@ use tungstenite::{Message, WebSocket};
 const BIN: &str = env!("CARGO_BIN_EXE_ma-webrtc-gateway");
 const GW_ID: &str = "QCPJJTJMI3IDBNURU6XJJENRYU";
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const NOT_FOUND: &str =
+    "Server not found. Make sure your Music Assistant server is running and has Remote Access enabled.";
+const BLOCKED: &str = "Too many failed attempts. You have been temporarily blocked.";
 
 /// One read, retried when a signal interrupts it; 0 on EOF or error.
 fn read_some(r: &mut impl Read, buf: &mut [u8]) -> usize {
@@ -98,16 +101,40 @@ fn start(args: &[&str]) -> Server {
 
 struct Peer {
     ws: WebSocket<TcpStream>,
+    /// The challenge the server sent first (docs/protocol.md#ownership-proof).
+    nonce: String,
 }
 
 impl Peer {
     fn connect(addr: SocketAddr) -> Peer {
+        Peer::connect_with(addr, &[])
+    }
+
+    /// A WebSocket with extra request headers, before anything is read.
+    fn open(addr: SocketAddr, headers: &[(&'static str, &str)]) -> Peer {
+        use tungstenite::client::IntoClientRequest;
         let tcp = TcpStream::connect(addr).unwrap();
         tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        let (ws, _) = tungstenite::client::client(format!("ws://{addr}/ws"), tcp)
-            .expect("WebSocket handshake");
-        Peer { ws }
+        let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().append(*name, value.parse().unwrap());
+        }
+        let (ws, _) = tungstenite::client::client(request, tcp).expect("WebSocket handshake");
+        Peer {
+            ws,
+            nonce: String::new(),
+        }
+    }
+
+    /// Connect with extra request headers; the first message must be the challenge.
+    fn connect_with(addr: SocketAddr, headers: &[(&'static str, &str)]) -> Peer {
+        let mut peer = Peer::open(addr, headers);
+        let challenge = peer.recv();
+        assert_eq!(challenge["type"], "challenge", "{challenge}");
+        assert_eq!(challenge.as_object().unwrap().len(), 2, "{challenge}");
+        peer.nonce = challenge["nonce"].as_str().unwrap().to_string();
+        peer
     }
 
     fn send(&mut self, v: Value) {
@@ -306,10 +333,7 @@ fn full_session_walk() {
     gw.send(json!({"type": "session-ready", "sessionId": sid, "iceServers": []}));
     client.recv_type("connected");
     drop(gw);
-    assert_eq!(
-        client.recv(),
-        json!({"type": "peer-disconnected", "sessionId": sid})
-    );
+    assert_eq!(client.recv(), json!({"type": "peer-disconnected"}));
     assert_eq!(
         get_json(s.addr, &format!("/api/check/{GW_ID}")),
         json!({"online": false})
@@ -357,9 +381,11 @@ fn a_gateway_cannot_address_another_gateways_sessions() {
     client.send(json!({"type": "connect-request", "remoteId": GW_ID}));
     let sid = gw.recv_type("client-connected")["sessionId"].clone();
     intruder.send(json!({"type": "answer", "sessionId": sid, "data": {"sdp": "evil"}}));
-    assert_eq!(intruder.recv_error(), "Session not found");
+    assert_eq!(intruder.recv_error(), "Client not found");
+    // Ignored, as the public server ignores session-ready for a session not pending.
     intruder.send(json!({"type": "session-ready", "sessionId": sid, "iceServers": []}));
-    assert_eq!(intruder.recv_error(), "Session not found");
+    intruder.send(json!({"type": "ping"}));
+    assert_eq!(intruder.recv(), json!({"type": "pong"}));
     gw.send(json!({"type": "session-ready", "sessionId": sid, "iceServers": []}));
     // The first thing the client sees is the real gateway's connected.
     assert_eq!(client.recv_type("connected")["sessionId"], sid);
@@ -378,9 +404,9 @@ fn bad_input_gets_errors_or_a_close_and_never_disturbs_others() {
 
     let mut p = Peer::connect(s.addr);
     p.send_raw(Message::text("this is not JSON"));
-    assert_eq!(p.recv_error(), "Invalid JSON");
+    assert_eq!(p.recv_error(), "Invalid message format");
     p.send_raw(Message::text("[1,2,3]"));
-    assert_eq!(p.recv_error(), "Invalid message: expected a JSON object");
+    assert_eq!(p.recv_error(), "Invalid message format");
     p.send(json!({"type": "launch-missiles"}));
     assert_eq!(p.recv_error(), "Unknown message type: launch-missiles");
     p.send(json!({"remoteId": GW_ID}));
@@ -397,13 +423,13 @@ fn bad_input_gets_errors_or_a_close_and_never_disturbs_others() {
     p.send(json!({"type": "offer", "data": {}}));
     assert_eq!(p.recv_error(), "Not registered");
     p.send(json!({"type": "session-ready", "sessionId": "x"}));
-    assert_eq!(p.recv_error(), "Not registered");
+    assert_eq!(p.recv_error(), "Not a registered server");
     p.send_raw(Message::binary(vec![1u8, 2, 3]));
     assert_eq!(p.recv_error(), "Binary messages are not supported");
     bystander.send(json!({"type": "session-ready"}));
     assert_eq!(bystander.recv_error(), "Session ID required");
     bystander.send(json!({"type": "answer", "sessionId": "unknown", "data": {}}));
-    assert_eq!(bystander.recv_error(), "Session not found");
+    assert_eq!(bystander.recv_error(), "Client not found");
 
     // An oversized message closes that connection with 1009.
     let mut big = Peer::connect(s.addr);
@@ -483,10 +509,12 @@ fn brute_forcing_remote_ids_closes_with_4008() {
     }
     p.send(json!({"type": "connect-request", "remoteId": "GUESS3"}));
     assert!(p.recv_error().starts_with("Server not found."));
+    assert_eq!(p.recv_error(), BLOCKED);
     assert_eq!(p.recv_close().code, CloseCode::from(4008));
     // Blocked now, even for an existing ID, and over HTTP too.
     let mut again = Peer::connect(s.addr);
     again.send(json!({"type": "connect-request", "remoteId": GW_ID}));
+    assert_eq!(again.recv(), json!({"type": "error", "error": BLOCKED}));
     assert_eq!(again.recv_close().code, CloseCode::from(4008));
     assert_eq!(
         get(s.addr, &format!("/api/check/{GW_ID}")).0,
@@ -627,6 +655,10 @@ fn tls_serves_https_and_wss() {
     ))
     .unwrap();
     match read(&mut wss) {
+        Message::Text(t) => assert!(t.as_str().starts_with(r#"{"type":"challenge""#), "{t}"),
+        other => panic!("{other:?}"),
+    }
+    match read(&mut wss) {
         Message::Text(t) => {
             assert_eq!(
                 serde_json::from_str::<Value>(t.as_str()).unwrap(),
@@ -643,4 +675,222 @@ fn tls_serves_https_and_wss() {
     let mut buf = Vec::new();
     let _ = plain.read_to_end(&mut buf);
     assert!(!String::from_utf8_lossy(&buf).contains("\"status\""));
+}
+
+/// Every message and error text of docs/protocol.md#compatibility, compared as whole JSON with
+/// what the public server sends, driven by plain WebSocket clients.
+#[test]
+fn drop_in_compatible_with_the_public_server() {
+    let s = start(&[]);
+    let err = |text: &str| json!({"type": "error", "error": text});
+    let ice = json!([{"urls": "stun:stun.example:3478"}]);
+    let mut gw = Peer::connect(s.addr);
+    gw.send(
+        json!({"type": "register-server", "remoteId": GW_ID.to_lowercase(), "iceServers": ice}),
+    );
+    assert_eq!(gw.recv(), json!({"type": "registered", "remoteId": GW_ID}));
+
+    let mut p = Peer::connect(s.addr);
+    p.send_raw(Message::text("{not json"));
+    assert_eq!(p.recv(), err("Invalid message format"));
+    p.send(json!({"type": "fly"}));
+    assert_eq!(p.recv(), err("Unknown message type: fly"));
+    p.send(json!({"type": "register-server"}));
+    assert_eq!(p.recv(), err("Remote ID required"));
+    p.send(json!({"type": "connect-request"}));
+    assert_eq!(p.recv(), err("Remote ID required"));
+    p.send(json!({"type": "connect-request", "remoteId": "OFFLINE"}));
+    assert_eq!(p.recv(), err(NOT_FOUND));
+    p.send(json!({"type": "session-ready"}));
+    assert_eq!(p.recv(), err("Session ID required"));
+    p.send(json!({"type": "session-ready", "sessionId": "abc"}));
+    assert_eq!(p.recv(), err("Not a registered server"));
+    for kind in ["offer", "answer", "ice-candidate"] {
+        p.send(json!({"type": kind, "data": {}}));
+        assert_eq!(p.recv(), err("Not registered"));
+    }
+    // From a gateway: without sessionId, and for a session that does not exist.
+    gw.send(json!({"type": "answer", "data": {}}));
+    assert_eq!(gw.recv(), err("Session ID required"));
+    gw.send(json!({"type": "ice-candidate", "sessionId": "nosuchsession", "data": {}}));
+    assert_eq!(gw.recv(), err("Client not found"));
+    // session-ready for a session that is not pending: ignored.
+    gw.send(json!({"type": "session-ready", "sessionId": "nosuchsession", "iceServers": []}));
+    gw.send(json!({"type": "ping"}));
+    assert_eq!(gw.recv(), json!({"type": "pong"}));
+
+    // A session: client-connected, connected with the fresh list, relays in both directions.
+    let mut client = Peer::connect(s.addr);
+    client.send(json!({"type": "connect-request", "remoteId": GW_ID}));
+    let cc = gw.recv();
+    let sid = cc["sessionId"].as_str().unwrap().to_string();
+    assert_eq!(cc, json!({"type": "client-connected", "sessionId": sid}));
+    let fresh = json!([{"urls": "turn:t.example", "username": "u", "credential": "c"}]);
+    gw.send(json!({"type": "session-ready", "sessionId": sid, "iceServers": fresh}));
+    assert_eq!(
+        client.recv(),
+        json!({"type": "connected", "remoteId": GW_ID, "sessionId": sid, "iceServers": fresh})
+    );
+    client.send(json!({"type": "offer", "data": {"type": "offer", "sdp": "v=0"}}));
+    assert_eq!(
+        gw.recv(),
+        json!({"type": "offer", "sessionId": sid, "remoteId": GW_ID, "data": {"type": "offer", "sdp": "v=0"}})
+    );
+    gw.send(json!({"type": "answer", "sessionId": sid, "data": {"type": "answer", "sdp": "v=1"}}));
+    assert_eq!(
+        client.recv(),
+        json!({"type": "answer", "sessionId": sid, "data": {"type": "answer", "sdp": "v=1"}})
+    );
+    // A pending client next to the connected one.
+    let mut pending = Peer::connect(s.addr);
+    pending.send(json!({"type": "connect-request", "remoteId": GW_ID}));
+    assert_eq!(gw.recv()["type"], "client-connected");
+
+    // The gateway is replaced from a new socket (close 4000): the connected client gets
+    // peer-disconnected, the pending one the error.
+    let mut new_gw = Peer::register(s.addr, GW_ID, json!([]));
+    assert_eq!(gw.recv_close().code, CloseCode::from(4000));
+    assert_eq!(client.recv(), json!({"type": "peer-disconnected"}));
+    assert_eq!(pending.recv(), err("Server disconnected"));
+    // A client whose gateway is gone.
+    client.send(json!({"type": "ice-candidate", "data": {}}));
+    assert_eq!(client.recv(), err("Server disconnected"));
+
+    // The same when the gateway's socket just closes.
+    let mut client = Peer::connect(s.addr);
+    client.send(json!({"type": "connect-request", "remoteId": GW_ID}));
+    let sid = new_gw.recv_type("client-connected")["sessionId"].clone();
+    new_gw.send(json!({"type": "session-ready", "sessionId": sid}));
+    client.recv_type("connected");
+    let mut pending = Peer::connect(s.addr);
+    pending.send(json!({"type": "connect-request", "remoteId": GW_ID}));
+    new_gw.recv_type("client-connected");
+    // A client leaving is reported to its gateway first.
+    let mut leaving = Peer::connect(s.addr);
+    leaving.send(json!({"type": "connect-request", "remoteId": GW_ID}));
+    let left = new_gw.recv_type("client-connected")["sessionId"].clone();
+    drop(leaving);
+    assert_eq!(
+        new_gw.recv(),
+        json!({"type": "client-disconnected", "sessionId": left})
+    );
+    drop(new_gw);
+    assert_eq!(client.recv(), json!({"type": "peer-disconnected"}));
+    assert_eq!(pending.recv(), err("Server disconnected"));
+    let health = get_json(s.addr, "/health");
+    assert_eq!(
+        health.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec!["clients", "pendingClients", "servers", "status", "version"]
+    );
+    assert_eq!(
+        get_json(s.addr, &format!("/api/check/{GW_ID}")),
+        json!({"online": false})
+    );
+}
+
+fn proof(prover: &ma_webrtc_gateway::identity::Prover, peer: &Peer, id: &str) -> Value {
+    serde_json::to_value(prover.prove(&peer.nonce, id).unwrap()).unwrap()
+}
+
+#[test]
+fn a_proven_remote_id_cannot_be_taken_over() {
+    let s = start(&[]);
+    let identity = ma_webrtc_gateway::identity::Identity::generate().unwrap();
+    let prover = identity.prover().unwrap();
+    let id = identity.remote_id.clone();
+    let mut owner = Peer::connect(s.addr);
+    let p = proof(&prover, &owner, &id);
+    owner.send(json!({"type": "register-server", "remoteId": id, "iceServers": [], "proof": p}));
+    assert_eq!(owner.recv(), json!({"type": "registered", "remoteId": id}));
+    // A squatter without proof, and one replaying the owner's proof on its own socket.
+    for replay in [None, Some(p)] {
+        let mut squatter = Peer::connect(s.addr);
+        let mut msg = json!({"type": "register-server", "remoteId": id, "iceServers": []});
+        if let Some(p) = replay {
+            msg["proof"] = p;
+        }
+        squatter.send(msg);
+        assert_eq!(
+            squatter.recv(),
+            json!({"type": "error", "error": "Remote ID is owned by another server"})
+        );
+        assert_eq!(squatter.recv_close().code, CloseCode::from(4003));
+    }
+    // The owner is undisturbed and still gets its clients.
+    let mut client = Peer::connect(s.addr);
+    client.send(json!({"type": "connect-request", "remoteId": id}));
+    assert_eq!(
+        owner.recv_type("client-connected")["type"],
+        "client-connected"
+    );
+    // The owner, restarted with a new socket, proves itself again and takes over.
+    let mut restarted = Peer::connect(s.addr);
+    let p = proof(&prover, &restarted, &id);
+    restarted.send(json!({"type": "register-server", "remoteId": id, "proof": p}));
+    assert_eq!(restarted.recv_type("registered")["remoteId"], id.as_str());
+    assert_eq!(owner.recv_close().code, CloseCode::from(4000));
+}
+
+#[test]
+fn sockets_per_ip_are_capped() {
+    let s = start(&["--max-sockets-per-ip", "2", "--limit-loopback", "true"]);
+    let first = Peer::connect(s.addr);
+    let _second = Peer::connect(s.addr);
+    // Refused at accept: a 429 if the client reads it before the reset, never a 200.
+    let refused = || {
+        let mut tcp = TcpStream::connect(s.addr).unwrap();
+        tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let _ = tcp.write_all(b"GET /health HTTP/1.1\r\n\r\n");
+        let mut raw = [0u8; 64];
+        let n = read_some(&mut tcp, &mut raw);
+        String::from_utf8_lossy(&raw[..n]).into_owned()
+    };
+    let status = refused();
+    assert!(
+        status.is_empty() || status.starts_with("HTTP/1.1 429"),
+        "{status}"
+    );
+    drop(first);
+    let mut ok = false;
+    for _ in 0..100 {
+        if refused().starts_with("HTTP/1.1 200 OK") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ok, "a closed socket frees its place");
+}
+
+#[test]
+fn behind_a_trusted_proxy_each_forwarded_client_is_limited_alone() {
+    let s = start(&[
+        "--trusted-proxy",
+        "127.0.0.1",
+        "--max-sockets-per-ip",
+        "1",
+        "--limit-loopback",
+        "true",
+    ]);
+    let xff = "X-Forwarded-For";
+    let _a = Peer::connect_with(s.addr, &[(xff, "203.0.113.1")]);
+    let _b = Peer::connect_with(s.addr, &[(xff, "203.0.113.2")]);
+    let _c = Peer::connect_with(s.addr, &[("Forwarded", "for=\"[2001:db8:1:2::1]:443\"")]);
+    // The same client again (a spoofed leftmost hop changes nothing): closed at once.
+    let mut again = Peer::open(s.addr, &[(xff, "198.51.100.7, 203.0.113.1")]);
+    assert_eq!(again.recv_close().code, CloseCode::Policy);
+    // The same /64 is one client.
+    let mut same64 = Peer::open(s.addr, &[(xff, "2001:db8:1:2:ffff::9")]);
+    assert_eq!(same64.recv_close().code, CloseCode::Policy);
+
+    // Without --trusted-proxy the headers are not believed: the TCP peer is the client.
+    let direct = start(&["--max-sockets-per-ip", "1", "--limit-loopback", "true"]);
+    let _one = Peer::connect_with(direct.addr, &[(xff, "203.0.113.1")]);
+    let tcp = TcpStream::connect(direct.addr).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let refused = tungstenite::client::client(format!("ws://{}/ws", direct.addr), tcp);
+    assert!(
+        refused.is_err(),
+        "a second socket from 127.0.0.1 is refused"
+    );
 }

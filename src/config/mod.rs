@@ -168,6 +168,15 @@ pub struct SignalArgs {
     /// Apply the rate limits to loopback clients too (exempt by default).
     #[arg(long, env = "MA_SIGNAL_LIMIT_LOOPBACK", default_value = "false")]
     pub limit_loopback: String,
+
+    /// Sockets one IP (IPv4 address, IPv6 /64) may have open at once (0 = unlimited).
+    #[arg(long, env = "MA_SIGNAL_MAX_SOCKETS_PER_IP", default_value = "32")]
+    pub max_sockets_per_ip: String,
+
+    /// Reverse proxies (CIDR or address, comma-separated) whose X-Forwarded-For / Forwarded
+    /// headers name the client; no other peer's headers are believed.
+    #[arg(long, env = "MA_SIGNAL_TRUSTED_PROXY", default_value = "")]
+    pub trusted_proxy: String,
 }
 
 /// A configuration value that could not be used: names the variable and why.
@@ -382,6 +391,9 @@ pub struct GatewayConfig {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub signaling_ping: Duration,
+    /// Signs ownership proofs for servers that challenge (docs/protocol.md#ownership-proof);
+    /// set from the identity once it is loaded.
+    pub prover: Option<crate::identity::Prover>,
 }
 
 impl GatewayConfig {
@@ -412,6 +424,7 @@ impl GatewayConfig {
         };
         let backoff = Backoff::new(self.reconnect_min, self.reconnect_max, Jitter::from_os());
         SignalingClient::new(now, config, self.ice_servers.clone(), backoff)
+            .with_prover(self.prover.clone())
     }
 
     /// The gateway core's settings.
@@ -505,6 +518,7 @@ impl GatewayConfig {
             reconnect_min,
             reconnect_max,
             signaling_ping,
+            prover: None,
         })
     }
 }

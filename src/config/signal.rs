@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use super::{bad, ConfigError, SignalArgs};
+use crate::signaling::server::limits::parse_cidrs;
 use crate::signaling::server::ServerConfig;
 
 /// Validated settings of the signaling server.
@@ -116,6 +117,14 @@ impl SignalConfig {
             "limit-loopback",
             &a.limit_loopback,
         )?;
+        let max_sockets_per_ip = number(
+            "MA_SIGNAL_MAX_SOCKETS_PER_IP",
+            "max-sockets-per-ip",
+            &a.max_sockets_per_ip,
+            1_000_000,
+        )?;
+        let trusted_proxies = parse_cidrs(&a.trusted_proxy)
+            .map_err(|e| bad("MA_SIGNAL_TRUSTED_PROXY", "trusted-proxy", e))?;
         Ok(SignalConfig {
             listen,
             tls,
@@ -124,6 +133,8 @@ impl SignalConfig {
                 rate_limit: rate_limit as u32,
                 lookup_limit: lookup_limit as u32,
                 limit_loopback,
+                max_sockets_per_ip: max_sockets_per_ip as usize,
+                trusted_proxies,
                 ..ServerConfig::default()
             },
         })
@@ -158,6 +169,8 @@ mod tests {
         assert_eq!(c.server.rate_limit, 100);
         assert_eq!(c.server.lookup_limit, 10);
         assert!(!c.server.limit_loopback);
+        assert_eq!(c.server.max_sockets_per_ip, 32);
+        assert!(c.server.trusted_proxies.is_empty());
     }
 
     #[test]
@@ -204,6 +217,24 @@ mod tests {
         assert_eq!(
             parse(&["--tls-key", "k.pem"]).unwrap_err().var,
             "MA_SIGNAL_TLS_CERT"
+        );
+        let c = parse(&[
+            "--trusted-proxy",
+            "127.0.0.1, 10.0.0.0/8,fd00::/8",
+            "--max-sockets-per-ip",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(c.server.trusted_proxies.len(), 3);
+        assert!(c.server.trusted_proxies[1].contains("10.9.8.7".parse().unwrap()));
+        assert_eq!(c.server.max_sockets_per_ip, 5);
+        assert_eq!(
+            parse(&["--trusted-proxy", "10.0.0.0/40"]).unwrap_err().var,
+            "MA_SIGNAL_TRUSTED_PROXY"
+        );
+        assert_eq!(
+            parse(&["--max-sockets-per-ip", "x"]).unwrap_err().var,
+            "MA_SIGNAL_MAX_SOCKETS_PER_IP"
         );
         assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"])
             .unwrap()

@@ -74,7 +74,16 @@ pub fn run(config: GatewayConfig, identity: Identity, remote_id: String) -> i32 
 }
 
 impl Driver {
-    fn new(config: GatewayConfig, identity: Identity, remote_id: String) -> Result<Driver, String> {
+    fn new(
+        mut config: GatewayConfig,
+        identity: Identity,
+        remote_id: String,
+    ) -> Result<Driver, String> {
+        // Proofs of our Remote ID for signaling servers that ask (docs/protocol.md#ownership-proof).
+        config.prover = identity
+            .prover()
+            .inspect_err(|e| log::warn!("cannot prove the Remote ID to the signaling server: {e}"))
+            .ok();
         log::info!(
             "Remote ID {remote_id} ({}), fingerprint sha-256 {}",
             crate::identity::display_remote_id(&remote_id),

@@ -41,6 +41,9 @@ const FIRST_CONN: usize = 3;
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Bytes a connection may have queued towards its peer; a reader slower than that is closed.
 pub const MAX_WRITE_BUFFER: usize = 256 * 1024;
+/// Bytes of relayed client messages a gateway's queue may hold; a client whose message does not
+/// fit is closed, and the gateway keeps the rest of its queue for everything else.
+pub const RELAY_BUDGET: usize = MAX_WRITE_BUFFER / 2;
 /// Messages read from one connection before the others get a turn.
 const READS_PER_TURN: usize = 64;
 /// Reads of a draining socket per event (the deadline ends a peer that keeps sending).
@@ -117,7 +120,12 @@ impl Phase {
 
 struct Conn {
     phase: Phase,
+    /// The TCP peer until the request head is read, then the client's address (behind a
+    /// trusted proxy, the one it forwards).
     ip: IpAddr,
+    /// Bytes written to the WebSocket since its queue was last seen empty (an upper bound of
+    /// what it holds).
+    queued: usize,
     /// Ends every phase but `Ws`.
     deadline: Instant,
     last_rx: Instant,
@@ -315,6 +323,17 @@ impl Driver {
                 }
                 continue;
             }
+            let token = Token(self.next_token);
+            self.next_token += 1;
+            if !self.server.handle_accept(now, conn_id(token), addr.ip()) {
+                if self.config.tls.is_none() {
+                    let mut tcp = tcp;
+                    let _ = tcp.write(
+                        b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                    );
+                }
+                continue;
+            }
             let _ = tcp.set_nodelay(true);
             let mut stream = match &self.config.tls {
                 None => Stream::Plain(tcp),
@@ -322,18 +341,18 @@ impl Driver {
                     Ok(c) => Stream::Tls(Box::new(TlsStream::new(tcp, c))),
                     Err(e) => {
                         log::warn!("signal: TLS setup failed: {e}");
+                        self.server.handle_closed(now, conn_id(token));
                         continue;
                     }
                 },
             };
-            let token = Token(self.next_token);
-            self.next_token += 1;
             if let Err(e) = self.poll.registry().register(
                 &mut stream,
                 token,
                 Interest::READABLE | Interest::WRITABLE,
             ) {
                 log::warn!("signal: cannot register a connection: {e}");
+                self.server.handle_closed(now, conn_id(token));
                 continue;
             }
             self.conns.insert(
@@ -344,6 +363,7 @@ impl Driver {
                         buf: Vec::new(),
                     },
                     ip: addr.ip(),
+                    queued: 0,
                     deadline: now + self.config.head_timeout,
                     last_rx: now,
                     next_ping: now,
@@ -383,7 +403,8 @@ impl Driver {
                         Ok(true) => {}
                         Err(_) => return self.release(Phase::Head { stream, buf }),
                     }
-                    let (out, upgrade) = self.respond(&buf, conn.ip, now);
+                    let (out, upgrade, client) = self.respond(&buf, conn.ip, now);
+                    conn.ip = client;
                     Phase::Respond {
                         stream,
                         out,
@@ -445,7 +466,10 @@ impl Driver {
                     let outcome = self.read_ws(token, &mut ws, conn.ip, &mut conn.last_rx, now);
                     let outcome = match outcome {
                         WsOutcome::Open => match ws.flush() {
-                            Ok(()) => WsOutcome::Open,
+                            Ok(()) => {
+                                conn.queued = 0;
+                                WsOutcome::Open
+                            }
                             Err(e) if would_block(&e) => WsOutcome::Open,
                             Err(_) => WsOutcome::Gone,
                         },
@@ -504,12 +528,39 @@ impl Driver {
         }
     }
 
-    /// The response to a complete (or oversized) request head, and the upgrade leftovers.
-    fn respond(&mut self, buf: &[u8], ip: IpAddr, now: Instant) -> (Vec<u8>, Option<Vec<u8>>) {
-        let (route, head_len) = match http::parse(buf) {
-            Parsed::Done { route, head_len } => (route, head_len),
-            Parsed::Partial => return (http::head_too_large(), None),
+    /// The response to a complete (or oversized) request head from TCP peer `peer`, the
+    /// upgrade leftovers, and the client's address.
+    fn respond(
+        &mut self,
+        buf: &[u8],
+        peer: IpAddr,
+        now: Instant,
+    ) -> (Vec<u8>, Option<Vec<u8>>, IpAddr) {
+        let (route, head_len, ip) = match http::parse(buf) {
+            Parsed::Done {
+                route,
+                head_len,
+                forwarded,
+            } => (
+                route,
+                head_len,
+                self.server.client_address(peer, &forwarded),
+            ),
+            Parsed::Partial => return (http::head_too_large(), None, peer),
         };
+        let (out, upgrade) = self.route(route, buf, head_len, ip, now);
+        (out, upgrade, ip)
+    }
+
+    /// The response to a routed request from client `ip`, and the upgrade leftovers.
+    fn route(
+        &mut self,
+        route: Route,
+        buf: &[u8],
+        head_len: usize,
+        ip: IpAddr,
+        now: Instant,
+    ) -> (Vec<u8>, Option<Vec<u8>>) {
         match route {
             Route::Respond(bytes) => (bytes, None),
             Route::Health { head_only } => {
@@ -597,22 +648,34 @@ impl Driver {
     fn process_outputs(&mut self, now: Instant) -> Option<Instant> {
         loop {
             let mut dropped = Vec::new();
+            let mut refused = Vec::new();
             let deadline = loop {
                 let out = match self.server.poll_output() {
                     Next::Output(out) => out,
                     Next::Timeout(deadline) => break deadline,
                 };
                 match out {
-                    Output::Send { conn, text } => {
+                    Output::Send {
+                        conn,
+                        text,
+                        relayed_from,
+                    } => {
                         let token = Token(conn as usize);
                         let Some(Conn {
                             phase: Phase::Ws(ws),
                             ip,
+                            queued,
                             ..
                         }) = self.conns.get_mut(&token)
                         else {
                             continue;
                         };
+                        if relayed_from.is_some() && *queued + text.len() > RELAY_BUDGET {
+                            // The client floods a gateway that cannot keep up: the client goes.
+                            refused.extend(relayed_from);
+                            continue;
+                        }
+                        *queued += text.len();
                         match ws.write(Message::text(text)) {
                             Ok(()) => {}
                             Err(e) if would_block(&e) => {}
@@ -646,8 +709,11 @@ impl Driver {
                     }
                 }
             };
-            if dropped.is_empty() && self.dirty.is_empty() {
+            if dropped.is_empty() && refused.is_empty() && self.dirty.is_empty() {
                 return deadline;
+            }
+            for from in refused {
+                self.server.handle_relay_refused(now, from);
             }
             // Dropping and flushing may close connections, which the server hears about.
             for token in dropped {
@@ -665,8 +731,9 @@ impl Driver {
             None => return,
             Some(Conn {
                 phase: Phase::Ws(ws),
+                queued,
                 ..
-            }) => ws.flush(),
+            }) => ws.flush().inspect(|()| *queued = 0),
             // Closing and the HTTP phases flush as part of advancing.
             Some(_) => return self.on_ready(token, now),
         };

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::backoff::Backoff;
+use crate::identity::Prover;
 use crate::machine::{Machine, Next};
 use crate::signaling::protocol::{
-    escaped, FromServer, ParseError, Relay, SessionId, ToServer, CLOSE_REPLACED,
+    escaped, FromServer, ParseError, Relay, SessionId, ToServer, CLOSE_OWNED, CLOSE_REPLACED,
 };
 
 /// How long the signaling server waits for `session-ready` before it falls back.
@@ -29,6 +30,9 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 pub const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// Pending `session-ready` replies tracked at once.
 const MAX_PENDING_READY: usize = 1024;
+/// Once a server has challenged us, how long a new connection waits for its challenge before
+/// registering without proof (docs/protocol.md#ownership-proof).
+pub const CHALLENGE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -106,6 +110,14 @@ pub struct SignalingClient {
     out: VecDeque<Output>,
     /// `client-connected` sessions waiting for `session-ready`, with their deadline.
     pending_ready: HashMap<SessionId, Instant>,
+    /// Signs ownership proofs, when we hold the certificate of our Remote ID.
+    prover: Option<Prover>,
+    /// The challenge of the open connection.
+    nonce: Option<String>,
+    /// This server has sent a challenge before: it knows the ownership-proof extension.
+    server_challenges: bool,
+    /// Waiting for the challenge before registering (see [`CHALLENGE_WAIT`]) until then.
+    register_at: Option<Instant>,
 }
 
 fn without_session_id(kind: &str) {
@@ -134,7 +146,18 @@ impl SignalingClient {
             backoff,
             out: VecDeque::new(),
             pending_ready: HashMap::new(),
+            prover: None,
+            nonce: None,
+            server_challenges: false,
+            register_at: None,
         }
+    }
+
+    /// Prove ownership of the Remote ID to servers that challenge us (docs/protocol.md#ownership-proof):
+    /// used only when `prover` holds the certificate of our Remote ID (not for an override).
+    pub fn with_prover(mut self, prover: Option<Prover>) -> SignalingClient {
+        self.prover = prover.filter(|p| p.remote_id().eq_ignore_ascii_case(&self.config.remote_id));
+        self
     }
 
     pub fn remote_id(&self) -> &str {
@@ -155,7 +178,7 @@ impl SignalingClient {
     /// once on an open connection (the server then only updates it).
     pub fn handle_ice_servers(&mut self, _now: Instant, ice_servers: Value) {
         self.ice_servers = ice_servers;
-        if matches!(self.state, State::Open { .. }) {
+        if matches!(self.state, State::Open { .. }) && self.register_at.is_none() {
             self.send_register();
         }
     }
@@ -172,6 +195,7 @@ impl SignalingClient {
         self.pending_ready
             .values()
             .copied()
+            .chain(self.register_at)
             .fold(state_deadline, Instant::min)
     }
 
@@ -189,15 +213,48 @@ impl SignalingClient {
             last_rx: now,
             next_ping: now + self.config.ping_interval,
         };
-        self.send_register();
+        self.nonce = None;
+        // Register at once, unless this server is known to challenge and we can prove: then
+        // the proven registration waits (briefly) for this socket's challenge.
+        match self.server_challenges && self.prover.is_some() {
+            true => self.register_at = Some(now + CHALLENGE_WAIT),
+            false => self.send_register(),
+        }
     }
 
+    /// `register-server`, with a proof when this socket was challenged and we can prove.
     fn send_register(&mut self) {
+        self.register_at = None;
+        let proof = match (&self.prover, &self.nonce) {
+            (Some(prover), Some(nonce)) => prover
+                .prove(nonce, &self.config.remote_id)
+                .inspect_err(|e| log::warn!("signaling: cannot prove our Remote ID: {e}"))
+                .ok(),
+            _ => None,
+        };
         let msg = ToServer::RegisterServer {
             remote_id: Some(self.config.remote_id.clone()),
             ice_servers: Some(self.ice_servers.clone()),
+            proof,
         };
         self.out.push_back(Output::Send(msg.to_text()));
+    }
+
+    /// The server's challenge: register again with proof (on the public protocol, registering
+    /// again on the same socket only updates the ICE servers).
+    fn on_challenge(&mut self, nonce: Option<String>) {
+        let Some(nonce) = nonce.filter(|n| !n.is_empty() && n.len() <= 1024) else {
+            return log::debug!("signaling: a challenge without a usable nonce; ignored");
+        };
+        self.server_challenges = true;
+        if self.prover.is_none() {
+            return log::debug!(
+                "signaling: challenged, but our Remote ID is not our certificate's; no proof"
+            );
+        }
+        log::debug!("signaling: challenged; registering with proof of our Remote ID");
+        self.nonce = Some(nonce);
+        self.send_register();
     }
 
     /// A frame other than text arrived (ping, pong, binary): the connection is alive.
@@ -229,7 +286,29 @@ impl SignalingClient {
     fn lost(&mut self, now: Instant, code: Option<u16>) {
         let was_registered = self.is_registered();
         let was_open = matches!(self.state, State::Open { .. });
-        let delay = if code == Some(CLOSE_REPLACED) {
+        let delay = if code == Some(CLOSE_OWNED) && self.prover.is_none() {
+            let d = self.backoff.replaced_delay();
+            log::warn!(
+                "signaling: the server refused Remote ID {} (close 4003): a gateway that proved it \
+                 owns that ID is online, and this one cannot prove it (the ID is not its \
+                 certificate's). Retrying in {:.0} s.",
+                self.config.remote_id,
+                d.as_secs_f64()
+            );
+            d
+        } else if code == Some(CLOSE_OWNED) {
+            // We registered before this socket's challenge arrived while a proven registration
+            // (most likely our own previous process) was still online; from now on a new
+            // connection waits for the challenge and registers with proof.
+            let d = self.backoff.next_delay();
+            log::warn!(
+                "signaling: Remote ID {} is held by a proven registration (close 4003); \
+                 reconnecting in {:.1} s to register with proof",
+                self.config.remote_id,
+                d.as_secs_f64()
+            );
+            d
+        } else if code == Some(CLOSE_REPLACED) {
             let d = self.backoff.replaced_delay();
             log::warn!(
                 "signaling: another gateway registered Remote ID {} and replaced this one (close 4000). \
@@ -249,6 +328,8 @@ impl SignalingClient {
         };
         self.state = State::Waiting { at: now + delay };
         self.pending_ready.clear();
+        self.nonce = None;
+        self.register_at = None;
         if was_open {
             self.out.push_back(Output::Event(Event::Lost));
         }
@@ -296,6 +377,7 @@ impl SignalingClient {
             }
             FromServer::Ping => self.out.push_back(Output::Send(ToServer::Pong.to_text())),
             FromServer::Pong => {}
+            FromServer::Challenge { nonce } => self.on_challenge(nonce),
             FromServer::ClientConnected { session_id } => {
                 let Some(session_id) = session_id else {
                     return without_session_id("client-connected");
@@ -445,6 +527,13 @@ impl Machine for SignalingClient {
     /// Connect when the wait is over, give up on a connection attempt or a silent socket, ping,
     /// forget sessions whose `session-ready` window closed.
     fn handle_timeout(&mut self, now: Instant) {
+        let open = matches!(self.state, State::Open { .. });
+        if open && self.register_at.is_some_and(|at| now >= at) {
+            log::info!(
+                "signaling: no challenge within {CHALLENGE_WAIT:?}; registering without proof"
+            );
+            self.send_register();
+        }
         match self.state {
             State::Waiting { at } if now >= at => {
                 self.state = State::Connecting {
@@ -850,5 +939,152 @@ mod tests {
                 session_id: sid(&max)
             })]
         );
+    }
+
+    fn proving_client(now: Instant) -> (SignalingClient, crate::identity::Identity) {
+        let identity = crate::identity::Identity::generate().unwrap();
+        let mut c = SignalingClient::new(
+            now,
+            ClientConfig {
+                remote_id: identity.remote_id.clone(),
+                ping_interval: Duration::from_secs(35),
+                connect_timeout: CONNECT_TIMEOUT,
+            },
+            json!([]),
+            Backoff::new(
+                Duration::from_secs(10),
+                Duration::from_secs(300),
+                Jitter::seeded(3),
+            ),
+        )
+        .with_prover(identity.prover().ok());
+        c.handle_timeout(now);
+        assert_eq!(drain(&mut c), vec![Output::Connect]);
+        (c, identity)
+    }
+
+    #[test]
+    fn a_challenge_is_ignored_without_a_matching_certificate() {
+        let (mut c, t0) = registered();
+        c.handle_text(t0, r#"{"type":"challenge","nonce":"bm9uY2Vub25jZW5vbmNl"}"#);
+        assert!(drain(&mut c).is_empty());
+        // An overridden Remote ID is never proven with the certificate of another.
+        let other = crate::identity::Identity::generate().unwrap();
+        let c = client(t0).with_prover(other.prover().ok());
+        assert!(c.prover.is_none());
+    }
+
+    #[test]
+    fn the_gateway_proves_its_remote_id_whenever_challenged() {
+        use crate::signaling::server::proof::verify;
+        let t0 = Instant::now();
+        let (mut c, identity) = proving_client(t0);
+        let id = identity.remote_id.clone();
+        // First connection: registers at once (the public server never challenges) ...
+        c.handle_open(t0);
+        let sent = sent_json(&drain(&mut c));
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].get("proof").is_none());
+        // ... and again with proof when the challenge comes, before or after `registered`.
+        c.handle_text(
+            t0,
+            &json!({"type": "challenge", "nonce": "n1n1n1n1n1n1n1n1n1n1"}).to_string(),
+        );
+        let sent = sent_json(&drain(&mut c));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0]["type"], "register-server");
+        let proof: crate::signaling::protocol::Proof =
+            serde_json::from_value(sent[0]["proof"].clone()).unwrap();
+        assert_eq!(verify(&proof, "n1n1n1n1n1n1n1n1n1n1", &id), Ok(()));
+        c.handle_text(
+            t0,
+            &json!({"type": "registered", "remoteId": id}).to_string(),
+        );
+        assert_eq!(drain(&mut c).len(), 1, "one Registered event");
+
+        // Refused (close 4003: registered before the challenge while a proven registration
+        // was online): the normal backoff, and the next connection waits for the challenge.
+        c.handle_closed(
+            t0,
+            Some(CLOSE_OWNED),
+            "Remote ID is owned by another server",
+        );
+        assert!(drain(&mut c).contains(&Output::Event(Event::Lost)));
+        let delay = delay_until_connect(&mut c, t0);
+        assert!(delay <= Duration::from_secs(15), "{delay:?}");
+        let t1 = t0 + delay;
+        c.handle_open(t1);
+        assert!(drain(&mut c).is_empty(), "waits for the challenge");
+        assert_eq!(deadline(&mut c), t1 + CHALLENGE_WAIT);
+        c.handle_text(
+            t1,
+            &json!({"type": "challenge", "nonce": "n2n2n2n2n2n2n2n2n2n2"}).to_string(),
+        );
+        let sent = sent_json(&drain(&mut c));
+        let proof: crate::signaling::protocol::Proof =
+            serde_json::from_value(sent[0]["proof"].clone()).unwrap();
+        assert_eq!(verify(&proof, "n2n2n2n2n2n2n2n2n2n2", &id), Ok(()));
+
+        // A server that stops challenging still gets a registration, after the wait.
+        c.handle_closed(t1, None, "");
+        drain(&mut c);
+        let t2 = t1 + delay_until_connect(&mut c, t1);
+        c.handle_open(t2);
+        assert!(drain(&mut c).is_empty());
+        c.handle_timeout(t2 + CHALLENGE_WAIT);
+        let sent = sent_json(&drain(&mut c));
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].get("proof").is_none());
+    }
+
+    /// Our gateway against our server, wired together in memory: it ends up proven, and a
+    /// squatter without proof cannot take its Remote ID.
+    #[test]
+    fn against_our_server_the_gateway_ends_up_proven() {
+        use crate::signaling::server::{Output as S, ServerConfig, SignalServer};
+        let t0 = Instant::now();
+        let (mut c, identity) = proving_client(t0);
+        let id = identity.remote_id.clone();
+        let mut server = SignalServer::new(t0, ServerConfig::default());
+        // The server's challenge goes out on open; the gateway's register-server may cross it.
+        server.handle_open(t0, 1, "192.0.2.1".parse().unwrap());
+        c.handle_open(t0);
+        let mut to_client = Vec::new();
+        for _ in 0..4 {
+            for out in drain(&mut c) {
+                if let Output::Send(text) = out {
+                    server.handle_text(t0, 1, &text);
+                }
+            }
+            while let Some(out) = server.poll_output().output() {
+                if let S::Send { conn: 1, text, .. } = out {
+                    to_client.push(text);
+                }
+            }
+            for text in to_client.drain(..) {
+                c.handle_text(t0, &text);
+            }
+        }
+        assert!(c.is_registered());
+        // A squatter without proof is refused.
+        server.handle_open(t0, 2, "203.0.113.9".parse().unwrap());
+        server.handle_text(
+            t0,
+            2,
+            &json!({"type": "register-server", "remoteId": id}).to_string(),
+        );
+        let outs: Vec<S> = std::iter::from_fn(|| server.poll_output().output()).collect();
+        assert!(
+            outs.iter().any(|o| matches!(
+                o,
+                S::Close {
+                    conn: 2,
+                    code: 4003,
+                    ..
+                }
+            )),
+            "{outs:?}"
+        );
+        assert!(server.is_open(1));
     }
 }

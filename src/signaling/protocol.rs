@@ -32,12 +32,27 @@ pub const CLOSE_REPLACED_REASON: &str = "Replaced by new connection";
 pub const CLOSE_BLOCKED: u16 = 4008;
 /// The reason text sent with [`CLOSE_BLOCKED`].
 pub const CLOSE_BLOCKED_REASON: &str = "Too many failed lookups";
+/// Close code (our extension, docs/protocol.md#ownership-proof): a Remote ID held by a proven
+/// registration was registered again without a valid proof.
+pub const CLOSE_OWNED: u16 = 4003;
+/// The reason text sent with [`CLOSE_OWNED`].
+pub const CLOSE_OWNED_REASON: &str = "Remote ID is owned by another server";
+/// Close code (ours): too many open sockets from this IP, or a socket that took no role in
+/// time (docs/protocol.md#server-limits).
+pub const CLOSE_POLICY: u16 = 1008;
+/// The reason text when an IP has too many sockets open.
+pub const CLOSE_TOO_MANY_SOCKETS_REASON: &str = "Too many connections from this address";
+/// The reason text for a socket that neither registered nor asked for a session in time.
+pub const CLOSE_IDLE_REASON: &str = "No registration or session request";
+/// The reason text for a client whose relayed messages its gateway cannot take in.
+pub const CLOSE_FLOODING_REASON: &str = "Too many messages for the gateway";
 /// Close code: too many messages from this IP.
 pub const CLOSE_RATE_LIMITED: u16 = 4029;
 /// The reason text sent with [`CLOSE_RATE_LIMITED`].
 pub const CLOSE_RATE_LIMITED_REASON: &str = "Rate limited";
 
-// The `error` texts our server sends (docs/protocol.md#error-replies).
+// The `error` texts our server sends (docs/protocol.md#error-replies); those the public server
+// also sends are spelled exactly as it does.
 pub const ERR_REMOTE_ID_REQUIRED: &str = "Remote ID required";
 pub const ERR_SESSION_ID_REQUIRED: &str = "Session ID required";
 pub const ERR_SERVER_NOT_FOUND: &str =
@@ -45,8 +60,11 @@ pub const ERR_SERVER_NOT_FOUND: &str =
 pub const ERR_SESSION_NOT_FOUND: &str = "Session not found";
 pub const ERR_SERVER_DISCONNECTED: &str = "Server disconnected";
 pub const ERR_NOT_REGISTERED: &str = "Not registered";
-pub const ERR_INVALID_JSON: &str = "Invalid JSON";
-pub const ERR_NOT_AN_OBJECT: &str = "Invalid message: expected a JSON object";
+pub const ERR_NOT_A_REGISTERED_SERVER: &str = "Not a registered server";
+pub const ERR_CLIENT_NOT_FOUND: &str = "Client not found";
+pub const ERR_INVALID_FORMAT: &str = "Invalid message format";
+pub const ERR_BLOCKED: &str = "Too many failed attempts. You have been temporarily blocked.";
+pub const ERR_REMOTE_ID_OWNED: &str = "Remote ID is owned by another server";
 pub const ERR_INVALID_REMOTE_ID: &str = "Invalid Remote ID";
 pub const ERR_SERVER_BUSY: &str = "Server busy. Try again later.";
 pub const ERR_BINARY: &str = "Binary messages are not supported";
@@ -313,6 +331,14 @@ pub enum ToServer {
         remote_id: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ice_servers: Option<Value>,
+        /// Our extension: proof that this gateway holds the certificate of `remoteId`
+        /// (docs/protocol.md#ownership-proof). Anything but an object reads as missing.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "lenient_proof"
+        )]
+        proof: Option<Proof>,
     },
     /// Client: ask for a session with the gateway `remoteId`.
     #[serde(rename_all = "camelCase")]
@@ -344,6 +370,38 @@ pub enum ToServer {
     IceCandidate(Relay),
     Ping,
     Pong,
+}
+
+/// `proof` of `register-server` (docs/protocol.md#ownership-proof): the gateway's DTLS
+/// certificate (DER, base64) and its key's ECDSA P-256 / SHA-256 signature (DER, base64) over
+/// [`proof_message`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string"
+    )]
+    pub certificate: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string"
+    )]
+    pub signature: Option<String>,
+}
+
+/// `proof` read leniently: anything that is not an object reads as missing.
+fn lenient_proof<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Proof>, D::Error> {
+    match Value::deserialize(d)? {
+        v @ Value::Object(_) => Ok(serde_json::from_value(v).ok()),
+        _ => Ok(None),
+    }
+}
+
+/// The bytes a [`Proof`] signs: `ma-signaling-proof:` + nonce + `:` + Remote ID.
+pub fn proof_message(nonce: &str, remote_id: &str) -> Vec<u8> {
+    format!("ma-signaling-proof:{nonce}:{remote_id}").into_bytes()
 }
 
 /// What the signaling server sends to a gateway or a client (docs/protocol.md#gateway-messages,
@@ -415,6 +473,16 @@ pub enum FromServer {
     Answer(Relay),
     /// To either.
     IceCandidate(Relay),
+    /// Our extension, to every new socket: the nonce a gateway signs to prove its Remote ID
+    /// (docs/protocol.md#ownership-proof). Clients and MA's gateway ignore it.
+    Challenge {
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "lenient_string"
+        )]
+        nonce: Option<String>,
+    },
     /// `error`; other servers may use `message` instead (docs/protocol.md#error-replies).
     Error {
         #[serde(
@@ -514,6 +582,7 @@ impl Direction for FromServer {
         "offer",
         "answer",
         "ice-candidate",
+        "challenge",
         "error",
         "ping",
         "pong",
@@ -608,6 +677,7 @@ impl FromServer {
             FromServer::Offer(_) => "offer",
             FromServer::Answer(_) => "answer",
             FromServer::IceCandidate(_) => "ice-candidate",
+            FromServer::Challenge { .. } => "challenge",
             FromServer::Error { .. } => "error",
             FromServer::Ping => "ping",
             FromServer::Pong => "pong",
@@ -714,8 +784,13 @@ mod tests {
                 ToServer::RegisterServer {
                     remote_id: Some("QCPJ".into()),
                     ice_servers: Some(ice.clone()),
+                    proof: Some(Proof {
+                        certificate: Some("Y2VydA==".into()),
+                        signature: Some("c2ln".into()),
+                    }),
                 },
-                json!({"type": "register-server", "remoteId": "QCPJ", "iceServers": ice}),
+                json!({"type": "register-server", "remoteId": "QCPJ", "iceServers": ice,
+                       "proof": {"certificate": "Y2VydA==", "signature": "c2ln"}}),
             ),
             (
                 ToServer::ConnectRequest {
@@ -792,6 +867,12 @@ mod tests {
                     session_id: Some(sid("s1")),
                 },
                 json!({"type": "peer-disconnected", "sessionId": "s1"}),
+            ),
+            (
+                FromServer::Challenge {
+                    nonce: Some("bm9uY2U=".into()),
+                },
+                json!({"type": "challenge", "nonce": "bm9uY2U="}),
             ),
             (
                 FromServer::Offer(offer),
@@ -873,6 +954,13 @@ mod tests {
                 message: Some("m".into())
             })
         );
+        for proof in [r#""nope""#, "[1]", r#"{"certificate":5}"#] {
+            let text = format!(r#"{{"type":"register-server","remoteId":"X","proof":{proof}}}"#);
+            let Ok(ToServer::RegisterServer { proof, .. }) = ToServer::parse(&text) else {
+                panic!("a register-server: {text}");
+            };
+            assert!(proof.is_none_or(|p| p.certificate.is_none()), "{text}");
+        }
         // Unknown fields of the other messages are ignored, even on ping.
         assert_eq!(
             FromServer::parse(r#"{"type":"ping","ts":1}"#),

@@ -2,12 +2,16 @@
 //! the small fixed responses. Every connection serves one request (`Connection: close`),
 //! except a WebSocket upgrade, which turns the connection into a WebSocket.
 
+use std::net::{IpAddr, SocketAddr};
+
 use tungstenite::handshake::derive_accept_key;
 
 /// Largest request head accepted (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Most headers accepted in a request.
 const MAX_HEADERS: usize = 32;
+/// Most forwarding hops read from `X-Forwarded-For` / `Forwarded`.
+const MAX_HOPS: usize = 16;
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +31,14 @@ pub enum Parsed {
     /// More bytes are needed (the caller enforces [`MAX_HEAD`]).
     Partial,
     /// A complete head of `head_len` bytes; what follows belongs to the WebSocket.
-    Done { route: Route, head_len: usize },
+    /// `forwarded`: the addresses its forwarding headers name, leftmost (the original client)
+    /// first, `None` for one that cannot be read; believed only from a trusted proxy
+    /// (docs/protocol.md#trusted-proxies).
+    Done {
+        route: Route,
+        head_len: usize,
+        forwarded: Vec<Option<IpAddr>>,
+    },
 }
 
 fn header<'a>(req: &'a httparse::Request, name: &str) -> Option<&'a str> {
@@ -53,19 +64,74 @@ pub fn parse(buf: &[u8]) -> Parsed {
             return Parsed::Done {
                 route: Route::Respond(error_response(431, "Request Header Fields Too Large")),
                 head_len: buf.len(),
+                forwarded: Vec::new(),
             }
         }
         Err(_) => {
             return Parsed::Done {
                 route: Route::Respond(error_response(400, "Bad Request")),
                 head_len: buf.len(),
+                forwarded: Vec::new(),
             }
         }
     };
     Parsed::Done {
         route: route(&req),
         head_len,
+        forwarded: forwarded(&req),
     }
+}
+
+/// The hops of `X-Forwarded-For` (every such header, in order), or of `Forwarded` (its `for=`
+/// parameters) when there is no `X-Forwarded-For`: the header reverse proxies append to by
+/// default comes first, so a client cannot slip in an address through the other one.
+fn forwarded(req: &httparse::Request) -> Vec<Option<IpAddr>> {
+    let values = |name: &'static str| {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| std::str::from_utf8(h.value).ok())
+    };
+    let mut hops = Vec::new();
+    if values("X-Forwarded-For").next().is_some() {
+        for value in values("X-Forwarded-For") {
+            match value {
+                Some(v) => hops.extend(v.split(',').map(hop_address)),
+                None => hops.push(None),
+            }
+        }
+    } else {
+        for value in values("Forwarded") {
+            let Some(v) = value else {
+                hops.push(None);
+                continue;
+            };
+            for element in v.split(',') {
+                let for_param = element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("for").then_some(v)
+                });
+                hops.push(for_param.and_then(hop_address));
+            }
+        }
+    }
+    // Only the rightmost hops matter (the walk starts there).
+    let excess = hops.len().saturating_sub(MAX_HOPS);
+    hops.drain(..excess);
+    hops
+}
+
+/// One hop: `192.0.2.1`, `192.0.2.1:443`, `2001:db8::1`, `[2001:db8::1]:443`, quoted or not.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim().trim_matches('"');
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            hop.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .and_then(|h| h.parse().ok())
+        })
 }
 
 /// The response for a head that did not fit in [`MAX_HEAD`].
@@ -289,6 +355,7 @@ mod tests {
             Parsed::Done {
                 route: Route::Upgrade { accept_key },
                 head_len,
+                ..
             } => {
                 // RFC 6455's example.
                 assert_eq!(accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
@@ -300,6 +367,46 @@ mod tests {
         assert_eq!(status(&routed(&old)), "HTTP/1.1 426 Upgrade Required");
         let keyless = raw.replace("Sec-WebSocket-Key", "X-Key");
         assert_eq!(status(&routed(&keyless)), "HTTP/1.1 400 Bad Request");
+    }
+
+    fn hops(headers: &str) -> Vec<Option<IpAddr>> {
+        let raw = format!("GET /ws HTTP/1.1\r\n{headers}\r\n");
+        match parse(raw.as_bytes()) {
+            Parsed::Done { forwarded, .. } => forwarded,
+            Parsed::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn forwarding_headers() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert!(hops("Host: x\r\n").is_empty());
+        assert_eq!(
+            hops("X-Forwarded-For: 203.0.113.5, 10.0.0.2\r\nX-Forwarded-For: 10.0.0.3:8080\r\n"),
+            vec![ip("203.0.113.5"), ip("10.0.0.2"), ip("10.0.0.3")]
+        );
+        assert_eq!(
+            hops("X-Forwarded-For: unknown, [2001:db8::1]:443, 2001:db8::2\r\n"),
+            vec![None, ip("2001:db8::1"), ip("2001:db8::2")]
+        );
+        assert_eq!(
+            hops("Forwarded: for=192.0.2.60;proto=http;by=203.0.113.43, For=\"[2001:db8:cafe::17]:4711\"\r\n"),
+            vec![ip("192.0.2.60"), ip("2001:db8:cafe::17")]
+        );
+        assert_eq!(
+            hops("Forwarded: for=_hidden, proto=https\r\n"),
+            vec![None, None]
+        );
+        // X-Forwarded-For wins over Forwarded.
+        assert_eq!(
+            hops("Forwarded: for=192.0.2.1\r\nX-Forwarded-For: 198.51.100.1\r\n"),
+            vec![ip("198.51.100.1")]
+        );
+        // Only the rightmost hops are kept.
+        let long: Vec<String> = (0..40).map(|i| format!("10.0.0.{i}")).collect();
+        let got = hops(&format!("X-Forwarded-For: {}\r\n", long.join(",")));
+        assert_eq!(got.len(), MAX_HOPS);
+        assert_eq!(got.last().copied().flatten(), ip("10.0.0.39"));
     }
 
     #[test]
