@@ -313,7 +313,7 @@ fn connect_exchange_and_large_messages() {
 #[test]
 fn backpressure_then_writable() {
     let config = SessionConfig {
-        sctp_max_buffered_amount: 256 * 1024,
+        send_window: 256 * 1024,
         ..SessionConfig::default()
     };
     let (mut net, _) = new_net(&config);
@@ -329,7 +329,7 @@ fn backpressure_then_writable() {
         assert!(accepted < 100, "the budget never filled");
     }
     assert!(accepted >= 4, "accepted {accepted}");
-    assert!(net.b.session.send_budget_available() < msg.len());
+    assert!(net.b.session.buffered_amount(gid) + msg.len() > config.send_window);
     assert!(net.b.session.buffered_amount(gid) > 0);
     let mut writable = false;
     net.run_until("writable", Duration::from_secs(10), |n| {
@@ -345,6 +345,33 @@ fn backpressure_then_writable() {
     for _ in 0..=accepted {
         assert_eq!(net.client_recv(), (false, msg.clone()));
     }
+}
+
+#[test]
+fn the_send_window_holds_back_writes_but_never_a_lone_large_message() {
+    let config = SessionConfig::default();
+    let (mut net, _) = new_net(&config);
+    let (_cid, gid) = net.connect();
+    net.run_until("nothing in flight", Duration::from_secs(10), |n| {
+        n.b.session.buffered_amount(gid) == 0
+    });
+    // Larger than the window, within the peer's limit: goes when nothing is in flight.
+    let big = pattern(config.send_window + 50_000, 5);
+    assert_eq!(net.b.session.write(gid, true, &big), Ok(true));
+    // Anything more waits until the peer acknowledged enough.
+    let small = pattern(1000, 6);
+    assert_eq!(net.b.session.write(gid, true, &small), Ok(false));
+    let mut writable = false;
+    net.run_until("writable", Duration::from_secs(10), |n| {
+        writable |=
+            n.b.take_events()
+                .iter()
+                .any(|e| matches!(e, SessionEvent::Writable));
+        writable
+    });
+    assert_eq!(net.b.session.write(gid, true, &small), Ok(true));
+    assert_eq!(net.client_recv(), (true, big));
+    assert_eq!(net.client_recv(), (true, small));
 }
 
 #[test]

@@ -231,8 +231,10 @@ impl Driver {
 
     // ---- sockets ---------------------------------------------------------------------------
 
-    /// Read datagrams until the socket would block or the turn's budget is spent.
+    /// Read datagrams until the socket would block or the turn's budget is spent, then let the
+    /// sessions they went to answer, each once for the whole batch.
     fn read_udp(&mut self) {
+        let mut finished = false;
         for _ in 0..DATAGRAMS_PER_TURN {
             match self.udp.recv_from(&mut self.buf) {
                 Ok((n, source)) => {
@@ -241,14 +243,20 @@ impl Driver {
                     let culprit = Culprit::Datagram(source);
                     self.core
                         .guarded(now, culprit, |c| c.handle_datagram(now, source, datagram));
-                    self.pump();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    finished = true;
+                    break;
+                }
                 // ICMP errors surface here on Linux; they concern one peer only.
                 Err(e) => log::debug!("UDP receive error: {e}"),
             }
         }
-        self.udp_unfinished = true;
+        let now = Instant::now();
+        self.core
+            .guarded(now, Culprit::Timers, |c| c.handle_datagrams_done(now));
+        self.pump();
+        self.udp_unfinished = !finished;
     }
 
     fn on_dns_answers(&mut self) {

@@ -224,6 +224,8 @@ pub struct Gateway {
     over_budget: bool,
     /// The session the timer loop is working on (a panic there is pinned on it).
     current: Option<SessionKey>,
+    /// Sessions fed datagrams and not drained yet ([`Gateway::handle_datagrams_done`]).
+    undrained: Vec<SessionKey>,
     /// The latest `now` seen (internal steps act at the time of the input that caused them).
     now: Instant,
     out: VecDeque<Output>,
@@ -253,6 +255,7 @@ impl Gateway {
             gatherer_deadline: None,
             proxy_deadline: None,
             current: None,
+            undrained: Vec::new(),
             over_budget: false,
             now,
             out: VecDeque::new(),
@@ -596,7 +599,12 @@ impl Gateway {
                     return;
                 };
                 s.peer.handle_receive(now, source, destination, bytes);
-                self.drain_session(key, now);
+                if !s.peer.has_undrained() {
+                    self.drain_session(key, now);
+                } else if !self.undrained.contains(&key) {
+                    // Drained once for the batch: [`Gateway::handle_datagrams_done`].
+                    self.undrained.push(key);
+                }
             }
             Route::Gather => {
                 self.gatherer.handle_response(now, source, bytes);
@@ -604,6 +612,21 @@ impl Gateway {
             }
             Route::Drop(reason) => log::trace!("dropped a datagram from {source}: {reason:?}"),
         }
+    }
+
+    /// The batch of datagrams at hand is fed: drain every session they went to (each once,
+    /// however many datagrams it got; see [`PeerSession::handle_receive`]). Until then their
+    /// deadlines are due, and [`Machine::poll_output`] drains them first.
+    pub fn handle_datagrams_done(&mut self, now: Instant) {
+        self.now = now;
+        while let Some(key) = self.undrained.pop() {
+            self.current = Some(key);
+            if let Some(s) = self.sessions.get_mut(&key) {
+                s.peer.drain_received();
+            }
+            self.drain_session(key, now);
+        }
+        self.current = None;
     }
 
     // ---- time ------------------------------------------------------------------------------
@@ -727,6 +750,7 @@ impl Gateway {
         };
         let limit = chunk::send_limit(
             s.peer.remote_max_message_size(),
+            // Whole up to the peer's limit, as MA does: older clients cannot reassemble chunks.
             self.cfg.session.sctp_max_buffered_amount / 2,
         );
         let Some(b) = s.bridges.get_mut(&ch) else {
@@ -1243,7 +1267,9 @@ impl Gateway {
     /// Encode a proxy response in its channel's form and queue it.
     fn deliver_proxy_response(&mut self, (key, ch): Requester, response: ProxyResponse) {
         let now = self.now;
-        let budget = self.cfg.session.sctp_max_buffered_amount / 2;
+        // Body frames carry no framing of their own: any size works, so keep them within the
+        // send window (docs/design.md#the-send-window).
+        let budget = self.cfg.session.send_window / 2;
         let Some(s) = self.sessions.get_mut(&key) else {
             self.proxy.handle_cancel(now, &(key, ch));
             return;
@@ -1382,6 +1408,10 @@ impl Machine for Gateway {
     }
 
     fn poll_output(&mut self) -> Next<Output> {
+        if !self.undrained.is_empty() {
+            let now = self.now;
+            self.handle_datagrams_done(now);
+        }
         Next::or_timeout(self.out.pop_front(), || self.deadline())
     }
 }

@@ -30,6 +30,12 @@ use crate::machine::{Machine, Next};
 /// image into millions), stalling the loop for everyone (docs/protocol.md#webrtc-session).
 pub const MIN_REMOTE_MAX_MESSAGE_SIZE: usize = 16 * 1024;
 
+/// Datagrams fed to str0m, or messages written, before it must be drained. Draining polls
+/// SCTP, which scans every chunk in flight on each transmit (docs/design.md#the-send-window); a
+/// batch drained once costs one scan instead of one each. str0m's DTLS layer queues at most 30
+/// records between polls, so the batch stays well below that.
+pub const MAX_UNDRAINED_INPUTS: u32 = 16;
+
 /// `a=max-message-size` assumed when the offer has none (RFC 8841 §6.1).
 pub const DEFAULT_REMOTE_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 
@@ -46,10 +52,16 @@ pub struct SessionConfig {
     /// Target size of our datagrams (clamped to str0m's 576..=1500). ~1200 is safe on the
     /// Internet; str0m's default is 1150.
     pub mtu: usize,
-    /// Send budget shared by all channels of the peer (`set_sctp_max_buffered_amount`): a write
-    /// that does not fit returns `Ok(false)`, one larger than this never fits. Far above ~512 KiB
-    /// str0m gets slower.
+    /// str0m's hard send budget shared by all channels of the peer
+    /// (`set_sctp_max_buffered_amount`): a message larger than this can never be sent. Far above
+    /// ~512 KiB str0m gets slower.
     pub sctp_max_buffered_amount: usize,
+    /// The bytes written and not yet acknowledged (all channels) at which we stop writing
+    /// until the peer acknowledges some (docs/design.md#the-send-window): a write that would
+    /// go beyond is refused unless nothing is in flight, so one message up to the hard budget
+    /// still goes. Small enough for a 212 KB receive buffer to take a whole burst, and for
+    /// sctp-proto's per-transmit scan of chunks in flight to stay cheap.
+    pub send_window: usize,
     /// Our `a=max-message-size` (the largest message we accept from the client).
     pub max_message_size: u32,
     /// Per channel threshold for [`SessionEvent::ChannelBufferedAmountLow`].
@@ -67,8 +79,9 @@ impl Default for SessionConfig {
         SessionConfig {
             mtu: 1200,
             sctp_max_buffered_amount: 512 * 1024,
+            send_window: 128 * 1024,
             max_message_size: 256 * 1024,
-            buffered_amount_low_threshold: 128 * 1024,
+            buffered_amount_low_threshold: 32 * 1024,
             connect_timeout: Duration::from_secs(30),
             disconnected_timeout: Duration::from_secs(20),
             max_remote_candidates: 64,
@@ -267,6 +280,9 @@ pub struct PeerSession {
     /// Smallest write refused for lack of budget since the last [`SessionEvent::Writable`].
     blocked: Option<usize>,
     ignored_datagrams: u64,
+    /// Datagrams fed to str0m and messages written since the last drain
+    /// ([`PeerSession::handle_receive`], [`PeerSession::write`]).
+    undrained: u32,
 }
 
 impl fmt::Debug for PeerSession {
@@ -335,6 +351,7 @@ impl PeerSession {
             remote_candidates: 0,
             blocked: None,
             ignored_datagrams: 0,
+            undrained: 0,
         })
     }
 
@@ -601,6 +618,8 @@ impl PeerSession {
     /// Feed a datagram routed to this session. `destination` must be the advertised local
     /// candidate address it arrived on (not a wildcard), or str0m drops STUN. Not gated on
     /// `Rtc::accepts()`. Unparseable datagrams are dropped (counted); str0m errors end the session.
+    /// The session is drained only every [`MAX_UNDRAINED_INPUTS`]: the caller ends a batch
+    /// with [`PeerSession::drain_received`].
     pub fn handle_receive(
         &mut self,
         now: Instant,
@@ -635,8 +654,25 @@ impl PeerSession {
                 return;
             }
         }
-        self.drain();
-        self.check_writable();
+        self.undrained += 1;
+        if self.undrained >= MAX_UNDRAINED_INPUTS {
+            self.drain_received();
+        }
+    }
+
+    /// Whether datagrams were fed since the last drain: call
+    /// [`PeerSession::drain_received`] once the batch of datagrams at hand is fed (the
+    /// session's deadline is due meanwhile, and [`Machine::poll_output`] drains first).
+    pub fn has_undrained(&self) -> bool {
+        self.undrained > 0
+    }
+
+    /// Drain what the datagrams fed since the last drain produced.
+    pub fn drain_received(&mut self) {
+        if self.undrained > 0 {
+            self.drain();
+            self.check_writable();
+        }
     }
 
     /// Advance time: str0m timers and our deadlines (connect, disconnected).
@@ -672,6 +708,9 @@ impl PeerSession {
         if self.dead {
             return self.last_now + DEAD_TIMEOUT;
         }
+        if self.undrained > 0 {
+            return self.last_now;
+        }
         let mut t = self.rtc_timeout;
         if !self.connected {
             if let Some(d) = self.connect_deadline {
@@ -706,6 +745,11 @@ impl PeerSession {
                 max,
             });
         }
+        if !self.window_fits(data.len()) {
+            let len = data.len();
+            self.blocked = Some(self.blocked.map_or(len, |b| b.min(len)));
+            return Ok(false);
+        }
         let result = self.guard(|rtc| match rtc.channel(id) {
             None => Err(SessionError::ChannelNotOpen),
             Some(mut ch) => ch
@@ -715,7 +759,12 @@ impl PeerSession {
         match result {
             None => Err(SessionError::Closed),
             Some(Ok(true)) => {
-                self.drain();
+                // Drained once after the caller's writes (as for datagrams): each drain makes
+                // sctp-proto scan every chunk in flight.
+                self.undrained += 1;
+                if self.undrained >= MAX_UNDRAINED_INPUTS {
+                    self.drain();
+                }
                 Ok(true)
             }
             Some(Ok(false)) => {
@@ -743,10 +792,11 @@ impl PeerSession {
         n
     }
 
-    /// Bytes still free in the shared send budget.
-    pub fn send_budget_available(&mut self) -> usize {
+    /// Whether a message of `len` bytes may be written now: it fits the send window, or
+    /// nothing is in flight (str0m's hard budget is checked by str0m).
+    fn window_fits(&mut self, len: usize) -> bool {
         let total = self.total_buffered();
-        self.cfg.sctp_max_buffered_amount.saturating_sub(total)
+        total == 0 || total + len <= self.cfg.send_window
     }
 
     /// Change a channel's low-water mark for [`SessionEvent::ChannelBufferedAmountLow`].
@@ -845,6 +895,7 @@ impl PeerSession {
 
     /// Drain str0m until its timeout, queueing outputs.
     fn drain(&mut self) {
+        self.undrained = 0;
         while !self.dead {
             let polled = match self.guard(|rtc| rtc.poll_output()) {
                 None => return,
@@ -963,7 +1014,7 @@ impl PeerSession {
         if self.dead {
             return;
         }
-        if self.send_budget_available() >= need {
+        if self.window_fits(need) {
             self.blocked = None;
             self.out
                 .push_back(SessionOutput::Event(SessionEvent::Writable));
@@ -981,6 +1032,7 @@ impl Machine for PeerSession {
 
     /// Queued transmits and events in order, then the next timeout.
     fn poll_output(&mut self) -> Next<SessionOutput> {
+        self.drain_received();
         Next::or_timeout(self.out.pop_front(), || Some(self.next_timeout()))
     }
 }
