@@ -8,7 +8,9 @@
 //!    many messages as it may), and floods the gateway's UDP port from its own 5-tuple with
 //!    `--flood-rate` junk DTLS records a second. Once the first image bytes reached the
 //!    attacker, a fresh genuine session measures for `--attack-time` again; its p99 must stay
-//!    within 3× of the value alone. The attacker's thread runs at a lower priority (nice 5): on a
+//!    within 3× of the value alone. The attacker's thread runs at a lower priority
+//!    (`--attacker-nice`, 5: the scheduler gives a thread at 0 about three times its share of a
+//!    contended core): on a
 //!    real path its CPU is its own, here it must not win by starving the genuine client and
 //!    the stand-ins of CPU on the same machine.
 //! 3. **Squat**: a stranger asks the signaling server for `--squat-rate` sessions a second
@@ -38,9 +40,6 @@ use super::{
 const STALL_LIMIT: f64 = 3.0;
 /// Sockets of the squatting stranger kept open at once.
 const SQUAT_OPEN: usize = 64;
-/// The attacker thread's nice value: the scheduler gives a thread at 0 about three times its
-/// share of a contended core.
-const ATTACKER_NICE: libc::c_int = 5;
 /// The largest image the stand-in serves.
 const MAX_IMAGE: usize = 64 * 1024 * 1024;
 
@@ -171,11 +170,11 @@ fn junk_record(seq: u64) -> Vec<u8> {
 /// Lower this thread's priority (Linux: a thread is a task of its own). On a real path the
 /// attacker's CPU is its own; here it shares the machine with the genuine client and the
 /// stand-ins, and must not win simply by starving them of CPU.
-fn yield_cpu_to_others() {
+fn yield_cpu_to_others(nice: i32) {
     // SAFETY: plain system calls on the calling thread, no memory is passed.
     unsafe {
         let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, ATTACKER_NICE);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
     }
 }
 
@@ -185,7 +184,7 @@ fn stall_attacker(
     stop: &AtomicBool,
     received: &AtomicU64,
 ) -> AttackerReport {
-    yield_cpu_to_others();
+    yield_cpu_to_others(args.attacker_nice);
     let mut r = AttackerReport::default();
     let options = ClientOptions {
         max_message_size: Some(MIN_REMOTE_MAX_MESSAGE_SIZE as u32),

@@ -1065,6 +1065,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub attack_time: Duration,
 
+    /// --attack: the nice value of the attacker's thread (0 to 19), so that on a machine shared
+    /// with the genuine client it cannot win by taking the client's CPU.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub attacker_nice: i32,
+
     /// --attack: sessions a second the squatting stranger asks for.
     #[arg(long, default_value_t = 20)]
     pub squat_rate: u64,

@@ -38,6 +38,10 @@ const UDP: Token = Token(2);
 const FIRST_CONN: usize = 3;
 /// Datagrams read before the connections and the timers get a turn.
 const DATAGRAMS_PER_TURN: usize = 256;
+/// Bytes read from one connection per turn (besides [`READS_PER_TURN`] messages): an image
+/// streaming in at loopback speed is cut into 256 KiB steps, each followed by a look at every
+/// other socket.
+const READ_BYTES_PER_TURN: usize = 256 * 1024;
 
 /// Which machine a connection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -269,9 +273,15 @@ impl Driver {
         }
     }
 
-    /// Read what a connection has, handing each message to its machine at once.
+    /// Read what a connection has, handing each message to its machine at once, up to a
+    /// turn's budget of messages and bytes (a fast local server must not keep the loop from
+    /// the others: docs/design.md#hostile-peers).
     fn read(&mut self, token: Token) {
+        let mut bytes = 0usize;
         for _ in 0..READS_PER_TURN {
+            if bytes >= READ_BYTES_PER_TURN {
+                break;
+            }
             if let Some(Owner::Bridge(bridge)) = self.conns.owner(token) {
                 if !self.core.ws_read_allowed(bridge) {
                     return; // paused: the core resumes it (ResumeWsRead)
@@ -290,10 +300,14 @@ impl Driver {
                     (
                         Owner::Bridge(b),
                         Data::Message(m @ (Message::Text(_) | Message::Binary(_))),
-                    ) => core.guarded(now, Culprit::Bridge(b), |c| c.handle_ws_message(now, b, m)),
-                    (Owner::Fetch(f), Data::Bytes(bytes)) => {
+                    ) => {
+                        bytes += m.len();
+                        core.guarded(now, Culprit::Bridge(b), |c| c.handle_ws_message(now, b, m))
+                    }
+                    (Owner::Fetch(f), Data::Bytes(data)) => {
+                        bytes += data.len();
                         core.guarded(now, Culprit::Fetch(f), |c| {
-                            c.handle_fetch_data(now, f, bytes)
+                            c.handle_fetch_data(now, f, data)
                         })
                     }
                     // Pings are answered by tungstenite on the next flush.
