@@ -82,6 +82,9 @@ pub struct ClientOptions {
     /// message the gateway may send us. The load generator's attacker announces the smallest
     /// the gateway accepts, to make it cut large replies into as many messages as it can.
     pub max_message_size: Option<u32>,
+    /// The UDP receive buffer to ask for (the drivers otherwise ask for
+    /// [`crate::net::udp::SOCKET_BUFFER`]); smaller plays a phone with Linux's default.
+    pub receive_buffer: Option<usize>,
 }
 
 pub struct RemoteClient {

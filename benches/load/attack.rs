@@ -188,6 +188,7 @@ fn stall_attacker(
     let mut r = AttackerReport::default();
     let options = ClientOptions {
         max_message_size: Some(MIN_REMOTE_MAX_MESSAGE_SIZE as u32),
+        ..ClientOptions::default()
     };
     let opened = Connection::open_with(
         &plan.signaling,

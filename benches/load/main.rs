@@ -27,9 +27,11 @@
 //! round-trip times), echo (pipelined, at most `--window` bytes in flight per session), up
 //! (client → MA only, checked by the echo server), down (MA → client only).
 //!
-//! `--attack` runs the hostile scenarios of [`attack`] instead of the phases.
+//! `--attack` runs the hostile scenarios of [`attack`] instead of the phases, `--big` the large
+//! replies of [`big`].
 
 mod attack;
+mod big;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1065,6 +1067,19 @@ pub struct BenchArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub attack_time: Duration,
 
+    /// Time large replies (1 and 3 MB on ma-api, a 3 MB image on http_proxy) instead of the
+    /// phases; needs --spawn.
+    #[arg(long, requires = "spawn", conflicts_with = "attack")]
+    pub big: bool,
+
+    /// --big: repetitions of each reply.
+    #[arg(long, default_value_t = 20)]
+    pub big_repeats: u64,
+
+    /// --big: the client's UDP receive buffer in bytes (Linux's default, as at a phone).
+    #[arg(long, default_value_t = 212_992)]
+    pub client_rcvbuf: usize,
+
     /// --attack: the nice value of the attacker's thread (0 to 19), so that on a machine shared
     /// with the genuine client it cannot win by taking the client's CPU.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
@@ -1260,10 +1275,14 @@ fn run_inner(gateway: &SignalingArgs, args: &BenchArgs) -> Result<bool, String> 
         // Let the gateway notice the warm-up sessions left.
         std::thread::sleep(Duration::from_millis(300));
     }
-    if args.attack {
-        let pid = gateway_pid.ok_or("--attack needs --spawn")?;
+    if args.attack || args.big {
+        let pid = gateway_pid.ok_or("--attack and --big need --spawn")?;
         drop(out);
-        let ok = attack::run(args, &plan, pid);
+        let ok = if args.attack {
+            attack::run(args, &plan, pid)
+        } else {
+            big::run(&plan, args.big_repeats, args.client_rcvbuf)
+        };
         if let Some(s) = stack {
             let dir = s.data_dir.clone();
             drop(s);

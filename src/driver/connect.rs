@@ -68,6 +68,11 @@ impl Connection {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?);
         let mut resolver = Resolver::new(waker);
         let mut udp_socket = udp::bind(bind).map_err(|e| format!("cannot bind UDP {bind}: {e}"))?;
+        if let Some(size) = options.receive_buffer {
+            socket2::SockRef::from(&udp_socket)
+                .set_recv_buffer_size(size)
+                .map_err(|e| format!("cannot set the UDP receive buffer: {e}"))?;
+        }
         poll.registry()
             .register(
                 &mut udp_socket,
