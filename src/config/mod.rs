@@ -124,6 +124,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "MA_MAX_SESSIONS", default_value = "32", global = true)]
     pub max_sessions: String,
 
+    /// Bytes the gateway may hold for clients that read slowly (queues towards them and proxied
+    /// images), all sessions together, e.g. 64MiB, 32MiB, 500KiB; past it MA's sockets pause.
+    #[arg(long, env = "MA_MEMORY_BUDGET", default_value = "64MiB", global = true)]
+    pub memory_budget: String,
+
     /// First reconnect delay after losing the signaling server (e.g. 10s, 500ms).
     #[arg(long, env = "MA_RECONNECT_MIN", default_value = "10s", global = true)]
     pub reconnect_min: String,
@@ -291,6 +296,32 @@ impl std::fmt::Display for WsUrl {
     }
 }
 
+/// Parse a byte size: a number with an optional unit (B, KiB, MiB, GiB; K, M, G and KB, MB,
+/// GB are read as the binary units too), e.g. `64MiB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (examples: 64MiB, 512KiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use KiB, MiB or GiB)"
+            ))
+        }
+    };
+    value
+        .checked_mul(scale)
+        .and_then(|v| usize::try_from(v).ok())
+        .ok_or_else(|| format!("size out of range: {s:?}"))
+}
+
 /// Parse a duration such as `10s`, `500ms`, `5m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -388,6 +419,8 @@ pub struct GatewayConfig {
     pub udp_bind: SocketAddr,
     pub public_ip: Option<IpAddr>,
     pub max_sessions: usize,
+    /// [`crate::gateway::CoreConfig::memory_budget`].
+    pub memory_budget: usize,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub signaling_ping: Duration,
@@ -436,6 +469,7 @@ impl GatewayConfig {
         );
         core.stun_servers =
             crate::webrtc::stun_gather::stun_servers_from_ice_servers(&self.ice_servers);
+        core.memory_budget = self.memory_budget;
         core
     }
 
@@ -455,6 +489,12 @@ impl GatewayConfig {
                 Some(id.to_ascii_uppercase())
             }
         };
+        let memory_budget = parse_size(&a.memory_budget)
+            .and_then(|n| match n >= 1 << 20 {
+                true => Ok(n),
+                false => Err(format!("{:?} is below the 1MiB minimum", a.memory_budget)),
+            })
+            .map_err(|e| bad("MA_MEMORY_BUDGET", "memory-budget", e))?;
         let max_sessions: usize = a
             .max_sessions
             .trim()
@@ -515,6 +555,7 @@ impl GatewayConfig {
                 })?),
             },
             max_sessions,
+            memory_budget,
             reconnect_min,
             reconnect_max,
             signaling_ping,
@@ -526,6 +567,19 @@ impl GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size(" 512 KiB "), Ok(512 << 10));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("64 furlongs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_size("-1MiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
 
     #[test]
     fn ws_urls() {
