@@ -354,24 +354,20 @@ fn a_slow_image_does_not_delay_api_messages() {
     c.send_on(
         "http_proxy",
         false,
-        proxy_request("slow", "GET", "/slow?ms=3000&size=1000").as_bytes(),
+        proxy_request("slow", "GET", "/slow?ms=8000&size=1000").as_bytes(),
         WAIT,
     )
     .unwrap();
-    // While the fetch is pending, API echoes keep flowing.
-    let mut echoes = 0;
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < std::time::Duration::from_millis(2000) {
-        c.send_text(&format!(r#"{{"message_id":"e{echoes}"}}"#), WAIT)
+    // While the fetch is pending, API echoes keep flowing: ten of them, each answered, and
+    // the image is still not there (the stand-in holds it 8 s), whatever the machine's speed.
+    for echo in 0..10 {
+        c.send_text(&format!(r#"{{"message_id":"e{echo}"}}"#), WAIT)
             .unwrap();
         assert_eq!(
             c.recv_text(WAIT).unwrap(),
-            format!(r#"{{"message_id":"e{echoes}"}}"#)
+            format!(r#"{{"message_id":"e{echo}"}}"#)
         );
-        echoes += 1;
     }
-    eprintln!("{echoes} API echoes completed while a 3 s image fetch was pending");
-    assert!(echoes > 10, "API traffic kept flowing ({echoes} echoes)");
     let (binary, header) = c.recv_on("http_proxy", WAIT).unwrap();
     assert!(!binary);
     let header: Value = serde_json::from_slice(&header).unwrap();
