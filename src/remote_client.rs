@@ -85,10 +85,15 @@ pub struct ClientOptions {
     /// The UDP receive buffer to ask for (the drivers otherwise ask for
     /// [`crate::net::udp::SOCKET_BUFFER`]); smaller plays a phone with Linux's default.
     pub receive_buffer: Option<usize>,
+    /// Reach the gateway only at this address, whatever candidates it gives (they are
+    /// ignored): a relay in front of it, such as the test kit's lossy path.
+    pub gateway_via: Option<SocketAddr>,
 }
 
 pub struct RemoteClient {
     remote_id: String,
+    /// [`ClientOptions::gateway_via`].
+    gateway_via: Option<SocketAddr>,
     local_addr: SocketAddr,
     label: String,
     rtc: Rtc,
@@ -126,6 +131,7 @@ impl RemoteClient {
         let rtc = builder.build(now);
         let mut client = RemoteClient {
             remote_id: remote_id.trim().to_string(),
+            gateway_via: options.gateway_via,
             local_addr,
             label: "ma-api".into(),
             rtc,
@@ -257,12 +263,25 @@ impl RemoteClient {
             log::debug!("an answer without a pending offer; ignored");
             return;
         };
-        let answer = match SdpAnswer::from_sdp_string(sdp) {
+        let sdp = match self.gateway_via {
+            None => sdp.to_string(),
+            Some(_) => sdp
+                .split_inclusive('\n')
+                .filter(|l| !l.starts_with("a=candidate"))
+                .collect(),
+        };
+        let answer = match SdpAnswer::from_sdp_string(&sdp) {
             Ok(a) => a,
             Err(e) => return self.fail(format!("unparsable answer: {e}")),
         };
         if let Err(e) = self.rtc.sdp_api().accept_answer(pending, answer) {
             return self.fail(format!("answer refused: {e}"));
+        }
+        if let Some(via) = self.gateway_via {
+            match Candidate::host(via, "udp") {
+                Ok(c) => self.rtc.add_remote_candidate(c),
+                Err(e) => return self.fail(format!("bad relay address {via}: {e}")),
+            }
         }
         self.timings.answered = Some(now);
         self.out
@@ -270,7 +289,7 @@ impl RemoteClient {
     }
 
     fn on_candidate(&mut self, candidate: &str) {
-        if candidate.is_empty() {
+        if candidate.is_empty() || self.gateway_via.is_some() {
             return;
         }
         let text = if candidate.starts_with("candidate:") {

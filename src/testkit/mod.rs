@@ -43,6 +43,7 @@
 
 mod clients;
 mod gateway;
+pub mod path;
 pub mod stranger;
 mod webrtc;
 

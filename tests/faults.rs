@@ -1,0 +1,206 @@
+//! The fault matrix (README "Reliability"): the real binaries over loopback, with the world
+//! misbehaving. Every row asserts behaviour and waits for events with generous deadlines; none
+//! times anything tighter than a loaded 2-core machine can hold.
+//!
+//! The lossy rows put the test kit's UDP relay ([`LossyPath`]) between the client and the
+//! gateway: the client reaches the gateway only through it.
+
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::ma_standin::{self, Seen};
+use common::stack::{connect, expect_server_info, stack, Stack, WAIT};
+use ma_webrtc_gateway::driver::connect::Connection;
+use ma_webrtc_gateway::remote_client::ClientOptions;
+use ma_webrtc_gateway::testkit::path::{LossyPath, PathConfig};
+use serde_json::json;
+
+/// A free loopback UDP port for the gateway (so the relay knows where it is).
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The stack with the gateway's UDP socket on a known address.
+fn stack_at_known_port() -> (Stack, SocketAddr) {
+    let port = free_udp_port();
+    let s = stack(&[("MA_UDP_BIND", format!("127.0.0.1:{port}"))]);
+    (s, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn connect_via(s: &Stack, path: &LossyPath) -> Connection {
+    let options = ClientOptions {
+        gateway_via: Some(path.addr()),
+        ..ClientOptions::default()
+    };
+    let mut c = Connection::open_with(
+        &s.signaling,
+        None,
+        &s.remote_id,
+        "127.0.0.1:0".parse().unwrap(),
+        2 * WAIT,
+        options,
+    )
+    .expect("connects through the lossy path");
+    let first = c.recv_text(2 * WAIT).expect("server_info arrives");
+    assert!(first.contains("server_id"), "{first}");
+    c
+}
+
+/// Send `count` messages of assorted sizes (up to the gateway's 256 KiB limit, so many
+/// datagrams each) and check every echo arrives once, in order, intact.
+fn echo_everything(c: &mut Connection, count: usize) {
+    let sizes = [10usize, 1_000, 20_000, 70_000, 200_000];
+    for i in 0..count {
+        let size = sizes[i % sizes.len()];
+        let text = ma_standin::sized_json(size, &json!(format!("m{i}")));
+        c.send_text(&text, 2 * WAIT).expect("sent");
+        let back = c.recv_text(2 * WAIT).expect("echoed");
+        assert!(back == text, "message {i} ({size} B) came back changed");
+    }
+}
+
+fn lossy_row(loss: f64, count: usize) {
+    let (s, gateway) = stack_at_known_port();
+    let path = LossyPath::start(
+        gateway,
+        PathConfig {
+            delay: Duration::from_millis(2),
+            jitter: Duration::from_millis(4),
+            loss,
+            duplicate: 0.02,
+        },
+        0x5eed,
+    )
+    .unwrap();
+    let mut c = connect_via(&s, &path);
+    echo_everything(&mut c, count);
+    let stats = path.stats();
+    let dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let duplicated = stats.duplicated.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{:.0} % loss: {count} echoes intact; the path dropped {dropped} and duplicated {duplicated}",
+        loss * 100.0
+    );
+    assert!(dropped > 0 && duplicated > 0, "the path did misbehave");
+}
+
+#[test]
+fn five_percent_loss_with_reordering_and_duplicates_loses_nothing() {
+    lossy_row(0.05, 40);
+}
+
+#[test]
+fn twenty_percent_loss_with_reordering_and_duplicates_loses_nothing() {
+    lossy_row(0.20, 15);
+}
+
+#[test]
+fn a_client_that_vanishes_is_closed_and_its_ma_socket_with_it() {
+    let (s, gateway) = stack_at_known_port();
+    let path = LossyPath::start(gateway, PathConfig::clean(), 7).unwrap();
+    let mut c = connect_via(&s, &path);
+    echo_everything(&mut c, 2);
+    // Total loss: the client is gone without a word (not even signaling notices: the
+    // client's signaling socket stays open).
+    path.set(PathConfig {
+        loss: 1.0,
+        ..PathConfig::clean()
+    });
+    // The gateway closes the session (ICE disconnected, then its 20 s grace) and MA's socket
+    // with it.
+    let t0 = Instant::now();
+    while !s.ma.seen().iter().any(|e| matches!(e, Seen::Closed(_))) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "MA's socket is still open"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "the gateway closed the vanished session after {:?}",
+        t0.elapsed()
+    );
+    // The client's own wait ends in an error, not a hang.
+    let err = c
+        .recv(Duration::from_secs(5))
+        .expect_err("nothing can arrive over a dead path");
+    eprintln!("the client gave up: {err}");
+    // A new session works as before.
+    let mut fresh = connect(&s);
+    expect_server_info(&mut fresh);
+}
+
+#[test]
+fn a_junk_flood_at_the_udp_port_leaves_sessions_and_signaling_alone() {
+    let (s, gateway) = stack_at_known_port();
+    let mut calm = connect(&s);
+    expect_server_info(&mut calm);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Strangers' junk from many ports: STUN-looking, DTLS-looking and random.
+            let sockets: Vec<UdpSocket> = (0..8)
+                .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+                .collect();
+            let mut sent = 0u64;
+            let shapes: [&[u8]; 3] = [
+                &[
+                    0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                ],
+                &[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 1, 2, 3, 4],
+                &[0xff; 200],
+            ];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, sock) in sockets.iter().enumerate() {
+                    let _ = sock.send_to(shapes[(sent as usize + i) % 3], gateway);
+                    sent += 1;
+                }
+                if sent.is_multiple_of(512) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            sent
+        })
+    };
+    // Sessions keep echoing, and a new one connects (signaling and ICE go on) meanwhile.
+    let t0 = Instant::now();
+    for round in 0..20 {
+        calm.send_text(&format!(r#"{{"round":{round}}}"#), WAIT)
+            .unwrap();
+        assert_eq!(
+            calm.recv_text(WAIT).unwrap(),
+            format!(r#"{{"round":{round}}}"#)
+        );
+    }
+    let mut late = connect(&s);
+    expect_server_info(&mut late);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().unwrap();
+    eprintln!("{sent} junk datagrams during {:?}", t0.elapsed());
+    assert!(sent > 1000, "the flood ran ({sent})");
+}
+
+#[test]
+fn sigterm_with_live_sessions_closes_them_and_exits_0() {
+    let mut s = stack(&[]);
+    let mut a = connect(&s);
+    expect_server_info(&mut a);
+    let mut b = connect(&s);
+    expect_server_info(&mut b);
+    let (code, took) = s.gateway.terminate(Duration::from_secs(30));
+    assert_eq!(code, Some(0), "exit code after SIGTERM ({took:?})");
+    for c in [&mut a, &mut b] {
+        let end = c.recv(WAIT).expect_err("the session ends");
+        assert!(
+            !end.starts_with("timed out"),
+            "the client saw the close: {end}"
+        );
+    }
+}
