@@ -7,13 +7,15 @@
 //! Each is timed from the request to its last byte and checked byte for byte. The client's
 //! UDP receive buffer is `--client-rcvbuf` (Linux's default, 212 992 bytes, unless given), so a
 //! burst larger than that loses its tail, as it would at a phone. The slowest repetition must
-//! be within 2× the median.
+//! be within 2× the median. With `--path-delay` / `--path-loss` the client reaches the gateway
+//! through the test kit's lossy UDP relay (round trip = twice the delay).
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use ma_webrtc_gateway::driver::connect::Connection;
 use ma_webrtc_gateway::remote_client::{ClientEvent, ClientOptions};
+use ma_webrtc_gateway::testkit::path::{LossyPath, PathConfig};
 use serde_json::{json, Value};
 
 use super::{summary, Codec, Plan, KIND_DOWN};
@@ -74,11 +76,30 @@ fn image(c: &mut Connection, plan: &Plan, size: usize, seq: u64) -> Result<f64, 
     Ok(t0.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// Run the three kinds; true when every one held the bound.
-pub fn run(plan: &Plan, repeats: u64, client_rcvbuf: usize) -> Result<bool, String> {
+/// Run the three kinds, through a lossy path to the gateway's UDP address if given; true when
+/// every one held the bound.
+pub fn run(
+    plan: &Plan,
+    repeats: u64,
+    client_rcvbuf: usize,
+    path: Option<(std::net::SocketAddr, PathConfig)>,
+) -> Result<bool, String> {
     let mut out = io::stdout().lock();
+    let lossy = match path {
+        Some((gateway, cfg)) => {
+            let _ = writeln!(
+                out,
+                "big: through a lossy path: {:?} each way, {:.1} % loss each way",
+                cfg.delay,
+                cfg.loss * 100.0
+            );
+            Some(LossyPath::start(gateway, cfg, 0x6b1d).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
     let options = ClientOptions {
         receive_buffer: Some(client_rcvbuf),
+        gateway_via: lossy.as_ref().map(LossyPath::addr),
         ..ClientOptions::default()
     };
     let mut c = Connection::open_with(

@@ -1080,6 +1080,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 212_992)]
     pub client_rcvbuf: usize,
 
+    /// --big: put a lossy path (the test kit's UDP relay) between client and gateway with
+    /// this one-way delay (e.g. 20ms for a 40 ms round trip).
+    #[arg(long, value_parser = parse_duration)]
+    pub path_delay: Option<Duration>,
+
+    /// --big: the lossy path drops this share of datagrams each way (e.g. 0.01).
+    #[arg(long, default_value_t = 0.0)]
+    pub path_loss: f64,
+
     /// --attack: the nice value of the attacker's thread (0 to 19), so that on a machine shared
     /// with the genuine client it cannot win by taking the client's CPU.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
@@ -1144,6 +1153,25 @@ fn run(gateway: &SignalingArgs, args: &BenchArgs) -> i32 {
 }
 
 fn run_inner(gateway: &SignalingArgs, args: &BenchArgs) -> Result<bool, String> {
+    // A lossy path needs the gateway's UDP socket at a known address.
+    let lossy = args.big && (args.path_delay.is_some() || args.path_loss > 0.0);
+    let gateway_udp = match lossy {
+        true => Some(
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map_err(|e| e.to_string())?,
+        ),
+        false => None,
+    };
+    let mut with_udp;
+    let args = match gateway_udp {
+        Some(udp) => {
+            with_udp = args.clone();
+            with_udp.gateway_env.push(format!("MA_UDP_BIND={udp}"));
+            &with_udp
+        }
+        None => args,
+    };
     if args.size < MIN_SIZE {
         return Err(format!("--size must be at least {MIN_SIZE} bytes"));
     }
@@ -1281,7 +1309,15 @@ fn run_inner(gateway: &SignalingArgs, args: &BenchArgs) -> Result<bool, String> 
         let ok = if args.attack {
             attack::run(args, &plan, pid)
         } else {
-            big::run(&plan, args.big_repeats, args.client_rcvbuf)
+            let path = gateway_udp.map(|udp| {
+                let cfg = ma_webrtc_gateway::testkit::path::PathConfig {
+                    delay: args.path_delay.unwrap_or_default(),
+                    loss: args.path_loss,
+                    ..ma_webrtc_gateway::testkit::path::PathConfig::clean()
+                };
+                (udp, cfg)
+            });
+            big::run(&plan, args.big_repeats, args.client_rcvbuf, path)
         };
         if let Some(s) = stack {
             let dir = s.data_dir.clone();
