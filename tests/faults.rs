@@ -204,3 +204,68 @@ fn sigterm_with_live_sessions_closes_them_and_exits_0() {
         );
     }
 }
+
+/// Send a signal to a process with the `kill` command.
+fn kill(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+#[test]
+fn signal_killed_and_restarted_sessions_go_on_and_the_gateway_registers_again() {
+    let mut s = stack(&[]);
+    let port = s.signaling.port;
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+    kill(s.signal.child.id(), "-KILL");
+    let _ = s.signal.child.wait();
+    // The open session does not need the signaling server.
+    for round in 0..5 {
+        c.send_text(&format!(r#"{{"during":{round}}}"#), WAIT)
+            .unwrap();
+        assert_eq!(
+            c.recv_text(WAIT).unwrap(),
+            format!(r#"{{"during":{round}}}"#)
+        );
+    }
+    // Back on the same port: the gateway registers again (its backoff is 100-500 ms here).
+    s.signal = common::Proc::start(&["signal", "--listen", &format!("127.0.0.1:{port}")], &[]);
+    s.signal.wait_for("listening on ", WAIT);
+    s.gateway.wait_for_event("registered", 3 * WAIT);
+    let mut fresh = connect(&s);
+    expect_server_info(&mut fresh);
+    c.send_text(r#"{"after":"restart"}"#, WAIT).unwrap();
+    assert_eq!(c.recv_text(WAIT).unwrap(), r#"{"after":"restart"}"#);
+}
+
+#[test]
+fn a_frozen_signal_server_is_declared_dead_and_rejoined_after_it_thaws() {
+    // Pings every second: the socket counts as dead after two silent intervals.
+    let mut s = stack(&[("MA_SIGNALING_PING", "1s".into())]);
+    let pid = s.signal.child.id();
+    kill(pid, "-STOP");
+    s.gateway
+        .wait_for("the connection is dead; reconnecting", 3 * WAIT);
+    kill(pid, "-CONT");
+    s.gateway.wait_for_event("registered", 3 * WAIT);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+}
+
+#[test]
+fn when_ma_restarts_sessions_close_and_new_ones_work_once_it_is_back() {
+    let s = stack(&[]);
+    let mut c = connect(&s);
+    expect_server_info(&mut c);
+    // MA closes this session's socket (as a restart does): the client sees its channel close.
+    c.send_text(r#"{"command":"standin/close"}"#, WAIT).unwrap();
+    let end = c.recv(WAIT).expect_err("the session ends with MA's socket");
+    assert!(!end.starts_with("timed out"), "{end}");
+    // A new session gets MA's first message again.
+    let mut fresh = connect(&s);
+    expect_server_info(&mut fresh);
+}
