@@ -269,3 +269,107 @@ fn when_ma_restarts_sessions_close_and_new_ones_work_once_it_is_back() {
     let mut fresh = connect(&s);
     expect_server_info(&mut fresh);
 }
+
+/// A TCP forwarder in front of MA that can go down (every forwarded connection cut, new ones
+/// refused) and come back, as MA does when it restarts.
+struct Outage {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Outage {
+    fn start(target: u16) -> Outage {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (d, l) = (down.clone(), live.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                if d.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue; // dropped: the connection is refused at once
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut held = l.lock().unwrap();
+                for s in [&client, &server] {
+                    held.push(s.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Outage { port, down, live }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::Relaxed);
+        if down {
+            for s in self.live.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_ma_outage_closes_every_session_and_refuses_none_once_it_is_over() {
+    let (_signal, port) = common::stack::start_signal();
+    let ma = common::ma_standin::MaStandin::start();
+    let outage = Outage::start(ma.port);
+    let (mut gateway, remote_id) = common::stack::start_gateway(
+        port,
+        &ma,
+        &common::temp_dir("outage"),
+        &[("MA_LOCAL_WS_URL", outage.url())],
+    );
+    let signaling =
+        ma_webrtc_gateway::config::WsUrl::parse(&format!("ws://127.0.0.1:{port}/ws")).unwrap();
+    let connect = || {
+        Connection::open(
+            &signaling,
+            None,
+            &remote_id,
+            "127.0.0.1:0".parse().unwrap(),
+            WAIT,
+        )
+        .expect("the client connects")
+    };
+    let mut a = connect();
+    expect_server_info(&mut a);
+    let mut b = connect();
+    expect_server_info(&mut b);
+    outage.set_down(true);
+    for c in [&mut a, &mut b] {
+        let t0 = Instant::now();
+        let end = c.recv(WAIT).expect_err("MA went away: the session ends");
+        assert!(!end.starts_with("timed out"), "{end}");
+        eprintln!(
+            "a client saw its session end {:?} after MA went down",
+            t0.elapsed()
+        );
+    }
+    // A session opened during the outage is closed, not held.
+    let mut during = connect();
+    let end = during.recv(WAIT).expect_err("no MA: the session ends");
+    assert!(!end.starts_with("timed out"), "{end}");
+    outage.set_down(false);
+    let mut after = connect();
+    expect_server_info(&mut after);
+    assert_eq!(gateway.terminate(WAIT).0, Some(0));
+}
