@@ -298,3 +298,39 @@ fn an_unreadable_identity_stops_start_up_instead_of_replacing_it() {
         "the key was not replaced"
     );
 }
+
+#[test]
+fn replaced_again_and_again_it_never_gives_up_and_never_storms() {
+    let data = temp_dir("replaced-often");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // An ordinary loss would retry after 100 ms; a replacement waits the longest delay, 1 s
+    // here, doubling per consecutive replacement (±20 % jitter): 1, 2, 4 s.
+    let mut env = gateway_env(port, &data);
+    env.retain(|(k, _)| *k != "MA_RECONNECT_MAX");
+    env.push(("MA_RECONNECT_MAX", "1s".into()));
+    let _gw = Proc::start(&[], &env);
+    let mut ws = accept(&listener);
+    for round in 0..3u32 {
+        let reg = read_json(&mut ws);
+        assert_eq!(reg["type"], "register-server", "round {round}");
+        send_json(
+            &mut ws,
+            json!({"type": "registered", "remoteId": reg["remoteId"]}),
+        );
+        ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: 4000.into(),
+            reason: "Replaced by new connection".into(),
+        }))
+        .unwrap();
+        let closed_at = std::time::Instant::now();
+        ws = accept(&listener);
+        let gap = closed_at.elapsed();
+        // The schedule says at least 0.8 s × 2^round; half of that leaves room for any slack.
+        let floor = Duration::from_millis(400) * 2u32.pow(round);
+        assert!(
+            gap >= floor,
+            "round {round}: back after {gap:?}, faster than its schedule"
+        );
+    }
+}
