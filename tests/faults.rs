@@ -373,3 +373,38 @@ fn an_ma_outage_closes_every_session_and_refuses_none_once_it_is_over() {
     expect_server_info(&mut after);
     assert_eq!(gateway.terminate(WAIT).0, Some(0));
 }
+
+#[test]
+fn an_image_ma_never_delivers_is_answered_504_while_others_go_on() {
+    let s = stack(&[]);
+    let mut viewer = connect(&s);
+    expect_server_info(&mut viewer);
+    let mut other = connect(&s);
+    expect_server_info(&mut other);
+    viewer.open_channel("http_proxy", WAIT).unwrap();
+    // MA takes the request and then says nothing for a minute.
+    let request = json!({"type": "http-proxy-request", "id": "hung", "method": "GET",
+        "path": "/slow?ms=60000&size=10", "headers": {}});
+    viewer
+        .send_on("http_proxy", false, request.to_string().as_bytes(), WAIT)
+        .unwrap();
+    // Meanwhile everyone's API traffic goes on.
+    for round in 0..10 {
+        for c in [&mut viewer, &mut other] {
+            c.send_text(&format!(r#"{{"round":{round}}}"#), WAIT)
+                .unwrap();
+            assert_eq!(
+                c.recv_text(WAIT).unwrap(),
+                format!(r#"{{"round":{round}}}"#)
+            );
+        }
+    }
+    // The fetch deadline (15 s) answers 504.
+    let (binary, head) = viewer.recv_on("http_proxy", 3 * WAIT).unwrap();
+    assert!(!binary);
+    let head: serde_json::Value = serde_json::from_slice(&head).unwrap();
+    assert_eq!(
+        (head["id"].as_str(), head["status"].as_u64()),
+        (Some("hung"), Some(504))
+    );
+}
