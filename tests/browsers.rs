@@ -484,6 +484,14 @@ fn echo_texts() -> Vec<String> {
         .collect()
 }
 
+/// Repetitions of each large reply (`BROWSER_BIG_REPEATS`, 5 unless given).
+fn big_repeats() -> usize {
+    std::env::var("BROWSER_BIG_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
 const DOWN_SIZES: [usize; 4] = [64 * 1024, 64 * 1024 + 1, 300_000, 1024 * 1024];
 const SENDSPIN_SIZES: [usize; 5] = [1, 1000, 16 * 1024, 50_000, 65_535];
 const IMAGE_PATH: &str = "/imageproxy?path=%2Fmedia%2Fcover.jpg&provider=filesystem&size=512";
@@ -630,6 +638,7 @@ fn config(
         "sendspin_sizes": SENDSPIN_SIZES,
         "bench_bytes": BENCH_BYTES,
         "bench_frame": BENCH_FRAME,
+        "big_repeats": big_repeats(),
     })
 }
 
@@ -1008,6 +1017,29 @@ fn check_main(
             s.last().copied().unwrap_or(f64::NAN),
             s.len()
         );
+    }
+    if step_ok(c, r, "big") {
+        let mut line = String::from("  large replies, one at a time (ms):");
+        for (key, what) in [
+            ("api_1mb", "ma-api 1 MB"),
+            ("api_3mb", "ma-api 3 MB"),
+            ("image_3mb", "http_proxy 3 MB image"),
+        ] {
+            let mut v: Vec<f64> = r["big"][key]
+                .as_array()
+                .map(|a| a.iter().map(f).collect())
+                .unwrap_or_default();
+            c.eq(&format!("{what} repetitions"), v.len(), big_repeats());
+            v.sort_by(|a, b| a.total_cmp(b));
+            line += &format!(
+                " {what} p50 {:.0}, p95 {:.0}, max {:.0};",
+                percentile(&v, 0.50),
+                percentile(&v, 0.95),
+                v.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+        bench += &line;
+        bench += &format!(" ({} repetitions each)\n", big_repeats());
     }
     if step_ok(c, r, "http_proxy") {
         check_http(

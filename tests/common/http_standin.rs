@@ -2,8 +2,8 @@
 //!
 //! - [`MaFront`] listens on one port the way MA does: WebSocket upgrades are spliced byte for
 //!   byte to an upstream WebSocket server (the [`super::ma_standin`] echo server), plain HTTP
-//!   requests are answered here: `GET|HEAD /imageproxy?...` returns [`test_png`], anything else
-//!   is a 404. Every HTTP request is recorded (method, target, headers) so a test can check what
+//!   requests are answered here: `GET|HEAD /imageproxy?...` returns [`test_png`] (or, with
+//!   `bytes=N` in the query, N bytes of `i % 251`, at most 16 MiB), anything else is a 404. Every HTTP request is recorded (method, target, headers) so a test can check what
 //!   the gateway's proxy forwarded.
 //! - [`SendspinStandin`] is a WebSocket server that echoes text and binary messages, plus two
 //!   benchmark commands: `{"command":"bench/sink","bytes":N}` swallows the next N bytes of
@@ -160,7 +160,18 @@ fn front_conn(
         let head_only = seen.method == "HEAD";
         let (status, ctype, body): (&str, &str, Vec<u8>) =
             if (seen.method == "GET" || head_only) && seen.target.starts_with("/imageproxy") {
-                ("200 OK", "image/png", image.to_vec())
+                let bytes = seen
+                    .target
+                    .split(['?', '&'])
+                    .find_map(|kv| kv.strip_prefix("bytes=")?.parse::<usize>().ok());
+                match bytes {
+                    Some(n) => (
+                        "200 OK",
+                        "image/jpeg",
+                        (0..n.min(16 << 20)).map(|i| (i % 251) as u8).collect(),
+                    ),
+                    None => ("200 OK", "image/png", image.to_vec()),
+                }
             } else {
                 ("404 Not Found", "text/plain", b"not found".to_vec())
             };
