@@ -43,6 +43,7 @@
 
 mod clients;
 mod gateway;
+pub mod props;
 mod webrtc;
 
 use std::collections::{HashSet, VecDeque};
