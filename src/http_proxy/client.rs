@@ -307,8 +307,10 @@ impl HttpConn {
                 Err(HttpError::ClosedBeforeResponse)
             }
             State::Head => {
-                self.state = State::Idle;
-                Err(HttpError::Truncated)
+                // Bytes that came without a line feed were never parsed (see `feed_head`):
+                // say what is wrong with them, as when they arrive with the rest of the head.
+                let error = self.head_error().unwrap_or(HttpError::Truncated);
+                self.fail(error)
             }
             State::Body(Framing::Close) => {
                 self.reusable = false;
@@ -371,6 +373,15 @@ impl HttpConn {
             self.buf.clear();
             return self.begin_body(head, &rest);
         }
+    }
+
+    /// The error `httparse` finds in the head bytes received so far, if any.
+    fn head_error(&self) -> Option<HttpError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        resp.parse(&self.buf)
+            .err()
+            .map(|e| HttpError::BadHead(e.to_string()))
     }
 
     fn check_head_size(&mut self) -> Result<Progress, HttpError> {
@@ -812,6 +823,41 @@ mod tests {
             }
         }
         done.expect("complete")
+    }
+
+    #[test]
+    fn a_malformed_head_is_reported_as_such_however_it_arrives() {
+        // Found by the http_response fuzz target: a status line, then a header line with a
+        // control character and no line feed. Fed at once: "malformed head"; split before
+        // the bad line, that piece (no line feed) was never parsed and the end of the
+        // connection said "truncated".
+        let resp = b"HTTP/1.1 204 No Content\r\n\x02Da\x00\x01\x00";
+        for cut in 0..=resp.len() {
+            let mut c = conn();
+            c.start(&get("/x"));
+            let mut result = Ok(Progress::NeedMore);
+            for part in [&resp[..cut], &resp[cut..]] {
+                if result == Ok(Progress::NeedMore) {
+                    result = c.feed(part);
+                }
+            }
+            if result == Ok(Progress::NeedMore) {
+                result = c.feed_eof();
+            }
+            assert!(
+                matches!(result, Err(HttpError::BadHead(_))),
+                "cut {cut}: {result:?}"
+            );
+            assert!(!c.is_busy());
+        }
+        // A head that is only cut short is still "truncated".
+        let mut c = conn();
+        c.start(&get("/x"));
+        assert_eq!(
+            c.feed(b"HTTP/1.1 200 OK\r\nContent-Ty"),
+            Ok(Progress::NeedMore)
+        );
+        assert_eq!(c.feed_eof(), Err(HttpError::Truncated));
     }
 
     #[test]
