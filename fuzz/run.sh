@@ -28,5 +28,5 @@ for t in "${targets[@]}"; do
   rc=$?
   # With -jobs, libFuzzer writes the job's own output to fuzz-0.log.
   [ -f fuzz-0.log ] && { cat fuzz-0.log >>"logs/$t.log"; rm -f fuzz-0.log; }
-  echo "$t: exit $rc after $(( $(date +%s) - start )) s; $(grep -E '^#[0-9]+ +DONE' "logs/$t.log" | tail -1)"
+  echo "$t: exit $rc after $(( $(date +%s) - start )) s; $(grep -aE '^#[0-9]+[[:space:]]+DONE' "logs/$t.log" | tail -1)"
 done
