@@ -350,6 +350,13 @@ impl HttpConn {
                 });
             }
             let status = resp.code.unwrap_or(0);
+            // httparse takes any three digits; valid codes are 100 to 599 (RFC 9110 §15),
+            // and a client cannot even build a response with another (`new Response` throws).
+            if !(100..=599).contains(&status) {
+                return self.fail(HttpError::BadHead(format!(
+                    "invalid status code {status:03}"
+                )));
+            }
             if status == 101 {
                 return self.fail(HttpError::BadHead(
                     "unexpected 101 Switching Protocols".into(),
@@ -823,6 +830,25 @@ mod tests {
             }
         }
         done.expect("complete")
+    }
+
+    #[test]
+    fn a_status_outside_100_to_599_is_a_malformed_head() {
+        // Found by the http_response fuzz target: `HTTP/1.1 000 OK` (httparse takes any
+        // three digits) was passed back to the client as a response with status 0.
+        for status in ["000", "099", "600", "999"] {
+            let resp = format!("HTTP/1.1 {status} OK\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(
+                run(&mut conn(), &get("/x"), resp.as_bytes()),
+                Err(HttpError::BadHead(format!("invalid status code {status}"))),
+            );
+        }
+        for status in [100, 199, 200, 599] {
+            let resp = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            let mut c = conn();
+            c.start(&get("/x"));
+            assert!(c.feed(resp.as_bytes()).is_ok(), "{status}");
+        }
     }
 
     #[test]
