@@ -282,6 +282,19 @@ impl Identity {
         Ok(Self::check(dir, cert_file, key_file))
     }
 
+    /// The identity the two stored files would give, from their bytes (the loader's own
+    /// check, with no filesystem): `Err` with the reason it is unusable. For the fuzz target
+    /// and the property tests.
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn from_pem(cert_file: &[u8], key_file: &[u8]) -> Result<Identity, String> {
+        Self::check(
+            Path::new("(memory)"),
+            Some(cert_file.to_vec()),
+            Some(key_file.to_vec()),
+        )
+        .map_err(|u| u.reason)
+    }
+
     /// Checks the stored files' contents (`None`: the file does not exist).
     fn check(
         dir: &Path,

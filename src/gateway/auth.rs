@@ -511,6 +511,24 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_hello_keeps_every_number_exactly() {
+        // Found by the hello fuzz target: in a hello with a 61-digit number, the rewritten
+        // text carried 6.666666666666667e60, which serde_json's default float parser read
+        // back one ulp off (6.666666666666666e60): "everything else kept" did not hold.
+        let hello = r#"{"type":"client/hello","payload":{"supported_roles":[],"r":6666666666666666666666666666666666666666666666666666666648000,"f":6.666666666666667e60,"g":0.30000000000000004}}"#;
+        let original: Value = serde_json::from_str(hello).unwrap();
+        let out = guest_hello(hello).unwrap();
+        let rewritten: Value = serde_json::from_str(&out).unwrap();
+        for key in ["r", "f", "g"] {
+            assert_eq!(
+                rewritten["payload"][key], original["payload"][key],
+                "{key}: {out}"
+            );
+        }
+        assert_eq!(guest_hello(&out).as_deref(), Some(out.as_str()));
+    }
+
+    #[test]
     fn a_guest_hello_asks_for_the_player_role_only() {
         let hello = json!({"type": "client/hello", "payload": {
             "client_id": "c1", "name": "Phone", "version": 1,

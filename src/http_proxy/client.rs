@@ -312,8 +312,10 @@ impl HttpConn {
                 Err(HttpError::ClosedBeforeResponse)
             }
             State::Head => {
-                self.state = State::Idle;
-                Err(HttpError::Truncated)
+                // Bytes that came without a line feed were never parsed (see `feed_head`):
+                // say what is wrong with them, as when they arrive with the rest of the head.
+                let error = self.head_error().unwrap_or(HttpError::Truncated);
+                self.fail(error)
             }
             State::Body(Framing::Close) => {
                 self.reusable = false;
@@ -353,6 +355,13 @@ impl HttpConn {
                 });
             }
             let status = resp.code.unwrap_or(0);
+            // httparse takes any three digits; valid codes are 100 to 599 (RFC 9110 §15),
+            // and a client cannot even build a response with another (`new Response` throws).
+            if !(100..=599).contains(&status) {
+                return self.fail(HttpError::BadHead(format!(
+                    "invalid status code {status:03}"
+                )));
+            }
             if status == 101 {
                 return self.fail(HttpError::BadHead(
                     "unexpected 101 Switching Protocols".into(),
@@ -376,6 +385,15 @@ impl HttpConn {
             self.buf.clear();
             return self.begin_body(head, &rest);
         }
+    }
+
+    /// The error `httparse` finds in the head bytes received so far, if any.
+    fn head_error(&self) -> Option<HttpError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        resp.parse(&self.buf)
+            .err()
+            .map(|e| HttpError::BadHead(e.to_string()))
     }
 
     fn check_head_size(&mut self) -> Result<Progress, HttpError> {
@@ -817,6 +835,60 @@ mod tests {
             }
         }
         done.expect("complete")
+    }
+
+    #[test]
+    fn a_status_outside_100_to_599_is_a_malformed_head() {
+        // Found by the http_response fuzz target: `HTTP/1.1 000 OK` (httparse takes any
+        // three digits) was passed back to the client as a response with status 0.
+        for status in ["000", "099", "600", "999"] {
+            let resp = format!("HTTP/1.1 {status} OK\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(
+                run(&mut conn(), &get("/x"), resp.as_bytes()),
+                Err(HttpError::BadHead(format!("invalid status code {status}"))),
+            );
+        }
+        for status in [100, 199, 200, 599] {
+            let resp = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n");
+            let mut c = conn();
+            c.start(&get("/x"));
+            assert!(c.feed(resp.as_bytes()).is_ok(), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_head_is_reported_as_such_however_it_arrives() {
+        // Found by the http_response fuzz target: a status line, then a header line with a
+        // control character and no line feed. Fed at once: "malformed head"; split before
+        // the bad line, that piece (no line feed) was never parsed and the end of the
+        // connection said "truncated".
+        let resp = b"HTTP/1.1 204 No Content\r\n\x02Da\x00\x01\x00";
+        for cut in 0..=resp.len() {
+            let mut c = conn();
+            c.start(&get("/x"));
+            let mut result = Ok(Progress::NeedMore);
+            for part in [&resp[..cut], &resp[cut..]] {
+                if result == Ok(Progress::NeedMore) {
+                    result = c.feed(part);
+                }
+            }
+            if result == Ok(Progress::NeedMore) {
+                result = c.feed_eof();
+            }
+            assert!(
+                matches!(result, Err(HttpError::BadHead(_))),
+                "cut {cut}: {result:?}"
+            );
+            assert!(!c.is_busy());
+        }
+        // A head that is only cut short is still "truncated".
+        let mut c = conn();
+        c.start(&get("/x"));
+        assert_eq!(
+            c.feed(b"HTTP/1.1 200 OK\r\nContent-Ty"),
+            Ok(Progress::NeedMore)
+        );
+        assert_eq!(c.feed_eof(), Err(HttpError::Truncated));
     }
 
     #[test]

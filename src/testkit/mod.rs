@@ -44,6 +44,7 @@
 mod clients;
 mod gateway;
 pub mod path;
+pub mod props;
 pub mod stranger;
 mod webrtc;
 
