@@ -28,9 +28,14 @@ fn free_udp_port() -> u16 {
 
 /// The stack with the gateway's UDP socket on a known address.
 fn stack_at_known_port() -> (Stack, SocketAddr) {
+    stack_at_known_port_with(&[])
+}
+
+fn stack_at_known_port_with(extra: &[(&str, String)]) -> (Stack, SocketAddr) {
     let port = free_udp_port();
-    let s = stack(&[("MA_UDP_BIND", format!("127.0.0.1:{port}"))]);
-    (s, SocketAddr::from(([127, 0, 0, 1], port)))
+    let mut env = vec![("MA_UDP_BIND", format!("127.0.0.1:{port}"))];
+    env.extend(extra.iter().cloned());
+    (stack(&env), SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 fn connect_via(s: &Stack, path: &LossyPath) -> Connection {
@@ -138,7 +143,9 @@ fn a_client_that_vanishes_is_closed_and_its_ma_socket_with_it() {
 
 #[test]
 fn a_junk_flood_at_the_udp_port_leaves_sessions_and_signaling_alone() {
-    let (s, gateway) = stack_at_known_port();
+    // Signaling pings every second: a loop kept from its timers for two seconds would
+    // declare the signaling socket dead.
+    let (mut s, gateway) = stack_at_known_port_with(&[("MA_SIGNALING_PING", "1s".into())]);
     let mut calm = connect(&s);
     expect_server_info(&mut calm);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -181,10 +188,19 @@ fn a_junk_flood_at_the_udp_port_leaves_sessions_and_signaling_alone() {
     }
     let mut late = connect(&s);
     expect_server_info(&mut late);
+    // Keep flooding for a few ping intervals more.
+    std::thread::sleep(Duration::from_secs(3));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flood.join().unwrap();
     eprintln!("{sent} junk datagrams during {:?}", t0.elapsed());
     assert!(sent > 1000, "the flood ran ({sent})");
+    let dead: Vec<String> = s
+        .gateway
+        .log()
+        .into_iter()
+        .filter(|l| l.contains("connection is dead") || l.contains("connection lost"))
+        .collect();
+    assert!(dead.is_empty(), "signaling suffered: {dead:?}");
 }
 
 #[test]
