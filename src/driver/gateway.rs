@@ -42,6 +42,10 @@ const DATAGRAMS_PER_TURN: usize = 256;
 /// streaming in at loopback speed is cut into 256 KiB steps, each followed by a look at every
 /// other socket.
 const READ_BYTES_PER_TURN: usize = 256 * 1024;
+/// Read buffer of the signaling WebSocket. tungstenite's default (128 KiB) is zero-filled on
+/// the first read and stays resident for as long as the gateway is registered; signaling
+/// messages are a few KiB (a larger one grows the buffer while it is read).
+const SIGNALING_READ_BUFFER: usize = 4096;
 
 /// Which machine a connection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -380,7 +384,8 @@ impl Driver {
             Output::Connect => {
                 let url = self.config.signaling_url.clone();
                 log::info!("signaling: connecting to {}", url.to_url());
-                let config = ws_config(client::MAX_MESSAGE, client::MAX_WRITE_BUFFER);
+                let config = ws_config(client::MAX_MESSAGE, client::MAX_WRITE_BUFFER)
+                    .read_buffer_size(SIGNALING_READ_BUFFER);
                 self.conns.open_websocket(Owner::Signaling, &url, config);
                 true
             }
@@ -413,6 +418,7 @@ impl Driver {
                 emit_event(json!({"event": "registered", "remote_id": remote_id}));
                 self.core
                     .guarded(now, Culprit::Other, |c| c.handle_registered(now));
+                release_free_memory();
             }
             Event::Lost => {
                 log::warn!("signaling: disconnected; new remote clients cannot reach this gateway");
@@ -477,5 +483,17 @@ impl Driver {
                 "client_id": client_id,
             })),
         }
+    }
+}
+
+/// Give the heap's free pages back to the kernel. Start-up (flags, logging, the identity's
+/// certificate, the TLS configuration) and the signaling handshake leave freed memory that
+/// glibc keeps; an idle gateway may sit registered for weeks, so once registered is the
+/// moment. A no-op elsewhere than glibc.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and shrinks the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
