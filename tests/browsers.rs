@@ -328,10 +328,7 @@ impl BrowserProc {
 impl Drop for BrowserProc {
     fn drop(&mut self) {
         // The whole group: renderers, GPU and network processes, content processes.
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
+        let _ = common::send_signal(-(self.child.id() as i32), libc::SIGKILL);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -221,14 +221,9 @@ fn sigterm_with_live_sessions_closes_them_and_exits_0() {
     }
 }
 
-/// Send a signal to a process with the `kill` command.
-fn kill(pid: u32, signal: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {signal} {pid}");
+/// Send a signal to a process; it must be there.
+fn kill(pid: u32, signal: i32) {
+    common::send_signal(pid as i32, signal).unwrap_or_else(|e| panic!("kill {signal} {pid}: {e}"));
 }
 
 #[test]
@@ -237,7 +232,7 @@ fn signal_killed_and_restarted_sessions_go_on_and_the_gateway_registers_again() 
     let port = s.signaling.port;
     let mut c = connect(&s);
     expect_server_info(&mut c);
-    kill(s.signal.child.id(), "-KILL");
+    kill(s.signal.child.id(), libc::SIGKILL);
     let _ = s.signal.child.wait();
     // The open session does not need the signaling server.
     for round in 0..5 {
@@ -263,10 +258,10 @@ fn a_frozen_signal_server_is_declared_dead_and_rejoined_after_it_thaws() {
     // Pings every second: the socket counts as dead after two silent intervals.
     let mut s = stack(&[("MA_SIGNALING_PING", "1s".into())]);
     let pid = s.signal.child.id();
-    kill(pid, "-STOP");
+    kill(pid, libc::SIGSTOP);
     s.gateway
         .wait_for("the connection is dead; reconnecting", 3 * WAIT);
-    kill(pid, "-CONT");
+    kill(pid, libc::SIGCONT);
     s.gateway.wait_for_event("registered", 3 * WAIT);
     let mut c = connect(&s);
     expect_server_info(&mut c);

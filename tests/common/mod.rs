@@ -166,7 +166,7 @@ impl Proc {
     /// Send SIGTERM and wait for the exit; returns the exit code and how long it took.
     pub fn terminate(&mut self, timeout: Duration) -> (Option<i32>, Duration) {
         let t0 = Instant::now();
-        unsafe_kill(self.child.id(), 15);
+        let _ = send_signal(self.child.id() as i32, libc::SIGTERM);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return (status.code(), t0.elapsed());
@@ -200,12 +200,15 @@ fn forward(reader: impl BufRead, tx: mpsc::Sender<String>) {
     }
 }
 
-/// Send a signal with the `kill` command (no libc dependency in tests).
-fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+/// Send signal `sig` to process `pid` (a negative `pid` names a process group). Through libc,
+/// not the `kill` command, which a minimal machine may lack (procps). Errors (the process is
+/// gone) are returned for the caller to judge.
+pub fn send_signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    match unsafe { libc::kill(pid, sig) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 impl Drop for Proc {
