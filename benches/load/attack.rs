@@ -26,15 +26,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ma_webrtc_gateway::driver::connect::Connection;
 use ma_webrtc_gateway::remote_client::ClientOptions;
 use ma_webrtc_gateway::testkit::stranger::squat;
 use ma_webrtc_gateway::webrtc::session::MIN_REMOTE_MAX_MESSAGE_SIZE;
 use serde_json::Value;
 
-use super::{
-    mib, proc_sample, recv_bytes, rtt_phase, summary, BenchArgs, Codec, Plan, SessionReport,
-};
+use super::{mib, proc_sample, rtt_phase, summary, BenchArgs, Codec, Plan, SessionReport};
 
 /// The p99 round trip under attack may be at most this many times its value alone.
 const STALL_LIMIT: f64 = 3.0;
@@ -190,16 +187,9 @@ fn stall_attacker(
         max_message_size: Some(MIN_REMOTE_MAX_MESSAGE_SIZE as u32),
         ..ClientOptions::default()
     };
-    let opened = Connection::open_with(
-        &plan.signaling,
-        plan.tls.clone(),
-        &plan.remote_id,
-        plan.bind,
-        plan.timeout,
-        options,
-    )
-    .and_then(|mut c| c.recv(plan.timeout).map(|_| c))
-    .and_then(|mut c| c.open_channel("http_proxy", plan.timeout).map(|()| c));
+    let opened = plan
+        .greeted(options)
+        .and_then(|mut c| c.open_channel("http_proxy", plan.timeout).map(|()| c));
     let mut c = match opened {
         Ok(c) => c,
         Err(e) => {
@@ -269,14 +259,7 @@ fn stall_attacker(
 /// Echo round trips of one fresh genuine session: `plan.rtt_samples`, and more (in batches of
 /// that many) until `until`.
 fn genuine_rtts(plan: &Plan, index: u32, until: Instant) -> Result<Vec<f64>, String> {
-    let mut c = Connection::open(
-        &plan.signaling,
-        plan.tls.clone(),
-        &plan.remote_id,
-        plan.bind,
-        plan.timeout,
-    )?;
-    recv_bytes(&mut c, plan)?;
+    let mut c = plan.greeted(ClientOptions::default())?;
     let mut r = SessionReport::default();
     let codec = Codec::new(plan.size);
     loop {
@@ -405,15 +388,7 @@ pub fn run(args: &BenchArgs, plan: &Plan, gateway_pid: u32) -> Result<bool, Stri
     let mut failures = Vec::new();
     for i in 0..args.squat_clients {
         let t0 = Instant::now();
-        let attempt = Connection::open(
-            &plan.signaling,
-            plan.tls.clone(),
-            &plan.remote_id,
-            plan.bind,
-            plan.timeout,
-        )
-        .and_then(|mut c| recv_bytes(&mut c, plan).map(|_| c));
-        match attempt {
+        match plan.greeted(ClientOptions::default()) {
             Ok(c) => {
                 setups.push(t0.elapsed().as_secs_f64() * 1000.0);
                 c.close();

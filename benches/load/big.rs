@@ -102,15 +102,7 @@ pub fn run(
         gateway_via: lossy.as_ref().map(LossyPath::addr),
         ..ClientOptions::default()
     };
-    let mut c = Connection::open_with(
-        &plan.signaling,
-        plan.tls.clone(),
-        &plan.remote_id,
-        plan.bind,
-        plan.timeout,
-        options,
-    )?;
-    c.recv(plan.timeout)?;
+    let mut c = plan.greeted(options)?;
     c.open_channel("http_proxy", plan.timeout)?;
     let _ = writeln!(
         out,

@@ -48,7 +48,7 @@ use tungstenite::Message;
 use clap::{Args, Parser};
 use ma_webrtc_gateway::config::{parse_duration, WsUrl};
 use ma_webrtc_gateway::driver::connect::Connection;
-use ma_webrtc_gateway::remote_client::ClientEvent;
+use ma_webrtc_gateway::remote_client::{ClientEvent, ClientOptions};
 use ma_webrtc_gateway::stats::percentile;
 
 /// Header: kind (1) + session (6 hex) + seq (10 hex) + length (8 hex).
@@ -261,6 +261,21 @@ struct Plan {
     idle_hold: Duration,
 }
 
+impl Plan {
+    /// A session as the web app opens one (`ma-api` open), its offer shaped by `options`.
+    fn open(&self, options: ClientOptions) -> Result<Connection, String> {
+        let (signaling, tls, id) = (&self.signaling, self.tls.clone(), &self.remote_id);
+        Connection::open_with(signaling, tls, id, self.bind, self.timeout, options)
+    }
+
+    /// [`Plan::open`], then MA's first message read.
+    fn greeted(&self, options: ClientOptions) -> Result<Connection, String> {
+        let mut c = self.open(options)?;
+        c.recv(self.timeout)?;
+        Ok(c)
+    }
+}
+
 fn send(conn: &mut Connection, plan: &Plan, m: &[u8]) -> Result<(), String> {
     conn.send(plan.binary, m, plan.timeout)
 }
@@ -300,13 +315,7 @@ fn session_thread(
     setup_done: impl FnOnce(),
 ) -> SessionReport {
     let mut r = SessionReport::default();
-    let conn = match Connection::open(
-        &plan.signaling,
-        plan.tls.clone(),
-        &plan.remote_id,
-        plan.bind,
-        plan.timeout,
-    ) {
+    let conn = match plan.open(ClientOptions::default()) {
         Ok(c) => Some(c),
         Err(e) => {
             r.failure = Some(format!("set-up: {e}"));
@@ -1287,15 +1296,9 @@ fn run_inner(gateway: &SignalingArgs, args: &BenchArgs) -> Result<bool, String> 
     // gateway pays a one-time crypto initialisation on its first session.
     for i in 0..args.warmup {
         let hold = std::mem::replace(&mut plan.idle_hold, Duration::ZERO);
-        let c = Connection::open(
-            &plan.signaling,
-            plan.tls.clone(),
-            &plan.remote_id,
-            plan.bind,
-            plan.timeout,
-        )
-        .and_then(|mut c| c.recv(plan.timeout).map(|_| c))
-        .map_err(|e| format!("warm-up session {i}: {e}"))?;
+        let c = plan
+            .greeted(ClientOptions::default())
+            .map_err(|e| format!("warm-up session {i}: {e}"))?;
         c.close();
         plan.idle_hold = hold;
     }
