@@ -50,11 +50,20 @@ fn send_json(ws: &mut WebSocket<TcpStream>, v: Value) {
 }
 
 fn gateway_env(port: u16, data: &std::path::Path) -> Vec<(&'static str, String)> {
+    gateway_env_with_max(port, data, "500ms")
+}
+
+/// [`gateway_env`] with another longest reconnect delay (the wait after a replacement).
+fn gateway_env_with_max(
+    port: u16,
+    data: &std::path::Path,
+    reconnect_max: &str,
+) -> Vec<(&'static str, String)> {
     vec![
         ("MA_SIGNALING_URL", format!("ws://127.0.0.1:{port}/ws")),
         ("MA_DATA_DIR", data.display().to_string()),
         ("MA_RECONNECT_MIN", "100ms".into()),
-        ("MA_RECONNECT_MAX", "500ms".into()),
+        ("MA_RECONNECT_MAX", reconnect_max.into()),
         (
             "MA_ICE_SERVERS",
             r#"[{"urls":"stun:127.0.0.1:3478"}]"#.into(),
@@ -145,9 +154,7 @@ fn replaced_gateway_backs_off_instead_of_storming() {
     let port = listener.local_addr().unwrap().port();
     // An ordinary loss retries after 100 ms; a replacement waits the longest delay, 10 s here
     // (±20 % jitter): the gap between the two is far wider than any scheduling delay.
-    let mut env = gateway_env(port, &data);
-    env.retain(|(k, _)| *k != "MA_RECONNECT_MAX");
-    env.push(("MA_RECONNECT_MAX", "10s".into()));
+    let env = gateway_env_with_max(port, &data, "10s");
     let mut gw = Proc::start(&[], &env);
     let mut ws = accept(&listener);
     let reg = read_json(&mut ws);
@@ -306,9 +313,7 @@ fn replaced_again_and_again_it_never_gives_up_and_never_storms() {
     let port = listener.local_addr().unwrap().port();
     // An ordinary loss would retry after 100 ms; a replacement waits the longest delay, 1 s
     // here, doubling per consecutive replacement (±20 % jitter): 1, 2, 4 s.
-    let mut env = gateway_env(port, &data);
-    env.retain(|(k, _)| *k != "MA_RECONNECT_MAX");
-    env.push(("MA_RECONNECT_MAX", "1s".into()));
+    let env = gateway_env_with_max(port, &data, "1s");
     let _gw = Proc::start(&[], &env);
     let mut ws = accept(&listener);
     for round in 0..3u32 {
