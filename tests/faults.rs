@@ -57,6 +57,15 @@ fn connect_via(s: &Stack, path: &LossyPath) -> Connection {
     c
 }
 
+/// `rounds` small messages named `label`, each echoed before the next is sent.
+fn echo_rounds(c: &mut Connection, label: &str, rounds: usize) {
+    for round in 0..rounds {
+        let text = format!(r#"{{"{label}":{round}}}"#);
+        c.send_text(&text, WAIT).unwrap();
+        assert_eq!(c.recv_text(WAIT).unwrap(), text);
+    }
+}
+
 /// Send `count` messages of assorted sizes (up to the gateway's 256 KiB limit, so many
 /// datagrams each) and check every echo arrives once, in order, intact.
 fn echo_everything(c: &mut Connection, count: usize) {
@@ -178,14 +187,7 @@ fn a_junk_flood_at_the_udp_port_leaves_sessions_and_signaling_alone() {
     };
     // Sessions keep echoing, and a new one connects (signaling and ICE go on) meanwhile.
     let t0 = Instant::now();
-    for round in 0..20 {
-        calm.send_text(&format!(r#"{{"round":{round}}}"#), WAIT)
-            .unwrap();
-        assert_eq!(
-            calm.recv_text(WAIT).unwrap(),
-            format!(r#"{{"round":{round}}}"#)
-        );
-    }
+    echo_rounds(&mut calm, "round", 20);
     let mut late = connect(&s);
     expect_server_info(&mut late);
     // Keep flooding for a few ping intervals more.
@@ -235,14 +237,7 @@ fn signal_killed_and_restarted_sessions_go_on_and_the_gateway_registers_again() 
     kill(s.signal.child.id(), libc::SIGKILL);
     let _ = s.signal.child.wait();
     // The open session does not need the signaling server.
-    for round in 0..5 {
-        c.send_text(&format!(r#"{{"during":{round}}}"#), WAIT)
-            .unwrap();
-        assert_eq!(
-            c.recv_text(WAIT).unwrap(),
-            format!(r#"{{"during":{round}}}"#)
-        );
-    }
+    echo_rounds(&mut c, "during", 5);
     // Back on the same port: the gateway registers again (its backoff is 100-500 ms here).
     s.signal = common::Proc::start(&["signal", "--listen", &format!("127.0.0.1:{port}")], &[]);
     s.signal.wait_for("listening on ", WAIT);
@@ -400,16 +395,8 @@ fn an_image_ma_never_delivers_is_answered_504_while_others_go_on() {
         .send_on("http_proxy", false, request.to_string().as_bytes(), WAIT)
         .unwrap();
     // Meanwhile everyone's API traffic goes on.
-    for round in 0..10 {
-        for c in [&mut viewer, &mut other] {
-            c.send_text(&format!(r#"{{"round":{round}}}"#), WAIT)
-                .unwrap();
-            assert_eq!(
-                c.recv_text(WAIT).unwrap(),
-                format!(r#"{{"round":{round}}}"#)
-            );
-        }
-    }
+    echo_rounds(&mut viewer, "viewer", 10);
+    echo_rounds(&mut other, "other", 10);
     // The fetch deadline (15 s) answers 504.
     let (binary, head) = viewer.recv_on("http_proxy", 3 * WAIT).unwrap();
     assert!(!binary);
