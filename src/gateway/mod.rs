@@ -621,9 +621,7 @@ impl Gateway {
         self.now = now;
         while let Some(key) = self.undrained.pop() {
             self.current = Some(key);
-            if let Some(s) = self.sessions.get_mut(&key) {
-                s.peer.drain_received();
-            }
+            // Its poll_output drains str0m first.
             self.drain_session(key, now);
         }
         self.current = None;

@@ -619,7 +619,7 @@ impl PeerSession {
     /// candidate address it arrived on (not a wildcard), or str0m drops STUN. Not gated on
     /// `Rtc::accepts()`. Unparseable datagrams are dropped (counted); str0m errors end the session.
     /// The session is drained only every [`MAX_UNDRAINED_INPUTS`]: the caller ends a batch
-    /// with [`PeerSession::drain_received`].
+    /// with [`PeerSession::drain_pending`].
     pub fn handle_receive(
         &mut self,
         now: Instant,
@@ -654,21 +654,27 @@ impl PeerSession {
                 return;
             }
         }
+        self.note_undrained();
+    }
+
+    /// One more input (datagram or write) left undrained; at [`MAX_UNDRAINED_INPUTS`] the
+    /// session is drained at once.
+    fn note_undrained(&mut self) {
         self.undrained += 1;
         if self.undrained >= MAX_UNDRAINED_INPUTS {
-            self.drain_received();
+            self.drain_pending();
         }
     }
 
-    /// Whether datagrams were fed since the last drain: call
-    /// [`PeerSession::drain_received`] once the batch of datagrams at hand is fed (the
-    /// session's deadline is due meanwhile, and [`Machine::poll_output`] drains first).
+    /// Whether datagrams were fed or messages written since the last drain: call
+    /// [`PeerSession::drain_pending`] once the batch at hand is done (the session's deadline
+    /// is due meanwhile, and [`Machine::poll_output`] drains first).
     pub fn has_undrained(&self) -> bool {
         self.undrained > 0
     }
 
-    /// Drain what the datagrams fed since the last drain produced.
-    pub fn drain_received(&mut self) {
+    /// Drain what the inputs since the last drain produced.
+    pub fn drain_pending(&mut self) {
         if self.undrained > 0 {
             self.drain();
             self.check_writable();
@@ -761,10 +767,7 @@ impl PeerSession {
             Some(Ok(true)) => {
                 // Drained once after the caller's writes (as for datagrams): each drain makes
                 // sctp-proto scan every chunk in flight.
-                self.undrained += 1;
-                if self.undrained >= MAX_UNDRAINED_INPUTS {
-                    self.drain();
-                }
+                self.note_undrained();
                 Ok(true)
             }
             Some(Ok(false)) => {
@@ -997,14 +1000,18 @@ impl PeerSession {
         self.out.push_back(SessionOutput::Event(ev));
     }
 
+    /// Bytes written and not yet acknowledged, all channels. Runs before every write: the
+    /// channel map is lent to the guard rather than its ids copied into a new vector.
     fn total_buffered(&mut self) -> usize {
-        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
-        self.guard(|rtc| {
-            ids.iter()
+        let channels = std::mem::take(&mut self.channels);
+        let total = self.guard(|rtc| {
+            channels
+                .keys()
                 .map(|id| rtc.channel(*id).map_or(0, |mut c| c.buffered_amount()))
                 .sum()
-        })
-        .unwrap_or(0)
+        });
+        self.channels = channels;
+        total.unwrap_or(0)
     }
 
     fn check_writable(&mut self) {
@@ -1032,7 +1039,7 @@ impl Machine for PeerSession {
 
     /// Queued transmits and events in order, then the next timeout.
     fn poll_output(&mut self) -> Next<SessionOutput> {
-        self.drain_received();
+        self.drain_pending();
         Next::or_timeout(self.out.pop_front(), || Some(self.next_timeout()))
     }
 }
