@@ -426,6 +426,31 @@ fn rtt_phase(
     Ok(())
 }
 
+/// Receive one message of a throughput phase and count it: of `kind` for session `index` and
+/// next in sequence, its bytes go to `res`; anything else is counted in `e` (lost, when the
+/// connection fails, is everything still expected).
+fn receive_next(
+    c: &mut Connection,
+    plan: &Plan,
+    codec: &Codec,
+    (index, kind): (u32, u8),
+    expect: &mut Expect,
+    e: &mut Errors,
+    res: &mut PhaseResult,
+) -> Result<(), String> {
+    let got = recv_bytes(c, plan).inspect_err(|_| e.lost += plan.messages - expect.next)?;
+    match codec.check(index, &got) {
+        Ok(p) if p.kind == kind => {
+            if expect.take(p.seq, e) {
+                res.bytes += plan.size as u64;
+            }
+        }
+        Ok(_) | Err(Bad::Corrupt) => e.corrupted += 1,
+        Err(Bad::WrongSession) => e.misrouted += 1,
+    }
+    Ok(())
+}
+
 fn echo_phase(
     c: &mut Connection,
     plan: &Plan,
@@ -442,23 +467,8 @@ fn echo_phase(
             send(c, plan, &codec.build(KIND_ECHO, index, sent))?;
             sent += 1;
         }
-        let got = match recv_bytes(c, plan) {
-            Ok(m) => m,
-            Err(why) => {
-                e.lost += plan.messages - expect.next;
-                return Err(why);
-            }
-        };
+        receive_next(c, plan, codec, (index, KIND_ECHO), &mut expect, e, res)?;
         received += 1;
-        match codec.check(index, &got) {
-            Ok(p) if p.kind == KIND_ECHO => {
-                if expect.take(p.seq, e) {
-                    res.bytes += plan.size as u64;
-                }
-            }
-            Ok(_) | Err(Bad::Corrupt) => e.corrupted += 1,
-            Err(Bad::WrongSession) => e.misrouted += 1,
-        }
     }
     Ok(())
 }
@@ -509,22 +519,7 @@ fn down_phase(
     )?;
     let mut expect = Expect { next: 0 };
     while expect.next < plan.messages {
-        let got = match recv_bytes(c, plan) {
-            Ok(m) => m,
-            Err(why) => {
-                e.lost += plan.messages - expect.next;
-                return Err(why);
-            }
-        };
-        match codec.check(index, &got) {
-            Ok(p) if p.kind == KIND_DOWN => {
-                if expect.take(p.seq, e) {
-                    res.bytes += plan.size as u64;
-                }
-            }
-            Ok(_) | Err(Bad::Corrupt) => e.corrupted += 1,
-            Err(Bad::WrongSession) => e.misrouted += 1,
-        }
+        receive_next(c, plan, codec, (index, KIND_DOWN), &mut expect, e, res)?;
     }
     Ok(())
 }
