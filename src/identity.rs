@@ -27,9 +27,9 @@ use aws_lc_rs::digest;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING};
 use data_encoding::{BASE32_NOPAD, BASE64, HEXUPPER};
 use log::{info, warn};
-use x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY;
-use x509_parser::pem::{parse_x509_pem, Pem};
-use x509_parser::time::ASN1Time;
+use x509_cert::der::asn1::ObjectIdentifier;
+use x509_cert::der::Decode as _;
+use x509_cert::Certificate;
 
 /// File name of the PEM certificate in the data folder (Music Assistant's name).
 pub const CERT_FILE: &str = "webrtc_certificate.pem";
@@ -47,6 +47,8 @@ pub const REMOTE_ID_LEN: usize = 26;
 pub const APP_URL: &str = "https://app.music-assistant.io/?remote_id=";
 
 const DAY_SECS: i64 = 86_400;
+/// id-ecPublicKey (RFC 5480), the algorithm of an EC public key in a certificate.
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 /// Held (an exclusive advisory lock) by the gateway running on a data folder.
 pub const LOCK_FILE: &str = "ma-webrtc-gateway.lock";
 
@@ -234,12 +236,10 @@ impl Identity {
         let mut name = rcgen::DistinguishedName::new();
         name.push(rcgen::DnType::CommonName, COMMON_NAME);
         params.distinguished_name = name;
-        params.not_before = ASN1Time::from_timestamp(not_before)
-            .map_err(crypto_error("bad notBefore"))?
-            .to_datetime();
-        params.not_after = ASN1Time::from_timestamp(not_after)
-            .map_err(crypto_error("bad notAfter"))?
-            .to_datetime();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(not_before)
+            .map_err(crypto_error("bad notBefore"))?;
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after)
+            .map_err(crypto_error("bad notAfter"))?;
         let mut serial = [0u8; 16];
         aws_lc_rs::rand::fill(&mut serial).map_err(crypto_error("no randomness"))?;
         serial[0] = (serial[0] & 0x7f) | 0x01; // positive, and 16 significant bytes
@@ -328,7 +328,7 @@ impl Identity {
             )));
         }
         let cert_der = cert_pem_block.contents;
-        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| {
+        let cert = Certificate::from_der(&cert_der).map_err(|e| {
             Unusable::new(format!(
                 "{} is not a valid X.509 certificate: {e}",
                 cert_path.display()
@@ -349,10 +349,7 @@ impl Identity {
             .as_ref()
             .to_vec();
 
-        let spki = cert.public_key();
-        if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY
-            || spki.subject_public_key.data.as_ref() != key_pair.public_key().as_ref()
-        {
+        if certificate_ec_public_key(&cert) != Ok(key_pair.public_key().as_ref()) {
             return Err(Unusable::new(format!(
                 "{} and {} do not belong together (interrupted write?)",
                 key_path.display(),
@@ -360,7 +357,9 @@ impl Identity {
             )));
         }
 
-        let left = cert.validity().not_after.timestamp() - now_unix();
+        let not_after = cert.tbs_certificate().validity().not_after;
+        let left =
+            i64::try_from(not_after.to_unix_duration().as_secs()).unwrap_or(i64::MAX) - now_unix();
         if left < RENEW_BEFORE_DAYS * DAY_SECS {
             return Err(Unusable::new(if left <= 0 {
                 format!(
@@ -446,9 +445,60 @@ fn colon_hex(bytes: &[u8]) -> String {
 }
 
 fn parse_pem(data: &[u8], path: &Path) -> Result<Pem, Unusable> {
-    parse_x509_pem(data)
-        .map(|(_, pem)| pem)
-        .map_err(|e| Unusable::new(format!("{} is not valid PEM: {e}", path.display())))
+    pem_block(data).map_err(|e| Unusable::new(format!("{} is not valid PEM: {e}", path.display())))
+}
+
+/// One PEM block (RFC 7468): its label and its decoded contents.
+#[derive(Debug, PartialEq, Eq)]
+struct Pem {
+    label: String,
+    contents: Vec<u8>,
+}
+
+/// The first PEM block of `data`: text before it is ignored (explanatory text is allowed
+/// before the encapsulation boundary), the label of `END` must match the one of `BEGIN`, and
+/// the base64 between them may be wrapped at any width.
+fn pem_block(data: &[u8]) -> Result<Pem, String> {
+    const BEGIN: &str = "-----BEGIN ";
+    const END: &str = "-----END ";
+    const DASHES: &str = "-----";
+    let text = std::str::from_utf8(data).map_err(|_| "not text".to_string())?;
+    let start = text.find(BEGIN).ok_or("no -----BEGIN line")? + BEGIN.len();
+    let rest = &text[start..];
+    let label_end = rest.find(DASHES).ok_or("unterminated BEGIN line")?;
+    let label = &rest[..label_end];
+    if label.contains(['\r', '\n']) {
+        return Err("unterminated BEGIN line".into());
+    }
+    let body = &rest[label_end + DASHES.len()..];
+    let end = body
+        .find(END)
+        .ok_or_else(|| format!("no END line for {label}"))?;
+    if !body[end + END.len()..].starts_with(&format!("{label}{DASHES}")) {
+        return Err(format!("the END line does not match BEGIN {label}"));
+    }
+    let b64: String = body[..end]
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let contents = BASE64
+        .decode(b64.as_bytes())
+        .map_err(|e| format!("bad base64 in {label}: {e}"))?;
+    Ok(Pem {
+        label: label.to_string(),
+        contents,
+    })
+}
+
+/// The EC public key (uncompressed point) of a DER certificate, or why there is none.
+pub fn certificate_ec_public_key(cert: &Certificate) -> Result<&[u8], &'static str> {
+    let spki = cert.tbs_certificate().subject_public_key_info();
+    if spki.algorithm.oid != OID_EC_PUBLIC_KEY {
+        return Err("the certificate's key is not an EC key");
+    }
+    spki.subject_public_key
+        .as_bytes()
+        .ok_or("the certificate's key is not a whole number of bytes")
 }
 
 /// Accepts PKCS#8 (`PRIVATE KEY`, what MA and we write) and SEC1 (`EC PRIVATE KEY`) P-256 keys.
@@ -878,21 +928,67 @@ mod tests {
     }
 
     #[test]
+    fn pem_blocks_are_read_with_their_label_and_any_wrapping() {
+        let der: Vec<u8> = (0..=255u8).collect();
+        let b64 = BASE64.encode(&der);
+        let wrapped = |width: usize| {
+            b64.as_bytes()
+                .chunks(width)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect::<Vec<_>>()
+                .join("\r\n")
+        };
+        for width in [64, 76, 1000] {
+            let text = format!(
+                "explanatory text\n-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                wrapped(width)
+            );
+            let pem = pem_block(text.as_bytes()).unwrap();
+            assert_eq!(
+                (pem.label.as_str(), pem.contents),
+                ("CERTIFICATE", der.clone())
+            );
+        }
+        let bad = [
+            ("", "no -----BEGIN"),
+            ("-----BEGIN X-----\nAAAA\n", "no END line for X"),
+            (
+                "-----BEGIN X-----\nAAAA\n-----END Y-----\n",
+                "does not match",
+            ),
+            ("-----BEGIN X-----\nA?AA\n-----END X-----\n", "bad base64"),
+            ("-----BEGIN X\n-----\n", "unterminated"),
+            ("-----BEGIN ", "unterminated"),
+        ];
+        for (text, why) in bad {
+            let e = pem_block(text.as_bytes()).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+        assert!(pem_block(&[0xff, 0xfe]).unwrap_err().contains("not text"));
+    }
+
+    #[test]
     fn generated_certificate_matches_spec() {
         let id = Identity::generate().expect("generate");
         assert_eq!(id.remote_id.len(), REMOTE_ID_LEN);
         assert_eq!(id.fingerprint, sha256(&id.cert_der));
         assert_eq!(id.fingerprint_colon_hex().len(), 32 * 3 - 1);
-        let (_, cert) = x509_parser::parse_x509_certificate(&id.cert_der).expect("parses");
-        assert_eq!(cert.subject().to_string(), "CN=Music Assistant WebRTC");
-        assert_eq!(cert.issuer().to_string(), "CN=Music Assistant WebRTC");
+        let cert = Certificate::from_der(&id.cert_der).expect("parses");
+        let tbs = cert.tbs_certificate();
+        assert_eq!(tbs.subject().to_string(), "CN=Music Assistant WebRTC");
+        assert_eq!(tbs.issuer().to_string(), "CN=Music Assistant WebRTC");
         assert_eq!(
-            cert.signature_algorithm.algorithm,
-            x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256
+            cert.signature_algorithm().oid,
+            ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2"), // ecdsa-with-SHA256
+        );
+        assert_eq!(
+            tbs.subject_public_key_info().algorithm.oid,
+            OID_EC_PUBLIC_KEY
         );
         let now = now_unix();
-        let nb = cert.validity().not_before.timestamp();
-        let na = cert.validity().not_after.timestamp();
+        let secs = |t: x509_cert::time::Time| t.to_unix_duration().as_secs() as i64;
+        let nb = secs(tbs.validity().not_before);
+        let na = secs(tbs.validity().not_after);
         assert!((nb - (now - DAY_SECS)).abs() < 60);
         assert!((na - (now + VALIDITY_DAYS * DAY_SECS)).abs() < 60);
         assert!(id.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));

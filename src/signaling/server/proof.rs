@@ -3,9 +3,11 @@
 
 use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use data_encoding::BASE64;
-use x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY;
 
-use crate::identity::remote_id_of_certificate;
+use x509_cert::der::Decode as _;
+use x509_cert::Certificate;
+
+use crate::identity::{certificate_ec_public_key, remote_id_of_certificate};
 use crate::signaling::protocol::{proof_message, Proof};
 
 /// Random bytes in a nonce (the protocol asks for at least 16).
@@ -44,18 +46,10 @@ pub fn verify(proof: &Proof, nonce: &str, remote_id: &str) -> Result<(), &'stati
     if !remote_id_of_certificate(&cert_der).eq_ignore_ascii_case(remote_id) {
         return Err("the certificate is not that of this Remote ID");
     }
-    let (_, cert) = x509_parser::parse_x509_certificate(&cert_der)
-        .map_err(|_| "the certificate is not X.509")?;
-    let spki = cert.public_key();
-    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY {
-        return Err("the certificate's key is not an EC key");
-    }
-    UnparsedPublicKey::new(
-        &ECDSA_P256_SHA256_ASN1,
-        spki.subject_public_key.data.as_ref(),
-    )
-    .verify(&proof_message(nonce, remote_id), &signature)
-    .map_err(|_| "the signature does not verify")
+    let cert = Certificate::from_der(&cert_der).map_err(|_| "the certificate is not X.509")?;
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, certificate_ec_public_key(&cert)?)
+        .verify(&proof_message(nonce, remote_id), &signature)
+        .map_err(|_| "the signature does not verify")
 }
 
 #[cfg(test)]

@@ -17,8 +17,12 @@ use std::sync::OnceLock;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+use x509_cert::der::Decode as _;
+use x509_cert::Certificate;
 
-use crate::identity::{remote_id_from_fingerprint, Identity, REMOTE_ID_LEN};
+use crate::identity::{
+    certificate_ec_public_key, remote_id_from_fingerprint, Identity, REMOTE_ID_LEN,
+};
 
 pub fn check(data: &[u8]) {
     let split = usize::from(u16::from_be_bytes([
@@ -42,11 +46,10 @@ pub fn check(data: &[u8]) {
     assert_eq!(dtls.certificate, id.cert_der);
     let key_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &dtls.private_key)
         .expect("the accepted key is not P-256 PKCS#8");
-    let (_, parsed) = x509_parser::parse_x509_certificate(&id.cert_der)
-        .expect("the accepted cert does not parse");
+    let parsed = Certificate::from_der(&id.cert_der).expect("the accepted cert does not parse");
     assert_eq!(
-        parsed.public_key().subject_public_key.data.as_ref(),
-        key_pair.public_key().as_ref(),
+        certificate_ec_public_key(&parsed),
+        Ok(key_pair.public_key().as_ref()),
         "key and certificate do not belong together"
     );
     let again = Identity::from_pem(cert, key).expect("accepted once, refused the second time");
