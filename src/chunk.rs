@@ -32,13 +32,18 @@ use crate::webrtc::session::DEFAULT_REMOTE_MAX_MESSAGE_SIZE;
 /// Slice size of Music Assistant's framing: 64 KiB of message bytes per frame
 /// (87 384 base64 characters, the most current clients accept in one frame).
 pub const DEFAULT_SLICE_SIZE: usize = 64 * 1024;
-/// The slice size the gateway uses: 48 000 bytes, a multiple of 3, so base64 padding never
+/// The slice size the gateway uses: 12 000 bytes, a multiple of 3, so base64 padding never
 /// lands in the middle of the joined payload (some clients join the parts before decoding,
-/// others decode each; both work), and small enough that a frame (64 060 bytes with a short id)
-/// fits twice in the 128 KiB send window: a frame of MA's 64 KiB slices (87 KB) fits only once,
-/// which turned every large reply into bursts of one frame at a time
-/// (docs/design.md#the-send-window).
-pub const GATEWAY_SLICE_SIZE: usize = 48_000;
+/// others decode each; both work), and small enough that a frame (16 060 bytes with a short id)
+/// fits three times in the smallest send window (48 KiB, docs/design.md#the-send-window):
+/// frames larger than a third of the window turned large replies into bursts of one frame at
+/// a time.
+pub const GATEWAY_SLICE_SIZE: usize = 12_000;
+/// The gateway sends API text whole up to this (or the peer's smaller limit) and chunks it
+/// above, as MA 2.10 does: 64 KiB whole are what clients older than chunking received from
+/// MA, and a whole message larger than the send window goes alone in one burst that a
+/// browser's receive buffer may not hold.
+pub const GATEWAY_WHOLE_MAX: usize = 64 * 1024;
 /// Highest id before the counter wraps to 1 (`Number.MAX_SAFE_INTEGER`).
 const MAX_ID: u64 = (1 << 53) - 1;
 

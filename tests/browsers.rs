@@ -787,7 +787,11 @@ fn inner(browser: Browser, exe: &Path, netns: bool) {
     say(&format!(
         "browser benchmark, {} ({ua}), {} gateway build{}:\n{bench}  gateway SCTP retransmission timeouts: {rto}{drops}\n  whole browser run {:.1} s (browser start to last report)",
         browser.name(),
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+        match std::env::var("TEST_GATEWAY_BIN") {
+            Ok(path) => format!("TEST_GATEWAY_BIN={path}"),
+            Err(_) if cfg!(debug_assertions) => "debug".into(),
+            Err(_) => "release".into(),
+        },
         if netns { ", in a private network namespace" } else { ", host loopback" },
         run_time.as_secs_f64(),
     ));

@@ -199,7 +199,12 @@ impl Loopback for Net {
         self.client_send(cid, false, up.as_bytes());
         assert_eq!(self.gw_recv(), (false, up.into_bytes()));
         let down = format!("{{\"result\":\"pong\",\"tag\":\"{tag}\"}}");
-        assert_eq!(self.b.session.write(gid, false, down.as_bytes()), Ok(true));
+        assert_eq!(
+            self.b
+                .session
+                .write(self.now(), gid, false, down.as_bytes()),
+            Ok(true)
+        );
         assert_eq!(self.client_recv(), (false, down.into_bytes()));
     }
 }
@@ -275,7 +280,10 @@ fn connect_exchange_and_large_messages() {
 
     // 200 KiB text gateway → client (within the client's 256 KiB), byte-exact.
     let big_down = pattern(200 * 1024, 2);
-    assert_eq!(net.b.session.write(gid, false, &big_down), Ok(true));
+    assert_eq!(
+        net.b.session.write(net.now(), gid, false, &big_down),
+        Ok(true)
+    );
     let (binary, data) = net.client_recv();
     assert!(!binary);
     assert!(data == big_down, "200 KiB download differs");
@@ -284,23 +292,29 @@ fn connect_exchange_and_large_messages() {
     let bin: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     net.client_send(cid, true, &bin);
     assert_eq!(net.gw_recv(), (true, bin.clone()));
-    assert_eq!(net.b.session.write(gid, true, &bin), Ok(true));
+    // Larger than the window: it goes once the last message is acknowledged.
+    net.run_until("nothing in flight", Duration::from_secs(10), |n| {
+        n.b.session.buffered_amount(gid) == 0
+    });
+    assert_eq!(net.b.session.write(net.now(), gid, true, &bin), Ok(true));
     assert_eq!(net.client_recv(), (true, bin));
 
     // Empty messages are refused: sctp-proto 0.10.8 would send nothing but use up a stream
     // sequence number, stalling every later message on the (ordered) channel.
     assert_eq!(
-        net.b.session.write(gid, false, b""),
+        net.b.session.write(net.now(), gid, false, b""),
         Err(SessionError::EmptyMessage)
     );
     assert_eq!(
-        net.b.session.write(gid, true, b""),
+        net.b.session.write(net.now(), gid, true, b""),
         Err(SessionError::EmptyMessage)
     );
 
     // Above the peer's limit: refused without touching str0m.
     assert_eq!(
-        net.b.session.write(gid, false, &vec![b'x'; 262_145]),
+        net.b
+            .session
+            .write(net.now(), gid, false, &vec![b'x'; 262_145]),
         Err(SessionError::MessageTooLarge {
             len: 262_145,
             max: 262_144
@@ -321,7 +335,7 @@ fn backpressure_then_writable() {
     let msg = pattern(60 * 1024, 3);
     let mut accepted = 0;
     loop {
-        match net.b.session.write(gid, false, &msg) {
+        match net.b.session.write(net.now(), gid, false, &msg) {
             Ok(true) => accepted += 1,
             Ok(false) => break,
             Err(e) => panic!("{e}"),
@@ -340,7 +354,7 @@ fn backpressure_then_writable() {
         }
         writable
     });
-    assert_eq!(net.b.session.write(gid, false, &msg), Ok(true));
+    assert_eq!(net.b.session.write(net.now(), gid, false, &msg), Ok(true));
     // All of it arrives, in order.
     for _ in 0..=accepted {
         assert_eq!(net.client_recv(), (false, msg.clone()));
@@ -357,10 +371,10 @@ fn the_send_window_holds_back_writes_but_never_a_lone_large_message() {
     });
     // Larger than the window, within the peer's limit: goes when nothing is in flight.
     let big = pattern(config.send_window + 50_000, 5);
-    assert_eq!(net.b.session.write(gid, true, &big), Ok(true));
+    assert_eq!(net.b.session.write(net.now(), gid, true, &big), Ok(true));
     // Anything more waits until the peer acknowledged enough.
     let small = pattern(1000, 6);
-    assert_eq!(net.b.session.write(gid, true, &small), Ok(false));
+    assert_eq!(net.b.session.write(net.now(), gid, true, &small), Ok(false));
     let mut writable = false;
     net.run_until("writable", Duration::from_secs(10), |n| {
         writable |=
@@ -369,9 +383,52 @@ fn the_send_window_holds_back_writes_but_never_a_lone_large_message() {
                 .any(|e| matches!(e, SessionEvent::Writable));
         writable
     });
-    assert_eq!(net.b.session.write(gid, true, &small), Ok(true));
+    assert_eq!(net.b.session.write(net.now(), gid, true, &small), Ok(true));
     assert_eq!(net.client_recv(), (true, big));
     assert_eq!(net.client_recv(), (true, small));
+}
+
+/// The window grows with the round trip of the path (docs/design.md#the-send-window), from
+/// the smallest on a short path to the largest on a long one, and never from a single write.
+#[test]
+fn the_send_window_follows_the_measured_round_trip() {
+    let config = SessionConfig::default();
+    for (one_way, expected) in [
+        (Duration::ZERO, config.send_window),
+        (Duration::from_millis(3), config.send_window * 3),
+        (Duration::from_millis(40), config.max_send_window),
+    ] {
+        let (mut net, _) = new_net(&config);
+        net.latency = one_way;
+        let (_cid, gid) = net.connect();
+        assert_eq!(net.b.session.data_rtt(), None);
+        assert_eq!(net.b.session.send_window(), config.send_window);
+        // A write below the probe's size measures nothing: a lone packet is acknowledged late.
+        assert_eq!(net.b.session.write(net.now(), gid, true, b"tiny"), Ok(true));
+        net.client_recv();
+        net.run_until("nothing in flight", Duration::from_secs(10), |n| {
+            n.b.session.buffered_amount(gid) == 0
+        });
+        assert_eq!(net.b.session.data_rtt(), None);
+        let msg = pattern(16 * 1024, 1);
+        assert_eq!(net.b.session.write(net.now(), gid, true, &msg), Ok(true));
+        net.client_recv();
+        net.run_until("an RTT sample", Duration::from_secs(10), |n| {
+            n.b.session.data_rtt().is_some()
+        });
+        let rtt = net.b.session.data_rtt().unwrap();
+        assert!(rtt >= one_way * 2, "{rtt:?} for {one_way:?} each way");
+        assert!(
+            rtt <= one_way * 2 + Duration::from_millis(5),
+            "{rtt:?} for {one_way:?}"
+        );
+        let window = net.b.session.send_window();
+        let slack = config.send_window; // the receiver's delayed acknowledgement and the 1 ms clock step
+        assert!(
+            window >= expected && window <= (expected + slack).min(config.max_send_window),
+            "{one_way:?} each way: window {window}, expected about {expected}"
+        );
+    }
 }
 
 #[test]
@@ -717,7 +774,7 @@ fn channel_close_and_write_errors() {
         closed
     });
     assert_eq!(
-        net.b.session.write(gid, false, b"x"),
+        net.b.session.write(net.now(), gid, false, b"x"),
         Err(SessionError::ChannelNotOpen)
     );
     assert_eq!(net.b.session.channel_label(gid), None);

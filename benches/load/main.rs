@@ -2,7 +2,8 @@
 //!
 //! It is a bench target, not part of the binary users install: it starts threads (one per
 //! session), child processes and a watchdog, none of which belongs in the gateway. Cargo builds
-//! the gateway binary next to it and tells it the path (`CARGO_BIN_EXE_ma-webrtc-gateway`).
+//! the gateway binary next to it and tells it the path (`CARGO_BIN_EXE_ma-webrtc-gateway`);
+//! `LOAD_GATEWAY_BIN=PATH` runs another build instead (A/B comparisons of two builds).
 //! Run without `--bench` (as `cargo test --benches` does), it only checks its own codec.
 //!
 //! N remote clients (one thread each, each a [`Connection`]) connect through a signaling
@@ -668,7 +669,10 @@ impl Spawned {
         envs: &[(&str, String)],
         log: Option<PathBuf>,
     ) -> Result<Spawned, String> {
-        let exe = env!("CARGO_BIN_EXE_ma-webrtc-gateway");
+        // LOAD_GATEWAY_BIN: another build of the gateway (and its `signal`), for A/B runs of
+        // two builds under the same load generator.
+        let exe = std::env::var_os("LOAD_GATEWAY_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ma-webrtc-gateway").into());
         let mut cmd = Command::new(exe);
         cmd.args(args)
             .stdin(Stdio::null())

@@ -204,10 +204,10 @@ impl Bridge {
     }
 
     /// Move queued messages into the data channel while the send budget takes them.
-    pub fn flush_to_peer(&mut self, peer: &mut PeerSession) -> Flush {
+    pub fn flush_to_peer(&mut self, now: Instant, peer: &mut PeerSession) -> Flush {
         loop {
             if let Some(frame) = self.stalled_chunk.take() {
-                match write(peer, self.channel, false, frame.as_bytes()) {
+                match write(peer, now, self.channel, false, frame.as_bytes()) {
                     Ok(true) => {}
                     Ok(false) => {
                         self.stalled_chunk = Some(frame);
@@ -221,7 +221,7 @@ impl Bridge {
             };
             match item {
                 Outgoing::Frame(frame) => {
-                    match write(peer, self.channel, frame.binary, &frame.data) {
+                    match write(peer, now, self.channel, frame.binary, &frame.data) {
                         Ok(true) => {}
                         Ok(false) => {
                             self.to_peer.push_front(Outgoing::Frame(frame));
@@ -232,7 +232,7 @@ impl Bridge {
                 }
                 Outgoing::Body(mut frames) => {
                     let Some(frame) = frames.peek() else { continue };
-                    match write(peer, self.channel, true, &frame) {
+                    match write(peer, now, self.channel, true, &frame) {
                         Ok(true) => {
                             frames.advance();
                             if frames.remaining_bytes() > 0 {
@@ -276,6 +276,7 @@ fn chunked_text(text: Utf8Bytes, chunker: &mut Chunker, limit: usize) -> Option<
 /// (over the peer's limit) is dropped with a warning rather than wedging the channel.
 fn write(
     peer: &mut PeerSession,
+    now: Instant,
     channel: ChannelId,
     binary: bool,
     data: &[u8],
@@ -285,7 +286,7 @@ fn write(
         log::debug!("dropping an empty message for the client");
         return Ok(true);
     }
-    match peer.write(channel, binary, data) {
+    match peer.write(now, channel, binary, data) {
         Ok(accepted) => Ok(accepted),
         Err(SessionError::MessageTooLarge { len, max }) => {
             log::warn!("dropping a {len}-byte message: the client accepts at most {max} bytes");

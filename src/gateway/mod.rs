@@ -748,8 +748,9 @@ impl Gateway {
         };
         let limit = chunk::send_limit(
             s.peer.remote_max_message_size(),
-            // Whole up to the peer's limit, as MA does: older clients cannot reassemble chunks.
-            self.cfg.session.sctp_max_buffered_amount / 2,
+            // Whole up to 64 KiB or the peer's smaller limit, as MA does: older clients cannot
+            // reassemble chunks.
+            chunk::GATEWAY_WHOLE_MAX.min(self.cfg.session.sctp_max_buffered_amount / 2),
         );
         let Some(b) = s.bridges.get_mut(&ch) else {
             return;
@@ -768,7 +769,7 @@ impl Gateway {
             self.close_session(key, "queue to the client overflowed");
             return;
         }
-        match b.flush_to_peer(&mut s.peer) {
+        match b.flush_to_peer(now, &mut s.peer) {
             Flush::Done | Flush::Blocked => {}
             Flush::Closed(e) => log::debug!("[{}] write to the client failed: {e}", s.id),
         }
@@ -1265,20 +1266,24 @@ impl Gateway {
     /// Encode a proxy response in its channel's form and queue it.
     fn deliver_proxy_response(&mut self, (key, ch): Requester, response: ProxyResponse) {
         let now = self.now;
-        // Body frames carry no framing of their own: any size works, so keep them within the
-        // send window (docs/design.md#the-send-window).
-        let budget = self.cfg.session.send_window / 2;
+        // Body frames carry no framing of their own: any size works, so three fit the
+        // smallest send window (docs/design.md#the-send-window). Text goes whole or chunked
+        // by the rule of MA's own messages.
+        let frame_budget = self.cfg.session.send_window / 3;
+        let text_budget =
+            chunk::GATEWAY_WHOLE_MAX.min(self.cfg.session.sctp_max_buffered_amount / 2);
         let Some(s) = self.sessions.get_mut(&key) else {
             self.proxy.handle_cancel(now, &(key, ch));
             return;
         };
-        let limit = chunk::send_limit(s.peer.remote_max_message_size(), budget);
+        let peer_max = s.peer.remote_max_message_size();
+        let limit = chunk::send_limit(peer_max, text_budget);
         let Some(b) = s.bridges.get_mut(&ch) else {
             self.proxy.handle_cancel(now, &(key, ch));
             return;
         };
         if b.kind == ChannelKind::HttpProxy {
-            let (header, body) = response.into_binary(limit);
+            let (header, body) = response.into_binary(chunk::send_limit(peer_max, frame_budget));
             b.push_binary_response(header, body);
         } else {
             let id = response.id.clone();
@@ -1309,7 +1314,7 @@ impl Gateway {
         let Some(b) = s.bridges.get_mut(&ch) else {
             return Flush::Closed("no channel".into());
         };
-        let result = b.flush_to_peer(&mut s.peer);
+        let result = b.flush_to_peer(now, &mut s.peer);
         if let Flush::Closed(e) = &result {
             log::debug!("[{}] write to the client failed: {e}", s.id);
         }

@@ -146,10 +146,13 @@ pub struct Pair<A: End, B: End> {
     pub dead: HashSet<SocketAddr>,
     /// Loses the datagrams it picks (none when `None`).
     pub loss: Option<Loss>,
+    /// One-way delay of everything on the wire (zero: delivered in the same step).
+    pub latency: Duration,
     pub counters: Counters,
     clock: Clock,
-    to_a: VecDeque<Wire>,
-    to_b: VecDeque<Wire>,
+    /// In flight, each with the time it arrives.
+    to_a: VecDeque<(Instant, Wire)>,
+    to_b: VecDeque<(Instant, Wire)>,
     /// Each end's deadline, as its last poll said.
     deadline_a: Option<Instant>,
     deadline_b: Option<Instant>,
@@ -162,6 +165,7 @@ impl<A: End, B: End> Pair<A, B> {
             b,
             dead: HashSet::new(),
             loss: None,
+            latency: Duration::ZERO,
             counters: Counters::default(),
             clock,
             to_a: VecDeque::new(),
@@ -176,18 +180,18 @@ impl<A: End, B: End> Pair<A, B> {
         self.clock.now()
     }
 
-    /// Poll both ends dry and deliver everything in flight, both ways; the clock stands still.
-    /// Whether anything moved.
+    /// Poll both ends dry and deliver everything in flight that has arrived, both ways; the
+    /// clock stands still. Whether anything moved.
     pub fn exchange(&mut self) -> bool {
         let now = self.now();
         self.poll(now);
         let mut moved = false;
-        while let Some(w) = self.to_b.pop_front() {
+        while let Some(w) = pop_arrived(&mut self.to_b, now) {
             moved = true;
             let flow = &mut self.counters.a_to_b;
             deliver(&mut self.b, now, w, flow, &self.dead, &mut self.loss);
         }
-        while let Some(w) = self.to_a.pop_front() {
+        while let Some(w) = pop_arrived(&mut self.to_a, now) {
             moved = true;
             let flow = &mut self.counters.b_to_a;
             deliver(&mut self.a, now, w, flow, &self.dead, &mut self.loss);
@@ -195,12 +199,18 @@ impl<A: End, B: End> Pair<A, B> {
         moved
     }
 
+    /// When the next item in flight arrives.
+    fn next_arrival(&self) -> Option<Instant> {
+        let first = |q: &VecDeque<(Instant, Wire)>| q.front().map(|(at, _)| *at);
+        earliest(first(&self.to_a), first(&self.to_b))
+    }
+
     /// Poll both ends to their deadlines: what they send goes in flight, what they learn they
     /// keep (so a test looking at an end after a step sees all of it).
     fn poll(&mut self, now: Instant) {
         loop {
             match self.a.poll_output(now) {
-                Next::Output(w) => self.to_b.push_back(w),
+                Next::Output(w) => self.to_b.push_back((now + self.latency, w)),
                 Next::Timeout(t) => {
                     self.deadline_a = t;
                     break;
@@ -209,7 +219,7 @@ impl<A: End, B: End> Pair<A, B> {
         }
         loop {
             match self.b.poll_output(now) {
-                Next::Output(w) => self.to_a.push_back(w),
+                Next::Output(w) => self.to_a.push_back((now + self.latency, w)),
                 Next::Timeout(t) => {
                     self.deadline_b = t;
                     break;
@@ -271,13 +281,15 @@ impl<A: End, B: End> Pair<A, B> {
     /// [`Pair::step`], a simulated clock moving no further than `cap`.
     fn step_until(&mut self, cap: Option<Instant>) -> bool {
         let moved = self.exchange();
+        let arrival = self.next_arrival();
         match &mut self.clock {
             Clock::Simulated(_) if moved => return true,
             Clock::Simulated(t) => {
-                // Nothing in flight: both deadlines are fresh.
+                // Nothing arrived: both deadlines are fresh. The clock jumps to the next
+                // deadline or arrival.
                 let min = *t + Duration::from_millis(1);
-                let mut next =
-                    earliest(self.deadline_a, self.deadline_b).map_or(min, |d| d.max(min));
+                let due = earliest(self.deadline_a, self.deadline_b);
+                let mut next = earliest(due, arrival).map_or(min, |d| d.max(min));
                 if let Some(cap) = cap {
                     next = next.min(cap.max(min));
                 }
@@ -300,6 +312,14 @@ impl<A: End, B: End> Pair<A, B> {
             self.poll(now);
         }
         moved
+    }
+}
+
+/// The first item of `queue` if it has arrived by `now` (one latency for all: in order).
+fn pop_arrived(queue: &mut VecDeque<(Instant, Wire)>, now: Instant) -> Option<Wire> {
+    match queue.front() {
+        Some((at, _)) if *at <= now => queue.pop_front().map(|(_, w)| w),
+        _ => None,
     }
 }
 

@@ -56,12 +56,20 @@ pub struct SessionConfig {
     /// (`set_sctp_max_buffered_amount`): a message larger than this can never be sent. Far above
     /// ~512 KiB str0m gets slower.
     pub sctp_max_buffered_amount: usize,
-    /// The bytes written and not yet acknowledged (all channels) at which we stop writing
-    /// until the peer acknowledges some (docs/design.md#the-send-window): a write that would
-    /// go beyond is refused unless nothing is in flight, so one message up to the hard budget
-    /// still goes. Small enough for a 212 KB receive buffer to take a whole burst, and for
-    /// sctp-proto's per-transmit scan of chunks in flight to stay cheap.
+    /// The send window on a short path: the bytes written and not yet acknowledged (all
+    /// channels) at which we stop writing until the peer acknowledges some
+    /// (docs/design.md#the-send-window). A write that would go beyond is refused unless
+    /// nothing is in flight, so one message up to the hard budget still goes. Small enough
+    /// that a whole window fits the 64 KiB receive buffer Chromium gives its UDP socket
+    /// (its tail is not lost to wait for sctp-proto's 1 s retransmission timer), and that
+    /// sctp-proto's per-transmit scan of chunks in flight stays cheap.
     pub send_window: usize,
+    /// The window grows with the measured round trip, `send_window` per
+    /// `send_window_rtt` (the pipe of a longer path holds what a burst no longer puts in
+    /// the receiver's buffer at once), up to this.
+    pub max_send_window: usize,
+    /// Round trip per `send_window` of window (see `max_send_window`).
+    pub send_window_rtt: Duration,
     /// Our `a=max-message-size` (the largest message we accept from the client).
     pub max_message_size: u32,
     /// Per channel threshold for [`SessionEvent::ChannelBufferedAmountLow`].
@@ -79,7 +87,9 @@ impl Default for SessionConfig {
         SessionConfig {
             mtu: 1200,
             sctp_max_buffered_amount: 512 * 1024,
-            send_window: 128 * 1024,
+            send_window: 48 * 1024,
+            max_send_window: 256 * 1024,
+            send_window_rtt: Duration::from_millis(2),
             max_message_size: 256 * 1024,
             buffered_amount_low_threshold: 32 * 1024,
             connect_timeout: Duration::from_secs(30),
@@ -283,7 +293,31 @@ pub struct PeerSession {
     /// Datagrams fed to str0m and messages written since the last drain
     /// ([`PeerSession::handle_receive`], [`PeerSession::write`]).
     undrained: u32,
+    /// The smallest round trip of our data (write into an empty window → first
+    /// acknowledgement) and when it was measured; a sample replaces it when smaller, or when
+    /// it is older than [`MIN_RTT_LIFETIME`].
+    min_rtt: Option<(Duration, Instant)>,
+    /// The round-trip measurement under way.
+    rtt_probe: Option<RttProbe>,
 }
+
+/// A write into an empty window, waiting for the first acknowledgement.
+#[derive(Debug, Clone, Copy)]
+struct RttProbe {
+    sent: Instant,
+    /// Bytes buffered once written (plus what was written since): fewer means acknowledged.
+    buffered: usize,
+}
+
+/// A probe needs at least this many bytes: a receiver acknowledges every second packet at
+/// once, but a lone packet only after its delayed-ack timer (up to 200 ms).
+const RTT_PROBE_MIN: usize = 4 * 1024;
+/// Samples are capped here (a retransmission timeout is not a round trip).
+const RTT_SAMPLE_MAX: Duration = Duration::from_secs(1);
+/// How long the smallest round trip stands for the path. The minimum, not an average: a
+/// receiver slow to acknowledge (a busy phone) makes the round trip longer without making
+/// the path hold more, and a larger window would only overflow its receive buffer.
+const MIN_RTT_LIFETIME: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for PeerSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -352,6 +386,8 @@ impl PeerSession {
             blocked: None,
             ignored_datagrams: 0,
             undrained: 0,
+            min_rtt: None,
+            rtt_probe: None,
         })
     }
 
@@ -677,6 +713,7 @@ impl PeerSession {
     pub fn drain_pending(&mut self) {
         if self.undrained > 0 {
             self.drain();
+            self.finish_probe();
             self.check_writable();
         }
     }
@@ -706,6 +743,7 @@ impl PeerSession {
             Some(Ok(())) => {}
         }
         self.drain();
+        self.finish_probe();
         self.check_writable();
     }
 
@@ -736,6 +774,7 @@ impl PeerSession {
     /// session is closed.
     pub fn write(
         &mut self,
+        now: Instant,
         id: ChannelId,
         binary: bool,
         data: &[u8],
@@ -751,7 +790,9 @@ impl PeerSession {
                 max,
             });
         }
-        if !self.window_fits(data.len()) {
+        self.last_now = self.last_now.max(now);
+        let buffered = self.total_buffered();
+        if !self.window_fits(buffered, data.len()) {
             let len = data.len();
             self.blocked = Some(self.blocked.map_or(len, |b| b.min(len)));
             return Ok(false);
@@ -765,6 +806,7 @@ impl PeerSession {
         match result {
             None => Err(SessionError::Closed),
             Some(Ok(true)) => {
+                self.probe_written(now, buffered, data.len());
                 // Drained once after the caller's writes (as for datagrams): each drain makes
                 // sctp-proto scan every chunk in flight.
                 self.note_undrained();
@@ -795,11 +837,69 @@ impl PeerSession {
         n
     }
 
-    /// Whether a message of `len` bytes may be written now: it fits the send window, or
-    /// nothing is in flight (str0m's hard budget is checked by str0m).
-    fn window_fits(&mut self, len: usize) -> bool {
-        let total = self.total_buffered();
-        total == 0 || total + len <= self.cfg.send_window
+    /// Whether a message of `len` bytes may be written with `buffered` bytes in flight: it
+    /// fits the send window, or nothing is in flight (str0m's hard budget is checked by str0m).
+    fn window_fits(&self, buffered: usize, len: usize) -> bool {
+        buffered == 0 || buffered + len <= self.send_window()
+    }
+
+    /// The send window for the measured round trip (docs/design.md#the-send-window):
+    /// [`SessionConfig::send_window`] until a round trip is known or on a short path, growing
+    /// with the round trip up to [`SessionConfig::max_send_window`].
+    pub fn send_window(&self) -> usize {
+        let base = self.cfg.send_window;
+        let max = self.cfg.max_send_window.max(base);
+        match self.min_rtt {
+            Some((rtt, _)) if !self.cfg.send_window_rtt.is_zero() => {
+                let steps = rtt.as_secs_f64() / self.cfg.send_window_rtt.as_secs_f64();
+                ((base as f64 * steps) as usize).clamp(base, max)
+            }
+            _ => base,
+        }
+    }
+
+    /// The smallest recent round trip of our data, once measured.
+    pub fn data_rtt(&self) -> Option<Duration> {
+        self.min_rtt.map(|(rtt, _)| rtt)
+    }
+
+    /// A write of `len` bytes was accepted with `buffered` bytes already in flight: start a
+    /// round-trip measurement if the window was empty, or count the bytes in the one under way.
+    fn probe_written(&mut self, now: Instant, buffered: usize, len: usize) {
+        match &mut self.rtt_probe {
+            Some(p) => p.buffered += len,
+            None if buffered == 0 && len >= RTT_PROBE_MIN => {
+                self.rtt_probe = Some(RttProbe {
+                    sent: now,
+                    buffered: len,
+                })
+            }
+            None => {}
+        }
+    }
+
+    /// After a drain: the probe's round trip is over once fewer bytes are in flight than it
+    /// counted (the peer acknowledged some).
+    fn finish_probe(&mut self) {
+        let Some(probe) = self.rtt_probe else {
+            return;
+        };
+        if self.total_buffered() >= probe.buffered {
+            return;
+        }
+        self.rtt_probe = None;
+        let sample = self
+            .last_now
+            .saturating_duration_since(probe.sent)
+            .min(RTT_SAMPLE_MAX);
+        let now = self.last_now;
+        let stale = |at: Instant| now.saturating_duration_since(at) > MIN_RTT_LIFETIME;
+        if self
+            .min_rtt
+            .is_none_or(|(rtt, at)| sample <= rtt || stale(at))
+        {
+            self.min_rtt = Some((sample, now));
+        }
     }
 
     /// Change a channel's low-water mark for [`SessionEvent::ChannelBufferedAmountLow`].
@@ -1021,7 +1121,8 @@ impl PeerSession {
         if self.dead {
             return;
         }
-        if self.window_fits(need) {
+        let buffered = self.total_buffered();
+        if self.window_fits(buffered, need) {
             self.blocked = None;
             self.out
                 .push_back(SessionOutput::Event(SessionEvent::Writable));

@@ -15,6 +15,13 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ma-webrtc-gateway");
 
+/// The binary the tests run: [`BIN`], or `TEST_GATEWAY_BIN` when set (a release build under
+/// the debug tests, e.g. the browser benchmark's large replies without building the tests
+/// with fat LTO).
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("TEST_GATEWAY_BIN").unwrap_or_else(|| BIN.into())
+}
+
 /// A fresh, empty folder under the system temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
@@ -44,7 +51,7 @@ pub struct Proc {
 impl Proc {
     /// Start the gateway binary with `args` and `envs` (nothing inherited from MA_* variables).
     pub fn start(args: &[&str], envs: &[(&str, String)]) -> Proc {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
