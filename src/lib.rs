@@ -57,4 +57,5 @@ pub mod signaling;
 pub mod stats;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod turn;
 pub mod webrtc;
