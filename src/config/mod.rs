@@ -61,6 +61,11 @@ pub struct ConnectArgs {
     /// Give up on a step after this long.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// A STUN server (IP:port) to learn the client's public address from, offered as a
+    /// server-reflexive candidate (a client behind a NAT).
+    #[arg(long)]
+    pub stun: Option<SocketAddr>,
 }
 
 /// Settings of the gateway (also read by `id`, which needs the data folder).

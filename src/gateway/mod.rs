@@ -960,6 +960,9 @@ impl Gateway {
                 self.flush_session(key)
             }
             SessionEvent::Closed { reason } => {
+                if reason == crate::webrtc::CloseReason::ConnectTimeout {
+                    self.explain_no_path(key);
+                }
                 let why = format!("WebRTC session ended: {reason}");
                 self.close_session(key, &why);
             }

@@ -191,6 +191,30 @@ impl Gateway {
         }
     }
 
+    /// A session never connected: say why that usually happens and what helps.
+    pub(super) fn explain_no_path(&self, key: SessionKey) {
+        let Some(s) = self.sessions.get(&key) else {
+            return;
+        };
+        let relays = self.relays.addresses_of(key);
+        let offered = s.candidates.len();
+        if relays.is_empty() {
+            log::warn!(
+                "[{}] no network path to the client: ICE found no working candidate pair among the \
+                 {offered} local candidates offered (host and server-reflexive, no relay). Behind \
+                 symmetric NATs (mobile networks, many firewalls) only a TURN relay gets through: \
+                 add a turn: server with username and credential to MA_ICE_SERVERS",
+                s.id
+            );
+        } else {
+            log::warn!(
+                "[{}] no network path to the client, not even through the TURN relay(s) {relays:?}: \
+                 is the client's network blocking UDP to the relay?",
+                s.id
+            );
+        }
+    }
+
     pub(super) fn relays_timeout(&mut self, now: Instant) {
         self.relays.handle_timeout(now);
         self.drain_relays();

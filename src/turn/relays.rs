@@ -279,10 +279,14 @@ impl<K: Copy + Eq + Hash> Relays<K> {
         };
         if let Some(r) = self.relays.get_mut(&relay) {
             let address = r.client.relay();
-            if let Received::Data { peer, data } = r.client.handle_input(now, bytes) {
-                if let Some(address) = address {
-                    deliver(peer, address, data);
+            match r.client.handle_input(now, bytes) {
+                Received::Data { peer, data } => {
+                    log::trace!("TURN relay {address:?}: {} bytes from {peer}", data.len());
+                    if let Some(address) = address {
+                        deliver(peer, address, data);
+                    }
                 }
+                Received::Nothing => log::trace!("TURN server {source}: {} bytes", bytes.len()),
             }
             self.drain(relay);
         }
@@ -343,8 +347,9 @@ impl<K: Copy + Eq + Hash> Relays<K> {
             return false;
         };
         if let Some(r) = self.relays.get_mut(&relay) {
-            if let Err(e) = r.client.handle_send(now, peer, data) {
-                log::trace!("TURN relay {source}: datagram to {peer} dropped: {e}");
+            match r.client.handle_send(now, peer, data) {
+                Ok(()) => log::trace!("TURN relay {source}: {} bytes to {peer}", data.len()),
+                Err(e) => log::trace!("TURN relay {source}: datagram to {peer} dropped: {e}"),
             }
             self.drain(relay);
         }

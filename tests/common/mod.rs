@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod ma_standin;
+pub mod netlab;
 pub mod stack;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,285 @@
+//! The NAT lab (tests/common/netlab.rs): the gateway at home behind a NAT, the client on a
+//! mobile network behind another, the signaling server and a real coturn on the "internet"
+//! between them, all in network namespaces this test makes. Each case asserts which of the
+//! gateway's candidates the connection ended up on (the client reports the gateway's end of
+//! the selected pair) and prints how long connecting took.
+//!
+//! Needs root, `ip`, `nft`, `iptables` and coturn's `turnserver`; without them each case says
+//! SKIPPED on stderr, and fails instead when CI is set.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::ma_standin::{self, MaStandin};
+use common::netlab::{self, Coturn, Lab, Nat, GATEWAY_IP, SERVER_IP};
+use common::{temp_dir, Proc};
+use ma_webrtc_gateway::config::WsUrl;
+use ma_webrtc_gateway::driver::connect::Connection;
+use ma_webrtc_gateway::remote_client::ClientOptions;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Everything a case runs: the lab, coturn, the signaling server, MA's stand-in and the
+/// gateway (the last two at home).
+struct World {
+    gateway: Proc,
+    _signal: Proc,
+    _ma: MaStandin,
+    turn: Coturn,
+    signaling: WsUrl,
+    remote_id: String,
+    lab: Lab,
+}
+
+/// What the client saw.
+#[derive(Debug)]
+struct Outcome {
+    /// The gateway's end of the selected pair and its candidate type.
+    path: Option<(SocketAddr, String)>,
+    /// From `connect-request` to MA's first message (`server_info`).
+    to_server_info: Duration,
+    /// From the answer to ICE and DTLS up.
+    ice_dtls: Duration,
+}
+
+fn lab_or_skip(test: &str) -> bool {
+    match netlab::unavailable() {
+        None => true,
+        Some(why) => {
+            netlab::skip_or_fail(test, &why);
+            false
+        }
+    }
+}
+
+impl World {
+    /// Build the lab and start everything; `ice_servers` is the gateway's MA_ICE_SERVERS;
+    /// `before_gateway` may change the lab (block UDP, …) before the gateway starts.
+    fn start(
+        home: Nat,
+        mobile: Nat,
+        ice_servers: Value,
+        before_gateway: impl FnOnce(&Lab),
+    ) -> World {
+        let lab = Lab::new(home, mobile);
+        let dir = temp_dir("natlab");
+        let (ca, cert, key) = netlab::lab_certificates(&dir, SERVER_IP);
+        let turn = Coturn::start(&lab, &dir, &cert, &key);
+        let mut signal = Lab::run_in(&lab.inet, || {
+            Proc::start(&["signal", "--listen", &format!("{SERVER_IP}:0")], &[])
+        });
+        let line = signal.wait_for("listening on ", WAIT);
+        let port = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .expect("signal's address")
+            .port();
+        before_gateway(&lab);
+        let ma = Lab::run_in(&lab.gw, MaStandin::start);
+        let env = vec![
+            ("MA_SIGNALING_URL", format!("ws://{SERVER_IP}:{port}/ws")),
+            ("MA_LOCAL_WS_URL", ma.url()),
+            ("MA_DATA_DIR", dir.join("gw").display().to_string()),
+            ("MA_UDP_BIND", format!("{GATEWAY_IP}:0")),
+            ("MA_ICE_SERVERS", ice_servers.to_string()),
+            ("MA_SIGNALING_CA_FILE", ca.display().to_string()),
+            (
+                "RUST_LOG",
+                std::env::var("NAT_LAB_LOG").unwrap_or_else(|_| "debug".into()),
+            ),
+        ];
+        let mut gateway = Lab::run_in(&lab.gw, move || {
+            let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
+            Proc::start(&[], &env)
+        });
+        let registered = gateway.wait_for_event("registered", WAIT);
+        let remote_id = registered["remote_id"].as_str().unwrap().to_string();
+        World {
+            gateway,
+            _signal: signal,
+            _ma: ma,
+            turn,
+            signaling: WsUrl::parse(&format!("ws://{SERVER_IP}:{port}/ws")).unwrap(),
+            remote_id,
+            lab,
+        }
+    }
+
+    /// Connect from the mobile network like the web app (asking the lab's STUN server for a
+    /// server-reflexive candidate) and wait for `server_info`.
+    fn connect(&self, timeout: Duration) -> Result<Outcome, String> {
+        let (signaling, remote_id) = (self.signaling.clone(), self.remote_id.clone());
+        Lab::run_in(&self.lab.cl, move || {
+            let options = ClientOptions {
+                stun_server: Some(netlab::stun_addr()),
+                ..ClientOptions::default()
+            };
+            let bind = format!("{}:0", netlab::CLIENT_IP).parse().unwrap();
+            let started = Instant::now();
+            let mut c =
+                Connection::open_with(&signaling, None, &remote_id, bind, timeout, options)?;
+            let first: Value =
+                serde_json::from_str(&c.recv_text(timeout)?).map_err(|e| e.to_string())?;
+            assert_eq!(first, ma_standin::server_info());
+            let t = c.timings().clone();
+            let outcome = Outcome {
+                path: c.gateway_path(),
+                to_server_info: started.elapsed(),
+                ice_dtls: t
+                    .connected
+                    .zip(t.answered)
+                    .map(|(c, a)| c - a)
+                    .unwrap_or_default(),
+            };
+            c.close();
+            Ok(outcome)
+        })
+    }
+}
+
+fn report(case: &str, o: &Outcome) {
+    let (addr, kind) = o
+        .path
+        .clone()
+        .unwrap_or((SocketAddr::from(([0, 0, 0, 0], 0)), "-".into()));
+    eprintln!(
+        "NAT lab {case}: connected via the gateway's {kind} candidate {addr}; server_info after {:.0} ms (answer -> ICE/DTLS up {:.0} ms)",
+        o.to_server_info.as_secs_f64() * 1000.0,
+        o.ice_dtls.as_secs_f64() * 1000.0
+    );
+}
+
+fn path_kind(o: &Outcome) -> &str {
+    o.path.as_ref().map(|(_, k)| k.as_str()).unwrap_or("-")
+}
+
+fn stun_only() -> Value {
+    json!([{"urls": format!("stun:{SERVER_IP}:3478")}])
+}
+
+fn with_turn(turn_urls: &[&str]) -> Value {
+    let mut list = vec![json!({"urls": format!("stun:{SERVER_IP}:3478")})];
+    list.extend(turn_urls.iter().map(|u| netlab::turn_entry(u)));
+    Value::Array(list)
+}
+
+#[test]
+fn easy_nats_connect_directly_through_server_reflexive_candidates() {
+    if !lab_or_skip("easy_nats") {
+        return;
+    }
+    // A TURN server is configured too: the direct path must still win.
+    let turn = format!("turn:{SERVER_IP}:3478?transport=udp");
+    let w = World::start(Nat::Easy, Nat::Easy, with_turn(&[&turn]), |_| {});
+    let o = w.connect(WAIT).expect("connects");
+    report("(a) both NATs endpoint-independent", &o);
+    assert_eq!(path_kind(&o), "srflx", "{o:?}");
+}
+
+#[test]
+fn symmetric_nats_connect_only_through_the_gateway_relay() {
+    if !lab_or_skip("symmetric_nats_relay") {
+        return;
+    }
+    let turn = format!("turn:{SERVER_IP}:3478?transport=udp");
+    let mut w = World::start(Nat::Symmetric, Nat::Symmetric, with_turn(&[&turn]), |_| {});
+    let o = w.connect(WAIT).unwrap_or_else(|e| {
+        panic!(
+            "no connection: {e}\ngateway log:\n{}\ncoturn:\n{}",
+            w.gateway.log().join("\n"),
+            w.turn.log_tail()
+        )
+    });
+    report("(b) both NATs symmetric, TURN over UDP", &o);
+    assert_eq!(path_kind(&o), "relay", "{o:?}");
+}
+
+#[test]
+fn symmetric_nats_without_turn_fail_with_a_clear_log() {
+    if !lab_or_skip("symmetric_nats_no_turn") {
+        return;
+    }
+    let mut w = World::start(Nat::Symmetric, Nat::Symmetric, stun_only(), |_| {});
+    let started = Instant::now();
+    let result = w.connect(Duration::from_secs(25));
+    assert!(result.is_err(), "connected without a relay: {result:?}");
+    let line = w.gateway.wait_for("no network path to the client", WAIT);
+    assert!(line.contains("TURN"), "{line}");
+    eprintln!(
+        "NAT lab (b) both NATs symmetric, no TURN: fails after {:.1} s; the gateway says: {line}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The home router drops every UDP packet from the home network.
+fn block_udp_at_home(lab: &Lab) {
+    lab.nft(
+        &lab.home,
+        "table ip block {\n chain fwd { type filter hook forward priority -10; iifname \"lan0\" meta l4proto udp drop; }\n}\n",
+    );
+}
+
+#[test]
+fn udp_blocked_at_home_turn_over_tcp_carries_the_session() {
+    if !lab_or_skip("udp_blocked_tcp") {
+        return;
+    }
+    let udp = format!("turn:{SERVER_IP}:3478?transport=udp");
+    let tcp = format!("turn:{SERVER_IP}:3478?transport=tcp");
+    let mut w = World::start(
+        Nat::Easy,
+        Nat::Easy,
+        with_turn(&[&udp, &tcp]),
+        block_udp_at_home,
+    );
+    let o = w.connect(WAIT).unwrap_or_else(|e| {
+        panic!(
+            "no connection: {e}\ngateway log:\n{}\ncoturn:\n{}",
+            w.gateway.log().join("\n"),
+            w.turn.log_tail()
+        )
+    });
+    report("(c) UDP blocked at home, TURN over TCP", &o);
+    assert_eq!(path_kind(&o), "relay", "{o:?}");
+    let line = w.gateway.wait_for("allocated", WAIT);
+    assert!(
+        line.contains("transport=tcp") && line.starts_with_turn(),
+        "{line}"
+    );
+}
+
+#[test]
+fn udp_blocked_at_home_turn_over_tls_carries_the_session() {
+    if !lab_or_skip("udp_blocked_tls") {
+        return;
+    }
+    let tls = format!("turns:{SERVER_IP}:5349?transport=tcp");
+    let mut w = World::start(Nat::Easy, Nat::Easy, with_turn(&[&tls]), block_udp_at_home);
+    let o = w.connect(WAIT).unwrap_or_else(|e| {
+        panic!(
+            "no connection: {e}\ngateway log:\n{}\ncoturn:\n{}",
+            w.gateway.log().join("\n"),
+            w.turn.log_tail()
+        )
+    });
+    report("(c) UDP blocked at home, TURN over TLS", &o);
+    assert_eq!(path_kind(&o), "relay", "{o:?}");
+    let line = w.gateway.wait_for("allocated", WAIT);
+    assert!(line.contains("turns:"), "{line}");
+}
+
+trait TurnLine {
+    fn starts_with_turn(&self) -> bool;
+}
+
+impl TurnLine for String {
+    /// A log line about a `turn:` (not `turns:`) server.
+    fn starts_with_turn(&self) -> bool {
+        self.contains("TURN server turn:")
+    }
+}
