@@ -220,7 +220,7 @@ fn symmetric_nats_without_turn_fail_with_a_clear_log() {
 fn block_udp_at_home(lab: &Lab) {
     lab.nft(
         &lab.home,
-        "table ip block {\n chain fwd { type filter hook forward priority -10; iifname \"lan0\" meta l4proto udp drop; }\n}\n",
+        "table ip block {\n chain blockudp { type filter hook forward priority 0; iifname \"lan0\" meta l4proto udp drop; }\n}\n",
     );
 }
 

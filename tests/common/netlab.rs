@@ -47,8 +47,13 @@ pub struct Lab {
     pub cl: String,
 }
 
-/// Why the lab cannot run here, if it cannot.
+/// Why the lab cannot run here, if it cannot (probed once per test binary).
 pub fn unavailable() -> Option<String> {
+    static PROBED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    PROBED.get_or_init(probe).clone()
+}
+
+fn probe() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (network namespaces)".into());
