@@ -81,7 +81,7 @@ impl World {
             .port();
         before_gateway(&lab);
         let ma = Lab::run_in(&lab.gw, MaStandin::start);
-        let env = vec![
+        let env = [
             ("MA_SIGNALING_URL", format!("ws://{SERVER_IP}:{port}/ws")),
             ("MA_LOCAL_WS_URL", ma.url()),
             ("MA_DATA_DIR", dir.join("gw").display().to_string()),
@@ -93,10 +93,7 @@ impl World {
                 std::env::var("NAT_LAB_LOG").unwrap_or_else(|_| "debug".into()),
             ),
         ];
-        let mut gateway = Lab::run_in(&lab.gw, move || {
-            let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, v.clone())).collect();
-            Proc::start(&[], &env)
-        });
+        let mut gateway = Lab::run_in(&lab.gw, move || Proc::start(&[], &env));
         let registered = gateway.wait_for_event("registered", WAIT);
         let remote_id = registered["remote_id"].as_str().unwrap().to_string();
         World {

@@ -633,10 +633,11 @@ impl Gateway {
     /// A datagram arrived on the shared UDP socket from `source`.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
         self.now = now;
-        if !self.relays.is_empty() && !self.is_gathering_response(bytes) {
-            if self.relayed_datagram(now, source, bytes) {
-                return;
-            }
+        if !self.relays.is_empty()
+            && !self.is_gathering_response(bytes)
+            && self.relayed_datagram(now, source, bytes)
+        {
+            return;
         }
         let gatherer = &self.gatherer;
         match self.router.route(source, bytes, |txid| gatherer.owns(txid)) {

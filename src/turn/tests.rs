@@ -323,8 +323,7 @@ fn udp_retransmits_then_gives_up_stream_does_not_retransmit() {
     };
     let mut sends = vec![0u128];
     let mut now = t0;
-    loop {
-        let Some(t) = deadline(&mut c) else { break };
+    while let Some(t) = deadline(&mut c) {
         now = t;
         c.handle_timeout(now);
         match c.poll_output() {
