@@ -36,11 +36,7 @@ pub struct TurnServer {
 impl TurnServer {
     /// `host:port` (IPv6 literals in brackets).
     pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        crate::webrtc::stun_gather::host_port(&self.host, self.port)
     }
 }
 
@@ -117,37 +113,23 @@ pub fn parse_turn_url(url: &str, username: &str, credential: &str) -> Option<Tur
 pub fn turn_servers_from_ice_servers(ice_servers: &Value) -> Vec<TurnServer> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    let entries: &[Value] = match ice_servers {
-        Value::Array(a) => a,
-        Value::Object(_) => std::slice::from_ref(ice_servers),
-        _ => &[],
-    };
-    for entry in entries {
-        let urls = entry.get("urls").or_else(|| entry.get("url"));
-        let list: Vec<&str> = match urls {
-            Some(Value::String(s)) => vec![s.as_str()],
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-            _ => continue,
-        };
+    for (entry, u) in crate::webrtc::stun_gather::ice_server_urls(ice_servers) {
+        let lower = u.trim().to_ascii_lowercase();
+        if !lower.starts_with("turn:") && !lower.starts_with("turns:") {
+            continue;
+        }
         let text = |k: &str| entry.get(k).and_then(Value::as_str).unwrap_or_default();
-        let (user, cred) = (text("username"), text("credential"));
-        for u in list {
-            let lower = u.trim().to_ascii_lowercase();
-            if !lower.starts_with("turn:") && !lower.starts_with("turns:") {
-                continue;
-            }
-            match parse_turn_url(u, user, cred) {
-                Some(server) if out.len() < MAX_TURN_SERVERS => {
-                    if seen.insert(server.clone()) {
-                        out.push(server);
-                    }
+        match parse_turn_url(u, text("username"), text("credential")) {
+            Some(server) if out.len() < MAX_TURN_SERVERS => {
+                if seen.insert(server.clone()) {
+                    out.push(server);
                 }
-                Some(server) => log::warn!("TURN server {server} ignored: at most {MAX_TURN_SERVERS}"),
-                None => log::warn!(
-                    "TURN server {:?} ignored: not a turn:/turns: URL with udp or tcp, or no username and credential",
-                    u.split('?').next().unwrap_or_default()
-                ),
             }
+            Some(server) => log::warn!("TURN server {server} ignored: at most {MAX_TURN_SERVERS}"),
+            None => log::warn!(
+                "TURN server {:?} ignored: not a turn:/turns: URL with udp or tcp, or no username and credential",
+                u.split('?').next().unwrap_or_default()
+            ),
         }
     }
     out

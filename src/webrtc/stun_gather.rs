@@ -51,12 +51,38 @@ pub struct StunUrl {
 impl StunUrl {
     /// `host:port` for `ToSocketAddrs` (IPv6 literals in brackets).
     pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+        host_port(&self.host, self.port)
+    }
+}
+
+/// `host:port`, an IPv6 literal in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Every URL of an ICE server list (`[{"urls": "..." | [...], ...}]`, the legacy `url` key
+/// too, or one bare entry), in order, with the entry it came from (its credentials).
+pub fn ice_server_urls(ice_servers: &Value) -> Vec<(&Value, &str)> {
+    let entries: &[Value] = match ice_servers {
+        Value::Array(a) => a,
+        Value::Object(_) => std::slice::from_ref(ice_servers),
+        _ => &[],
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        match entry.get("urls").or_else(|| entry.get("url")) {
+            Some(Value::String(s)) => out.push((entry, s.as_str())),
+            Some(Value::Array(a)) => {
+                out.extend(a.iter().filter_map(Value::as_str).map(|u| (entry, u)))
+            }
+            _ => {}
         }
     }
+    out
 }
 
 impl fmt::Display for StunUrl {
@@ -119,26 +145,13 @@ pub fn parse_stun_url(url: &str) -> Option<StunUrl> {
 pub fn stun_servers_from_ice_servers(ice_servers: &Value) -> Vec<StunUrl> {
     let mut out: Vec<StunUrl> = Vec::new();
     let mut seen = HashSet::new();
-    let entries: &[Value] = match ice_servers {
-        Value::Array(a) => a,
-        Value::Object(_) => std::slice::from_ref(ice_servers),
-        _ => &[],
-    };
-    for entry in entries {
-        let urls = entry.get("urls").or_else(|| entry.get("url"));
-        let list: Vec<&str> = match urls {
-            Some(Value::String(s)) => vec![s.as_str()],
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-            _ => continue,
-        };
-        for u in list {
-            if out.len() >= MAX_STUN_SERVERS {
-                return out;
-            }
-            if let Some(parsed) = parse_stun_url(u) {
-                if seen.insert(parsed.clone()) {
-                    out.push(parsed);
-                }
+    for (_, u) in ice_server_urls(ice_servers) {
+        if out.len() >= MAX_STUN_SERVERS {
+            return out;
+        }
+        if let Some(parsed) = parse_stun_url(u) {
+            if seen.insert(parsed.clone()) {
+                out.push(parsed);
             }
         }
     }
