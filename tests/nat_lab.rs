@@ -12,6 +12,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::browser::{Browser, BrowserProc, PageServer};
 use common::ma_standin::{self, MaStandin};
 use common::netlab::{self, Coturn, Lab, Nat, GATEWAY_IP, SERVER_IP};
 use common::{temp_dir, Proc};
@@ -268,6 +269,61 @@ fn udp_blocked_at_home_turn_over_tls_carries_the_session() {
     assert_eq!(path_kind(&o), "relay", "{o:?}");
     let line = w.gateway.wait_for("allocated", WAIT);
     assert!(line.contains("turns:"), "{line}");
+}
+
+#[test]
+fn chromium_behind_a_symmetric_nat_connects_through_the_relay() {
+    if !lab_or_skip("chromium_symmetric") {
+        return;
+    }
+    let Some(exe) = Browser::Chromium.find() else {
+        netlab::skip_or_fail("chromium_symmetric", "chromium is not installed");
+        return;
+    };
+    let turn = format!("turn:{SERVER_IP}:3478?transport=udp");
+    let mut w = World::start(Nat::Symmetric, Nat::Symmetric, with_turn(&[&turn]), |_| {});
+    let cfg = json!({
+        "browser": "chromium",
+        "phases": ["connect"],
+        "signal_url": w.signaling.to_url(),
+        "remote_id": w.remote_id,
+        "fake_media": false,
+        "timeout_ms": 20_000,
+    });
+    let dir = temp_dir("natlab-chromium");
+    // The page server and the browser live in the mobile network.
+    let (page, browser) = Lab::run_in(&w.lab.cl, move || {
+        let page = PageServer::start(cfg.to_string());
+        let browser = BrowserProc::launch(Browser::Chromium, &exe, &page.url(), &dir);
+        (page, browser)
+    });
+    let report = loop {
+        match page.reports.recv_timeout(Duration::from_secs(90)) {
+            Ok(r) if r["phase"] == "connect" || r["phase"] == "fatal" => break r,
+            Ok(_) => continue,
+            Err(e) => panic!(
+                "no report from Chromium ({e}); page log:\n{}\nbrowser:\n{}",
+                page.logs.lock().unwrap().join("\n"),
+                browser.log_tail(30)
+            ),
+        }
+    };
+    assert!(
+        report["ok"] == true,
+        "Chromium did not connect: {report}\npage log:\n{}\ngateway log:\n{}",
+        page.logs.lock().unwrap().join("\n"),
+        w.gateway.log().join("\n")
+    );
+    let first: Value = serde_json::from_str(report["server_info"].as_str().unwrap_or_default())
+        .expect("server_info is JSON");
+    assert_eq!(first, ma_standin::server_info());
+    let pair = &report["describe"]["pair"];
+    let remote = pair["remote"].as_str().unwrap_or_default();
+    eprintln!(
+        "NAT lab (d) Chromium, both NATs symmetric, TURN over UDP: selected pair local {} / remote {remote}; server_info after {} ms",
+        pair["local"], report["server_info_ms"]
+    );
+    assert!(remote.starts_with("relay "), "{report}");
 }
 
 trait TurnLine {
