@@ -57,7 +57,6 @@ impl Browser {
     }
 }
 
-
 /// A browser process group, killed when dropped.
 pub struct BrowserProc {
     child: Child,
@@ -256,4 +255,3 @@ fn serve_page(mut stream: TcpStream, tx: &Sender<Value>, logs: &Mutex<Vec<String
         }
     }
 }
-
