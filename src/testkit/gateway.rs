@@ -126,7 +126,7 @@ impl GatewayEnd {
 
     /// The TURN stand-in's answers to the gateway go straight back in; what it relays to
     /// peers waits for the wire.
-    fn to_turn(&mut self, now: Instant, bytes: &[u8]) {
+    fn play_turn(&mut self, now: Instant, bytes: &[u8]) {
         let Some(turn) = self.turn.as_mut() else {
             return;
         };
@@ -218,7 +218,7 @@ impl GatewayEnd {
                     .as_ref()
                     .is_some_and(|s| s.server == t.destination) =>
             {
-                self.to_turn(now, &t.contents);
+                self.play_turn(now, &t.contents);
                 None
             }
             Output::Lookup { key, host, .. }
