@@ -724,22 +724,14 @@ impl TurnClient {
         // Permissions and channels: refreshed while used within their lifetime, else dropped.
         let mut permit = Vec::new();
         self.permissions.retain(|ip, p| {
-            let Some(expires) = p.expires else {
-                return true;
-            };
-            if p.pending || now + REFRESH_MARGIN < expires {
-                return true;
-            }
-            // Used (either way) since it was installed: keep it.
-            if expires
-                .checked_sub(PERMISSION_LIFETIME)
-                .is_none_or(|set| p.last_used > set)
-            {
-                p.pending = true;
-                permit.push(*ip);
-                true
-            } else {
-                false
+            match renewal(now, p.expires, p.pending, p.last_used, PERMISSION_LIFETIME) {
+                Renewal::Keep => true,
+                Renewal::Renew => {
+                    p.pending = true;
+                    permit.push(*ip);
+                    true
+                }
+                Renewal::Lapse => false,
             }
         });
         for ip in permit {
@@ -748,22 +740,17 @@ impl TurnClient {
         let mut rebind = Vec::new();
         let mut dropped = Vec::new();
         self.channels.retain(|peer, c| {
-            let Some(expires) = c.expires else {
-                return true;
-            };
-            if c.pending || now + REFRESH_MARGIN < expires {
-                return true;
-            }
-            if expires
-                .checked_sub(CHANNEL_LIFETIME)
-                .is_none_or(|set| c.last_used > set)
-            {
-                c.pending = true;
-                rebind.push((*peer, c.number));
-                true
-            } else {
-                dropped.push(c.number);
-                false
+            match renewal(now, c.expires, c.pending, c.last_used, CHANNEL_LIFETIME) {
+                Renewal::Keep => true,
+                Renewal::Renew => {
+                    c.pending = true;
+                    rebind.push((*peer, c.number));
+                    true
+                }
+                Renewal::Lapse => {
+                    dropped.push(c.number);
+                    false
+                }
             }
         });
         for n in dropped {
@@ -810,6 +797,34 @@ impl Machine for TurnClient {
 
     fn poll_output(&mut self) -> Next<TurnOutput> {
         Next::or_timeout(self.out.pop_front(), || self.deadline())
+    }
+}
+
+/// What a permission or channel needs now.
+enum Renewal {
+    Keep,
+    /// Close to lapsing and used (either way) since it was installed: ask again.
+    Renew,
+    /// Close to lapsing and unused: let it go.
+    Lapse,
+}
+
+fn renewal(
+    now: Instant,
+    expires: Option<Instant>,
+    pending: bool,
+    last_used: Instant,
+    lifetime: Duration,
+) -> Renewal {
+    let Some(expires) = expires else {
+        return Renewal::Keep;
+    };
+    if pending || now + REFRESH_MARGIN < expires {
+        return Renewal::Keep;
+    }
+    match expires.checked_sub(lifetime) {
+        Some(installed) if last_used <= installed => Renewal::Lapse,
+        _ => Renewal::Renew,
     }
 }
 

@@ -359,6 +359,7 @@ async function restartPhase(cfg) {
 async function connectPhase(cfg) {
   const conn = new RemoteConnection({
     signalUrl: cfg.signal_url, remoteId: cfg.remote_id, log, timeoutMs: cfg.timeout_ms, fakeMedia: cfg.fake_media,
+    noTurn: cfg.no_turn,
   });
   const t0 = performance.now();
   try {
