@@ -364,6 +364,8 @@ impl Coturn {
             format!("--pkey={}", key.display()),
             format!("--log-file={}", log.display()),
             format!("--pidfile={}", dir.join("turnserver.pid").display()),
+            // Its own database: parallel cases do not share the system one.
+            format!("--userdb={}", dir.join("turndb").display()),
         ])
         .collect();
         let exe = find("turnserver").expect("turnserver");
