@@ -640,6 +640,7 @@ impl Machine for RemoteClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::turn::stun::{MessageBuilder, ATTR_XOR_MAPPED_ADDRESS};
     use serde_json::{json, Value};
 
     const ID: &str = "QCPJJTJMI3IDBNURU6XJJENRYU";
@@ -695,6 +696,63 @@ mod tests {
         assert_eq!(sent[1]["data"]["sdpMid"], "0");
         assert_eq!(sent[1]["data"]["sdpMLineIndex"], 0);
         assert_eq!(c.session_id(), Some("s-1"));
+    }
+
+    #[test]
+    fn asks_stun_for_its_public_address_and_trickles_it_once_in_a_session() {
+        let now = Instant::now();
+        let local: SocketAddr = "198.51.100.10:50000".parse().unwrap();
+        let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+        let options = ClientOptions {
+            stun_server: Some(stun),
+            ..ClientOptions::default()
+        };
+        let mut c = RemoteClient::with_options(now, ID, local, options);
+        let request = match outputs(&mut c).as_slice() {
+            [ClientOutput::Transmit {
+                destination,
+                contents,
+            }] if *destination == stun => contents.clone(),
+            other => panic!("{other:?}"),
+        };
+        // Unanswered: asked again 500 ms later.
+        let later = now + std::time::Duration::from_millis(500);
+        c.handle_timeout(later);
+        let again = outputs(&mut c);
+        assert!(again
+            .iter()
+            .any(|o| matches!(o, ClientOutput::Transmit { contents, .. } if *contents == request)));
+        // The answer, before any session: kept until there is one.
+        let mapped: SocketAddr = "203.0.113.3:61000".parse().unwrap();
+        let txid: [u8; 12] = request[8..20].try_into().unwrap();
+        let answer = MessageBuilder::new(0x0101, &txid)
+            .xor_address(ATTR_XOR_MAPPED_ADDRESS, mapped)
+            .finish();
+        c.handle_datagram(later, stun, &answer);
+        assert_eq!(c.reflexive_address(), Some(mapped));
+        assert!(signals(&outputs(&mut c)).is_empty());
+        c.handle_signaling_open(later);
+        c.handle_signaling_text(
+            later,
+            &json!({"type": "connected", "remoteId": ID, "sessionId": "s-1", "iceServers": []})
+                .to_string(),
+        );
+        let sent = signals(&outputs(&mut c));
+        let candidates: Vec<&str> = sent
+            .iter()
+            .filter(|m| m["type"] == "ice-candidate")
+            .filter_map(|m| m["data"]["candidate"].as_str())
+            .collect();
+        assert_eq!(candidates.len(), 2, "{sent:?}");
+        assert!(
+            candidates[1].contains("203.0.113.3 61000 typ srflx"),
+            "{candidates:?}"
+        );
+        // No more requests once answered.
+        c.handle_timeout(later + std::time::Duration::from_secs(5));
+        assert!(!outputs(&mut c).iter().any(
+            |o| matches!(o, ClientOutput::Transmit { destination, .. } if *destination == stun)
+        ));
     }
 
     #[test]
