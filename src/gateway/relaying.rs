@@ -100,8 +100,15 @@ impl Gateway {
             self.relays
                 .handle_send(now, t.source, t.destination, &t.contents);
             self.drain_relays();
-        } else {
+        } else if self.hosts.contains(&t.source) {
             self.out.push_back(Output::Transmit(t));
+        } else {
+            // From a relay that is gone (failed or released): nowhere to send it from.
+            log::trace!(
+                "datagram from {} to {} dropped: no such relay",
+                t.source,
+                t.destination
+            );
         }
     }
 
