@@ -198,6 +198,8 @@ pub struct TurnClient {
     next_channel: u16,
     /// Datagrams waiting for their peer's permission (bounded by `max_waiting`).
     waiting: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Peer IPs to permit once allocated (remote candidates that came first; ≤ `max_peers`).
+    early_permits: Vec<IpAddr>,
     out: VecDeque<TurnOutput>,
     now: Instant,
 }
@@ -227,6 +229,7 @@ impl TurnClient {
             by_number: HashMap::new(),
             next_channel: FIRST_CHANNEL,
             waiting: VecDeque::new(),
+            early_permits: Vec::new(),
             out: VecDeque::new(),
             now,
         }
@@ -286,6 +289,13 @@ impl TurnClient {
     /// peer's first checks through the relay are let in.
     pub fn handle_permit(&mut self, now: Instant, ip: IpAddr) {
         self.now = now;
+        if matches!(self.state, State::Idle | State::Allocating) {
+            // Remembered for when the allocation succeeds.
+            if !self.early_permits.contains(&ip) && self.early_permits.len() < self.cfg.max_peers {
+                self.early_permits.push(ip);
+            }
+            return;
+        }
         if !matches!(self.state, State::Allocated { .. }) {
             return;
         }
@@ -504,7 +514,11 @@ impl TurnClient {
                 };
                 self.out
                     .push_back(TurnOutput::Event(TurnEvent::Allocated { relay, mapped }));
-                // Peers permitted before: nothing was sent for them yet.
+                // Remote candidates that came before the allocation: let them in now.
+                let now = self.now;
+                for ip in std::mem::take(&mut self.early_permits) {
+                    self.handle_permit(now, ip);
+                }
             }
             Kind::Refresh { lifetime: 0 } => self.finish(TurnEvent::Released),
             Kind::Refresh { .. } => {

@@ -366,7 +366,7 @@ impl<K: Copy + Eq + Hash> Relays<K> {
             .collect();
         for id in ids {
             if let Some(r) = self.relays.get_mut(&id) {
-                if r.server_addr.is_some_and(|s| s.is_ipv4() == ip.is_ipv4()) {
+                if r.server_addr.is_none_or(|s| s.is_ipv4() == ip.is_ipv4()) {
                     r.client.handle_permit(now, ip);
                 }
             }

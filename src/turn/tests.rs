@@ -281,6 +281,22 @@ fn permissions_and_channels_refresh_while_used_and_lapse_when_not() {
 }
 
 #[test]
+fn permits_asked_before_the_allocation_are_created_once_it_succeeds() {
+    let t0 = Instant::now();
+    let mut c = TurnClient::new(t0, TurnConfig::default(), USER, PASS, false);
+    let mut s = FakeServer::new();
+    c.handle_permit(t0, addr("198.51.100.7:1").ip());
+    c.handle_start(t0);
+    c.handle_permit(t0, addr("198.51.100.8:1").ip());
+    exchange(&mut c, &mut s, t0);
+    let ips: Vec<_> = s.permissions.iter().map(|p| p.ip()).collect();
+    assert_eq!(
+        ips,
+        [addr("198.51.100.7:1").ip(), addr("198.51.100.8:1").ip()]
+    );
+}
+
+#[test]
 fn release_sends_lifetime_zero() {
     let t0 = Instant::now();
     let (mut c, mut s) = allocated(t0, false);
