@@ -489,3 +489,55 @@ fn relays_share_allocations_and_release_after_linger() {
     assert!(relays.is_empty());
     assert_eq!(fake.requests.last(), Some(&(4, Some(0))));
 }
+
+#[test]
+fn junk_and_mangled_messages_are_ignored_without_panic() {
+    let t0 = Instant::now();
+    let (mut c, mut s) = allocated(t0, true);
+    let peer = addr("198.51.100.7:61000");
+    c.handle_send(t0, peer, b"x").unwrap();
+    exchange(&mut c, &mut s, t0);
+    // Valid messages to mangle: a success, a Data indication, ChannelData.
+    let ok = MessageBuilder::new(0x0103, &[1; 12])
+        .xor_address(ATTR_XOR_RELAYED_ADDRESS, s.relay)
+        .attr(ATTR_LIFETIME, &600u32.to_be_bytes())
+        .finish_with_integrity(&s.key);
+    let samples = [
+        ok,
+        s.data_indication(peer, b"hello"),
+        channel_data(0x4000, b"hello", true),
+    ];
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut framer = StreamFramer::default();
+    for i in 0..20_000 {
+        let mut m = samples[i % samples.len()].clone();
+        match next() % 3 {
+            0 => {
+                let at = (next() as usize) % m.len();
+                m[at] ^= 1 << (next() % 8);
+            }
+            1 => m.truncate((next() as usize) % (m.len() + 1)),
+            _ => {
+                let n = (next() % 64) as usize;
+                m = (0..n).map(|_| next() as u8).collect();
+            }
+        }
+        let _ = c.handle_input(t0, &m);
+        framer.push(&m);
+        while let Ok(Some(frame)) = framer.next_frame() {
+            let _ = c.handle_input(t0, frame);
+        }
+        if framer.next_frame().is_err() {
+            framer = StreamFramer::default();
+        }
+    }
+    // Still allocated and working.
+    assert_eq!(c.relay(), Some(s.relay));
+    c.handle_send(t0, peer, b"still").unwrap();
+}
