@@ -21,6 +21,8 @@
 //!   MA's local services, the HTTP proxy's scheduling, when to ask STUN for our address.
 //! - [`webrtc::PeerSession`] (one str0m answerer), [`webrtc::StunGatherer`] (server-reflexive
 //!   discovery), driven by the core.
+//! - [`turn::Relays`] (with a [`turn::TurnClient`] per allocation): the gateway's TURN relays,
+//!   driven by the core.
 //! - [`http_proxy::ProxyPool`]: fetches for the image proxy, driven by the core.
 //! - [`signaling::server::SignalServer`]: the self-hosted signaling server's relay.
 //! - [`remote_client::RemoteClient`]: the web app's side, for `connect`, tests and benchmarks.
@@ -57,4 +59,5 @@ pub mod signaling;
 pub mod stats;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod turn;
 pub mod webrtc;

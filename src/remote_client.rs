@@ -88,6 +88,25 @@ pub struct ClientOptions {
     /// Reach the gateway only at this address, whatever candidates it gives (they are
     /// ignored): a relay in front of it, such as the test kit's lossy path.
     pub gateway_via: Option<SocketAddr>,
+    /// Ask this STUN server for our public address and offer it as a server-reflexive
+    /// candidate (a client behind a NAT, as browsers do).
+    pub stun_server: Option<SocketAddr>,
+}
+
+/// Binding requests sent to [`ClientOptions::stun_server`] before giving up, 500 ms apart.
+const STUN_TRIES: u32 = 5;
+
+/// The client's server-reflexive discovery: one Binding transaction.
+#[derive(Debug)]
+struct Reflexive {
+    server: SocketAddr,
+    txid: crate::turn::stun::TransactionId,
+    sent: u32,
+    next: Instant,
+    /// Our address as the server saw it, once answered.
+    mapped: Option<SocketAddr>,
+    /// Offered to the gateway already.
+    offered: bool,
 }
 
 pub struct RemoteClient {
@@ -108,6 +127,11 @@ pub struct RemoteClient {
     rtc_timeout: Option<Instant>,
     failed: bool,
     pub timings: Timings,
+    reflexive: Option<Reflexive>,
+    /// The gateway's candidates by address, with their type (`host`, `srflx`, `relay`).
+    gateway_candidates: HashMap<SocketAddr, String>,
+    /// Where the data went once connected: the gateway's end of the selected pair.
+    path: Option<SocketAddr>,
 }
 
 impl RemoteClient {
@@ -147,9 +171,97 @@ impl RemoteClient {
                 started: Some(now),
                 ..Timings::default()
             },
+            reflexive: None,
+            gateway_candidates: HashMap::new(),
+            path: None,
         };
+        if let Some(server) = options.stun_server {
+            if let Some(txid) = crate::turn::stun::random_txid() {
+                client.reflexive = Some(Reflexive {
+                    server,
+                    txid,
+                    sent: 0,
+                    next: now,
+                    mapped: None,
+                    offered: false,
+                });
+                client.stun_tick(now);
+            }
+        }
         client.drain(now);
         client
+    }
+
+    /// The gateway's end of the candidate pair the data flows over, and its type as the
+    /// gateway announced it (`host`, `srflx`, `relay`; `prflx` for an address it did not
+    /// announce), once connected.
+    pub fn gateway_path(&self) -> Option<(SocketAddr, String)> {
+        let addr = self.path?;
+        let kind = self.gateway_candidates.get(&addr).cloned();
+        Some((addr, kind.unwrap_or_else(|| "prflx".into())))
+    }
+
+    /// Our public address as the STUN server saw it, if asked and answered.
+    pub fn reflexive_address(&self) -> Option<SocketAddr> {
+        self.reflexive.as_ref().and_then(|r| r.mapped)
+    }
+
+    /// Send (or resend) the Binding request when due.
+    fn stun_tick(&mut self, now: Instant) {
+        let Some(r) = self.reflexive.as_mut() else {
+            return;
+        };
+        if r.mapped.is_some() || r.sent >= STUN_TRIES || now < r.next {
+            return;
+        }
+        r.sent += 1;
+        r.next = now + std::time::Duration::from_millis(500);
+        self.out.push_back(ClientOutput::Transmit {
+            destination: r.server,
+            contents: crate::webrtc::stun_gather::binding_request(&r.txid).to_vec(),
+        });
+    }
+
+    /// Offer the server-reflexive candidate once both it and the session are there.
+    fn offer_reflexive(&mut self) {
+        let Some(sid) = self.session_id.clone() else {
+            return;
+        };
+        let Some(r) = self.reflexive.as_mut() else {
+            return;
+        };
+        let Some(mapped) = r.mapped.filter(|_| !r.offered) else {
+            return;
+        };
+        r.offered = true;
+        let c = match Candidate::server_reflexive(mapped, self.local_addr, "udp") {
+            Ok(c) => c,
+            Err(e) => return log::warn!("server-reflexive candidate {mapped} refused: {e}"),
+        };
+        if let Some(c) = self.rtc.add_local_candidate(c).map(|c| c.to_sdp_string()) {
+            let candidate =
+                ToServer::IceCandidate(Relay::candidate(sid, candidate_init(&c, "0", 0)));
+            self.out
+                .push_back(ClientOutput::Signal(candidate.to_text()));
+        }
+    }
+
+    /// Note a gateway candidate's type from its SDP text.
+    fn note_gateway_candidate(&mut self, text: &str) {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let addr = fields.get(4).zip(fields.get(5)).and_then(|(ip, port)| {
+            format!("{ip}:{port}")
+                .parse::<SocketAddr>()
+                .ok()
+                .or_else(|| format!("[{ip}]:{port}").parse().ok())
+        });
+        let kind = fields
+            .iter()
+            .position(|f| *f == "typ")
+            .and_then(|i| fields.get(i + 1));
+        if let (Some(addr), Some(kind)) = (addr, kind) {
+            self.gateway_candidates.insert(addr, kind.to_string());
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -249,6 +361,7 @@ impl RemoteClient {
             self.out
                 .push_back(ClientOutput::Signal(candidate.to_text()));
         }
+        self.offer_reflexive();
     }
 
     fn on_answer(&mut self, now: Instant, sdp: &str) {
@@ -270,6 +383,13 @@ impl RemoteClient {
                 .filter(|l| !l.starts_with("a=candidate"))
                 .collect(),
         };
+        for line in sdp.lines() {
+            if let Some(c) = line.strip_prefix("a=") {
+                if c.starts_with("candidate:") {
+                    self.note_gateway_candidate(c);
+                }
+            }
+        }
         let answer = match SdpAnswer::from_sdp_string(&sdp) {
             Ok(a) => a,
             Err(e) => return self.fail(format!("unparsable answer: {e}")),
@@ -297,6 +417,7 @@ impl RemoteClient {
         } else {
             format!("candidate:{candidate}")
         };
+        self.note_gateway_candidate(&text);
         match Candidate::from_sdp_string(&text) {
             Ok(c) => self.rtc.add_remote_candidate(c),
             Err(e) => log::warn!("gateway candidate {candidate:?} refused: {e}"),
@@ -305,6 +426,18 @@ impl RemoteClient {
 
     /// A datagram for the client's socket.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        if let Some(r) = self.reflexive.as_mut().filter(|r| r.server == source) {
+            use crate::webrtc::stun_gather::{parse_binding_response, BindingResponse};
+            if let Some((txid, response)) = parse_binding_response(bytes) {
+                if txid == r.txid && r.mapped.is_none() {
+                    if let BindingResponse::Success(Some(mapped)) = response {
+                        r.mapped = Some(mapped);
+                        self.offer_reflexive();
+                    }
+                }
+                return;
+            }
+        }
         let Ok(receive) = Receive::new(Protocol::Udp, source, self.local_addr, bytes) else {
             return;
         };
@@ -388,10 +521,18 @@ impl RemoteClient {
                     self.rtc_timeout = Some(t);
                     return;
                 }
-                Ok(Output::Transmit(t)) => self.out.push_back(ClientOutput::Transmit {
-                    destination: t.destination,
-                    contents: t.contents.into(),
-                }),
+                Ok(Output::Transmit(t)) => {
+                    // Once connected, the first datagram that is not STUN goes over the
+                    // selected pair.
+                    let stun = t.contents.first().is_some_and(|b| *b < 2);
+                    if self.path.is_none() && self.timings.connected.is_some() && !stun {
+                        self.path = Some(t.destination);
+                    }
+                    self.out.push_back(ClientOutput::Transmit {
+                        destination: t.destination,
+                        contents: t.contents.into(),
+                    })
+                }
                 Ok(Output::Event(e)) => self.event(now, e),
                 Err(e) => {
                     // The client has failed for good: no timer to keep.
@@ -474,6 +615,7 @@ impl Machine for RemoteClient {
 
     /// Drive str0m's timers.
     fn handle_timeout(&mut self, now: Instant) {
+        self.stun_tick(now);
         if let Err(e) = self.rtc.handle_input(Input::Timeout(now)) {
             self.fail(format!("WebRTC error: {e}"));
         }
@@ -483,7 +625,14 @@ impl Machine for RemoteClient {
     fn poll_output(&mut self) -> Next<ClientOutput> {
         match self.out.pop_front() {
             Some(out) => Next::Output(out),
-            None => Next::Timeout(self.rtc_timeout),
+            None => {
+                let stun = self
+                    .reflexive
+                    .as_ref()
+                    .filter(|r| r.mapped.is_none() && r.sent < STUN_TRIES)
+                    .map(|r| r.next);
+                Next::Timeout(crate::machine::earliest(self.rtc_timeout, stun))
+            }
         }
     }
 }
@@ -491,6 +640,7 @@ impl Machine for RemoteClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::turn::stun::{MessageBuilder, ATTR_XOR_MAPPED_ADDRESS};
     use serde_json::{json, Value};
 
     const ID: &str = "QCPJJTJMI3IDBNURU6XJJENRYU";
@@ -546,6 +696,63 @@ mod tests {
         assert_eq!(sent[1]["data"]["sdpMid"], "0");
         assert_eq!(sent[1]["data"]["sdpMLineIndex"], 0);
         assert_eq!(c.session_id(), Some("s-1"));
+    }
+
+    #[test]
+    fn asks_stun_for_its_public_address_and_trickles_it_once_in_a_session() {
+        let now = Instant::now();
+        let local: SocketAddr = "198.51.100.10:50000".parse().unwrap();
+        let stun: SocketAddr = "203.0.113.1:3478".parse().unwrap();
+        let options = ClientOptions {
+            stun_server: Some(stun),
+            ..ClientOptions::default()
+        };
+        let mut c = RemoteClient::with_options(now, ID, local, options);
+        let request = match outputs(&mut c).as_slice() {
+            [ClientOutput::Transmit {
+                destination,
+                contents,
+            }] if *destination == stun => contents.clone(),
+            other => panic!("{other:?}"),
+        };
+        // Unanswered: asked again 500 ms later.
+        let later = now + std::time::Duration::from_millis(500);
+        c.handle_timeout(later);
+        let again = outputs(&mut c);
+        assert!(again
+            .iter()
+            .any(|o| matches!(o, ClientOutput::Transmit { contents, .. } if *contents == request)));
+        // The answer, before any session: kept until there is one.
+        let mapped: SocketAddr = "203.0.113.3:61000".parse().unwrap();
+        let txid: [u8; 12] = request[8..20].try_into().unwrap();
+        let answer = MessageBuilder::new(0x0101, &txid)
+            .xor_address(ATTR_XOR_MAPPED_ADDRESS, mapped)
+            .finish();
+        c.handle_datagram(later, stun, &answer);
+        assert_eq!(c.reflexive_address(), Some(mapped));
+        assert!(signals(&outputs(&mut c)).is_empty());
+        c.handle_signaling_open(later);
+        c.handle_signaling_text(
+            later,
+            &json!({"type": "connected", "remoteId": ID, "sessionId": "s-1", "iceServers": []})
+                .to_string(),
+        );
+        let sent = signals(&outputs(&mut c));
+        let candidates: Vec<&str> = sent
+            .iter()
+            .filter(|m| m["type"] == "ice-candidate")
+            .filter_map(|m| m["data"]["candidate"].as_str())
+            .collect();
+        assert_eq!(candidates.len(), 2, "{sent:?}");
+        assert!(
+            candidates[1].contains("203.0.113.3 61000 typ srflx"),
+            "{candidates:?}"
+        );
+        // No more requests once answered.
+        c.handle_timeout(later + std::time::Duration::from_secs(5));
+        assert!(!outputs(&mut c).iter().any(
+            |o| matches!(o, ClientOutput::Transmit { destination, .. } if *destination == stun)
+        ));
     }
 
     #[test]

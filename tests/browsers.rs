@@ -17,14 +17,13 @@ mod http_standin;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::browser::{Browser, BrowserProc, PageServer};
 use common::ma_standin::{self, MaStandin, Seen};
 use common::stack::start_signal;
 use common::{temp_dir, Proc};
@@ -45,49 +44,6 @@ const BENCH_FRAME: usize = 16 * 1024;
 
 /// The two browsers must not share the two cores while they measure.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Browser {
-    Chromium,
-    Firefox,
-}
-
-impl Browser {
-    fn name(self) -> &'static str {
-        match self {
-            Browser::Chromium => "chromium",
-            Browser::Firefox => "firefox",
-        }
-    }
-
-    fn executables(self) -> &'static [&'static str] {
-        match self {
-            Browser::Chromium => &["chromium", "chromium-browser"],
-            Browser::Firefox => &["firefox-esr", "firefox"],
-        }
-    }
-
-    /// The largest message the browser accepts (what the gateway may send it).
-    fn max_message_size(self) -> usize {
-        match self {
-            Browser::Chromium => 262_144,
-            Browser::Firefox => 1_073_741_823,
-        }
-    }
-
-    fn find(self) -> Option<PathBuf> {
-        let path = std::env::var_os("PATH")?;
-        for name in self.executables() {
-            for dir in std::env::split_paths(&path) {
-                let p = dir.join(name);
-                if p.is_file() {
-                    return Some(p);
-                }
-            }
-        }
-        None
-    }
-}
 
 #[test]
 fn chromium() {
@@ -259,205 +215,6 @@ impl Gateway {
     /// Everything it logged so far.
     fn log(&mut self) -> Vec<String> {
         self.proc.log()
-    }
-}
-
-/// A browser process group, killed when dropped.
-struct BrowserProc {
-    child: Child,
-    log_file: PathBuf,
-}
-
-impl BrowserProc {
-    fn launch(browser: Browser, exe: &Path, url: &str, dir: &Path) -> BrowserProc {
-        let profile = dir.join("profile");
-        std::fs::create_dir_all(&profile).unwrap();
-        let home = dir.join("home");
-        std::fs::create_dir_all(&home).unwrap();
-        let log_file = dir.join("browser.log");
-        let log = std::fs::File::create(&log_file).unwrap();
-        let mut cmd = Command::new(exe);
-        match browser {
-            Browser::Chromium => {
-                cmd.args([
-                    "--headless=new",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--no-first-run",
-                    "--no-default-browser-check",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--disable-extensions",
-                    "--disable-domain-reliability",
-                    "--metrics-recording-only",
-                    "--allow-loopback-in-peer-connection",
-                    "--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,OptimizationHints",
-                ])
-                .arg(format!("--user-data-dir={}", profile.display()))
-                .arg(url);
-            }
-            Browser::Firefox => {
-                let prefs = std::fs::read_to_string(browser_dir().join("firefox-user.js")).unwrap();
-                std::fs::write(profile.join("user.js"), prefs).unwrap();
-                cmd.args(["--headless", "--no-remote", "--profile"])
-                    .arg(&profile)
-                    .arg(url)
-                    .env("MOZ_CRASHREPORTER_DISABLE", "1")
-                    .env("MOZ_DISABLE_AUTO_SAFE_MODE", "1");
-            }
-        }
-        cmd.env("HOME", &home)
-            .env("XDG_CONFIG_HOME", home.join(".config"))
-            .env("XDG_CACHE_HOME", home.join(".cache"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0);
-        let child = cmd.spawn().expect("start the browser");
-        BrowserProc { child, log_file }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_file).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for BrowserProc {
-    fn drop(&mut self) {
-        // The whole group: renderers, GPU and network processes, content processes.
-        let _ = common::send_signal(-(self.child.id() as i32), libc::SIGKILL);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn browser_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
-}
-
-// ---- the page's HTTP server -----------------------------------------------------------------
-
-/// Serves the page and its config, receives its reports; one thread per connection
-/// (Chromium opens speculative connections it may never use).
-struct PageServer {
-    port: u16,
-    reports: Receiver<Value>,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl PageServer {
-    fn start(config: String) -> PageServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (tx, reports) = mpsc::channel();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let config = Arc::new(config);
-        let logs2 = logs.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { break };
-                let (tx, logs, config) = (tx.clone(), logs2.clone(), config.clone());
-                std::thread::spawn(move || serve_page(stream, &tx, &logs, &config));
-            }
-        });
-        PageServer {
-            port,
-            reports,
-            logs,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/index.html", self.port)
-    }
-}
-
-fn serve_page(mut stream: TcpStream, tx: &Sender<Value>, logs: &Mutex<Vec<String>>, config: &str) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        // One request (head and Content-Length body), then the next on the same connection.
-        let head_len = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(
-            req.parse(&buf[..head_len]),
-            Ok(httparse::Status::Complete(_))
-        ) {
-            return;
-        }
-        let method = req.method.unwrap_or("").to_string();
-        let path = req.path.unwrap_or("").to_string();
-        let length = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-            })
-            .unwrap_or(0);
-        while buf.len() < head_len + length {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = buf[head_len..head_len + length].to_vec();
-        buf.drain(..head_len + length);
-
-        let file = |name: &str| std::fs::read(browser_dir().join(name)).ok();
-        let (status, ctype, content): (&str, &str, Vec<u8>) = match (method.as_str(), path.as_str())
-        {
-            ("GET", "/" | "/index.html") => (
-                "200 OK",
-                "text/html; charset=utf-8",
-                file("index.html").unwrap(),
-            ),
-            ("GET", "/remote.js") => ("200 OK", "text/javascript", file("remote.js").unwrap()),
-            ("GET", "/harness.js") => ("200 OK", "text/javascript", file("harness.js").unwrap()),
-            ("GET", "/config.json") => ("200 OK", "application/json", config.as_bytes().to_vec()),
-            ("POST", "/log") => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
-                    logs.lock()
-                        .unwrap()
-                        .push(v["line"].as_str().unwrap_or("").to_string());
-                }
-                ("204 No Content", "text/plain", Vec::new())
-            }
-            ("POST", "/report") => {
-                let v = serde_json::from_slice::<Value>(&body).unwrap_or_else(
-                    |e| json!({"phase": "fatal", "error": format!("bad report: {e}")}),
-                );
-                let _ = tx.send(v);
-                ("204 No Content", "text/plain", Vec::new())
-            }
-            _ => ("404 Not Found", "text/plain", b"not found".to_vec()),
-        };
-        // Cross-origin isolated (COOP + COEP): performance.now() gets its finest resolution.
-        let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n\
-             Cross-Origin-Opener-Policy: same-origin\r\nCross-Origin-Embedder-Policy: require-corp\r\n\r\n",
-            content.len()
-        );
-        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&content).is_err() {
-            return;
-        }
     }
 }
 

@@ -61,6 +61,11 @@ pub struct ConnectArgs {
     /// Give up on a step after this long.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// A STUN server (IP:port) to learn the client's public address from, offered as a
+    /// server-reflexive candidate (a client behind a NAT).
+    #[arg(long)]
+    pub stun: Option<SocketAddr>,
 }
 
 /// Settings of the gateway (also read by `id`, which needs the data folder).
@@ -436,7 +441,10 @@ impl GatewayConfig {
         &self,
     ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
         let urls = [&self.signaling_url, &self.local_ws_url, &self.sendspin_url];
-        match urls.iter().any(|u| u.tls) {
+        let turns = crate::turn::turn_servers_from_ice_servers(&self.ice_servers)
+            .iter()
+            .any(|s| s.transport == crate::turn::TurnTransport::Tls);
+        match urls.iter().any(|u| u.tls) || turns {
             true => crate::net::tls::client_config(self.signaling_ca_file.as_deref()).map(Some),
             false => Ok(None),
         }
@@ -469,6 +477,7 @@ impl GatewayConfig {
         );
         core.stun_servers =
             crate::webrtc::stun_gather::stun_servers_from_ice_servers(&self.ice_servers);
+        core.turn_servers = crate::turn::turn_servers_from_ice_servers(&self.ice_servers);
         core.memory_budget = self.memory_budget;
         core
     }

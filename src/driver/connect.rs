@@ -112,6 +112,12 @@ impl Connection {
         &self.client.timings
     }
 
+    /// The gateway's end of the selected candidate pair and its type (`host`, `srflx`,
+    /// `relay`, `prflx`).
+    pub fn gateway_path(&self) -> Option<(SocketAddr, String)> {
+        self.client.gateway_path()
+    }
+
     pub fn session_id(&self) -> Option<&str> {
         self.client.session_id()
     }
@@ -420,12 +426,17 @@ pub fn run(gateway: &GatewayConfig, args: &ConnectArgs) -> i32 {
         args.remote_id,
         gateway.signaling_url.to_url()
     );
-    let mut conn = match Connection::open(
+    let options = ClientOptions {
+        stun_server: args.stun,
+        ..ClientOptions::default()
+    };
+    let mut conn = match Connection::open_with(
         &gateway.signaling_url,
         tls,
         &args.remote_id,
         args.bind,
         args.timeout,
+        options,
     ) {
         Ok(c) => c,
         Err(e) => {
@@ -442,6 +453,14 @@ pub fn run(gateway: &GatewayConfig, args: &ConnectArgs) -> i32 {
     };
     let t = conn.timings().clone();
     let _ = writeln!(out, "session {}", conn.session_id().unwrap_or("-"));
+    match conn.gateway_path() {
+        Some((addr, kind)) => {
+            let _ = writeln!(out, "path: gateway candidate {addr} (typ {kind})");
+        }
+        None => {
+            let _ = writeln!(out, "path: -");
+        }
+    }
     let steps = [
         (
             "connect-request -> connected",

@@ -121,6 +121,40 @@ impl<O: Copy + Eq + Hash> Connections<O> {
         });
     }
 
+    /// Open a byte stream for `owner` to `host:port`, TLS (verifying `host`) when `tls`.
+    /// `false` when TLS is asked for and no TLS configuration was given.
+    pub fn open_tcp(&mut self, owner: O, host: &str, port: u16, tls: bool) -> bool {
+        let config = match tls {
+            true => match self.tls.clone() {
+                Some(c) => Some(c),
+                None => return false,
+            },
+            false => None,
+        };
+        self.open(owner, |token, resolver| {
+            Link::stream(host, port, config, token, resolver)
+        });
+        true
+    }
+
+    /// Queue a datagram-like message on `owner`'s byte stream only if its write buffer takes
+    /// it whole: a stream that does not keep up loses messages (as UDP would), not the
+    /// connection. `false` if it was dropped or there is no connection.
+    pub fn write_or_drop(&mut self, owner: O, bytes: &[u8]) -> bool {
+        let room = self
+            .by_owner
+            .get(&owner)
+            .and_then(|t| self.table.get(*t))
+            .is_some_and(|(_, l)| l.has_room(bytes.len()));
+        room && self.write(owner, bytes)
+    }
+
+    /// The peer address of `owner`'s byte stream, once connected.
+    pub fn peer_addr(&self, owner: O) -> Option<SocketAddr> {
+        let token = self.by_owner.get(&owner)?;
+        self.table.get(*token)?.1.peer_addr()
+    }
+
     fn open(&mut self, owner: O, start: impl FnOnce(Token, &mut Resolver) -> Link) {
         self.close(owner, None);
         let resolver = &mut self.resolver;

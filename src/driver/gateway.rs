@@ -30,6 +30,7 @@ use crate::net::link::ws_config;
 use crate::net::resolve::LookupId;
 use crate::net::udp::{self, SendQueue};
 use crate::signaling::client::{self, Event, Output, SignalingClient};
+use crate::turn::RelayId;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -53,6 +54,8 @@ enum Owner {
     Signaling,
     Bridge(BridgeId),
     Fetch(ConnId),
+    /// A TURN server's TCP or TLS connection.
+    Turn(RelayId),
 }
 
 struct Driver {
@@ -314,6 +317,10 @@ impl Driver {
                             c.handle_fetch_data(now, f, data)
                         })
                     }
+                    (Owner::Turn(r), Data::Bytes(data)) => {
+                        bytes += data.len();
+                        core.guarded(now, Culprit::Other, |c| c.handle_turn_data(now, r, data))
+                    }
                     // Pings are answered by tungstenite on the next flush.
                     _ => {}
                 });
@@ -350,6 +357,14 @@ impl Driver {
                             .guarded(now, culprit, |c| c.handle_ws_opened(now, b))
                     }
                     Owner::Fetch(_) => {}
+                    Owner::Turn(r) => match self.conns.peer_addr(owner) {
+                        Some(server) => self.core.guarded(now, Culprit::Other, |c| {
+                            c.handle_turn_connected(now, r, server)
+                        }),
+                        None => self.core.guarded(now, Culprit::Other, |c| {
+                            c.handle_turn_lost(now, r, "no peer address")
+                        }),
+                    },
                 }
                 return;
             }
@@ -370,6 +385,9 @@ impl Driver {
                 self.core
                     .guarded(now, culprit, |c| c.handle_ws_closed(now, b, &why))
             }
+            (Owner::Turn(r), _) => self
+                .core
+                .guarded(now, Culprit::Other, |c| c.handle_turn_lost(now, r, &why)),
             (Owner::Fetch(f), end) => self.core.guarded(now, Culprit::Fetch(f), |c| match end {
                 End::Closed { .. } => c.handle_fetch_eof(now, f),
                 _ => c.handle_fetch_failed(now, f, &why),
@@ -474,6 +492,24 @@ impl Driver {
                 let id = self.conns.resolve(&host, port);
                 self.lookups.insert(id, key);
             }
+            CoreOutput::TurnConnect {
+                relay,
+                host,
+                port,
+                tls,
+            } => {
+                if !self.conns.open_tcp(Owner::Turn(relay), &host, port, tls) {
+                    self.core.guarded(now, Culprit::Other, |c| {
+                        c.handle_turn_lost(now, relay, "no TLS configuration")
+                    });
+                }
+            }
+            CoreOutput::TurnWrite { relay, bytes } => {
+                if !self.conns.write_or_drop(Owner::Turn(relay), &bytes) {
+                    log::trace!("TURN relay {relay}: stream busy, message dropped");
+                }
+            }
+            CoreOutput::TurnClose { relay } => self.conns.close(Owner::Turn(relay), None),
             CoreOutput::SendspinPlayer {
                 session_id,
                 client_id,

@@ -133,12 +133,15 @@ impl Gateway {
             }
         }
         self.bridges.retain(|_, (k, _)| *k != key);
-        let out = &mut self.out;
-        let goodbye = catch_unwind(AssertUnwindSafe(|| {
-            super::say_goodbye(&mut s.peer, now, out)
-        }));
-        if goodbye.is_err() {
-            log::error!("[{}] the WebRTC session could not be closed cleanly", s.id);
+        let goodbye = catch_unwind(AssertUnwindSafe(|| super::say_goodbye(&mut s.peer, now)));
+        match goodbye {
+            Ok(transmits) => {
+                for t in transmits {
+                    self.send_transmit(t);
+                }
+            }
+            Err(_) => log::error!("[{}] the WebRTC session could not be closed cleanly", s.id),
         }
+        self.relays_session_gone(key);
     }
 }

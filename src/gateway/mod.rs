@@ -13,6 +13,7 @@ pub mod bridge;
 pub mod channels;
 pub mod isolation;
 pub mod queue;
+mod relaying;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use crate::config::WsUrl;
 use crate::http_proxy::response::ProxyResponse;
 use crate::http_proxy::{request as proxy_request, ConnId, PoolConfig, PoolOutput, ProxyPool};
 use crate::machine::{earliest, Machine, Next};
+use crate::turn::{RelayId, Relays, TurnServer};
 use crate::webrtc::router::{Route, Router};
 use crate::webrtc::session::{PeerSession, SessionConfig, SessionEvent, SessionOutput, Transmit};
 use crate::webrtc::stun_gather::{GatherConfig, GatherEvent, GatherOutput, StunGatherer, StunUrl};
@@ -78,6 +80,8 @@ pub struct CoreConfig {
     pub limits: Limits,
     /// STUN servers asked for our public address at every registration.
     pub stun_servers: Vec<StunUrl>,
+    /// TURN servers each session gets relays on (docs/design.md#turn-relays).
+    pub turn_servers: Vec<TurnServer>,
 }
 
 impl CoreConfig {
@@ -103,6 +107,7 @@ impl CoreConfig {
             },
             limits: Limits::default(),
             stun_servers: Vec::new(),
+            turn_servers: Vec::new(),
         }
     }
 }
@@ -146,6 +151,19 @@ pub enum Output {
         host: String,
         port: u16,
     },
+    /// Open a TCP connection (TLS when `tls`, verifying `host`) to a TURN server; answer with
+    /// [`Gateway::handle_turn_connected`], then [`Gateway::handle_turn_data`] /
+    /// [`Gateway::handle_turn_lost`].
+    TurnConnect {
+        relay: RelayId,
+        host: String,
+        port: u16,
+        tls: bool,
+    },
+    /// Write on a TURN server's connection.
+    TurnWrite { relay: RelayId, bytes: Vec<u8> },
+    /// Close a TURN server's connection (no event follows).
+    TurnClose { relay: RelayId },
 }
 
 /// Who asked for an HTTP proxy response: a channel of a session.
@@ -206,6 +224,10 @@ pub struct Gateway {
     bridges: HashMap<BridgeId, (SessionKey, ChannelId)>,
     router: Router<SessionKey>,
     gatherer: StunGatherer,
+    /// TURN allocations shared by the sessions (docs/design.md#turn-relays).
+    relays: Relays<SessionKey>,
+    /// DNS lookups made for relays.
+    relay_lookups: HashMap<LookupKey, RelayId>,
     proxy: ProxyPool<Requester>,
     chunker: Chunker,
     /// Advertised host candidates (address we receive on).
@@ -220,6 +242,7 @@ pub struct Gateway {
     /// The sub-machines' deadlines, as their last poll said.
     gatherer_deadline: Option<Instant>,
     proxy_deadline: Option<Instant>,
+    relays_deadline: Option<Instant>,
     /// The memory budget is exceeded: local sockets stay paused until it drains.
     over_budget: bool,
     /// The session the timer loop is working on (a panic there is pinned on it).
@@ -245,6 +268,8 @@ impl Gateway {
             bridges: HashMap::new(),
             router: Router::new(),
             gatherer: StunGatherer::new(GatherConfig::default()),
+            relays: Relays::default(),
+            relay_lookups: HashMap::new(),
             chunker: Chunker::with_slice_size(chunk::GATEWAY_SLICE_SIZE),
             hosts: Vec::new(),
             reflexive: Vec::new(),
@@ -254,6 +279,7 @@ impl Gateway {
             next_lookup: 1,
             gatherer_deadline: None,
             proxy_deadline: None,
+            relays_deadline: None,
             current: None,
             undrained: Vec::new(),
             over_budget: false,
@@ -290,7 +316,7 @@ impl Gateway {
         });
         let sessions = sessions.min();
         earliest(
-            sessions,
+            earliest(sessions, self.relays_deadline),
             earliest(self.gatherer_deadline, self.proxy_deadline),
         )
     }
@@ -332,6 +358,9 @@ impl Gateway {
         answer: Result<Vec<SocketAddr>, String>,
     ) {
         self.now = now;
+        if self.relay_resolved(now, key, &answer) {
+            return;
+        }
         if !self.lookups.remove(&key) {
             return;
         }
@@ -448,6 +477,8 @@ impl Gateway {
         self.out.push_back(Output::SessionReady {
             session_id: session_id.to_string(),
         });
+        let servers = self.cfg.turn_servers.clone();
+        self.allocate_relays(now, key, &servers);
     }
 
     /// Room for a new session: a newcomer pushes out the oldest session that has not connected
@@ -528,19 +559,31 @@ impl Gateway {
         if !s.got_offer {
             return;
         }
+        let local = self.hosts.first().copied();
+        let relays = self.relays.addresses_of(key);
         let wanted = self
             .hosts
             .iter()
-            .map(|h| (*h, None))
-            .chain(self.reflexive.iter().map(|(m, b)| (*m, Some(*b))));
-        for (addr, base) in wanted {
+            .map(|h| (*h, Kind::Host))
+            .chain(
+                self.reflexive
+                    .iter()
+                    .map(|(m, b)| (*m, Kind::Reflexive(*b))),
+            )
+            .chain(
+                relays
+                    .iter()
+                    .filter_map(|r| Some((*r, Kind::Relay(local?)))),
+            );
+        for (addr, kind) in wanted {
             if s.candidates.contains(&addr) {
                 continue;
             }
             s.candidates.push(addr);
-            let added = match base {
-                None => s.peer.handle_host_candidate(self.now, addr),
-                Some(base) => s.peer.handle_srflx_candidate(self.now, addr, base),
+            let added = match kind {
+                Kind::Host => s.peer.handle_host_candidate(self.now, addr),
+                Kind::Reflexive(base) => s.peer.handle_srflx_candidate(self.now, addr, base),
+                Kind::Relay(local) => s.peer.handle_relay_candidate(self.now, addr, local),
             };
             match added {
                 Ok(Some(candidate)) => self.out.push_back(Output::Candidate {
@@ -573,6 +616,7 @@ impl Gateway {
             Ok(outcome) => log::debug!("[{session_id}] remote candidate: {outcome:?}"),
             Err(e) => log::warn!("[{session_id}] remote candidate refused: {e}"),
         }
+        self.permit_candidate(now, key, candidate);
         self.drain_session(key, now);
     }
 
@@ -589,6 +633,12 @@ impl Gateway {
     /// A datagram arrived on the shared UDP socket from `source`.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
         self.now = now;
+        if !self.relays.is_empty()
+            && !self.is_gathering_response(bytes)
+            && self.relayed_datagram(now, source, bytes)
+        {
+            return;
+        }
         let gatherer = &self.gatherer;
         match self.router.route(source, bytes, |txid| gatherer.owns(txid)) {
             Route::Session(key) => {
@@ -633,6 +683,7 @@ impl Gateway {
         self.now = now;
         self.gatherer.handle_timeout(now);
         self.drain_gatherer();
+        self.relays_timeout(now);
         self.proxy.handle_timeout(now);
         self.drain_proxy();
         let due: Vec<SessionKey> = self
@@ -867,7 +918,7 @@ impl Gateway {
                 Next::Timeout(_) => return,
                 Next::Output(SessionOutput::Transmit(t)) => {
                     self.router.note_transmit(key, t.destination);
-                    self.out.push_back(Output::Transmit(t));
+                    self.send_transmit(t);
                 }
                 Next::Output(SessionOutput::Event(e)) => self.session_event(key, now, e),
             }
@@ -911,6 +962,9 @@ impl Gateway {
                 self.flush_session(key)
             }
             SessionEvent::Closed { reason } => {
+                if reason == crate::webrtc::CloseReason::ConnectTimeout {
+                    self.explain_no_path(key);
+                }
                 let why = format!("WebRTC session ended: {reason}");
                 self.close_session(key, &why);
             }
@@ -1372,6 +1426,18 @@ impl Gateway {
             }
             self.finish_close(key);
         }
+        self.relays.handle_shutdown(now);
+        self.drain_relays();
+    }
+
+    /// Whether a datagram is a response to our own server-reflexive gathering (a TURN server
+    /// is often the STUN server too, at the same address).
+    fn is_gathering_response(&self, bytes: &[u8]) -> bool {
+        bytes.len() >= 20
+            && crate::webrtc::is_stun(bytes)
+            && bytes[8..20]
+                .try_into()
+                .is_ok_and(|txid| self.gatherer.owns(&txid))
     }
 
     /// Close DTLS, send what that produces, and forget the session and its routes.
@@ -1387,20 +1453,34 @@ impl Gateway {
             let n = s.peer.ignored_datagrams();
             log::info!("[{}] {n} unparseable datagrams were ignored", s.id);
         }
-        say_goodbye(&mut s.peer, self.now, &mut self.out);
+        for t in say_goodbye(&mut s.peer, self.now) {
+            self.send_transmit(t);
+        }
+        self.relays_session_gone(key);
         // What it held is free: sockets the budget paused may read again.
         self.check_budget();
     }
 }
 
-/// Close a session's DTLS and queue the datagrams that says goodbye with.
-fn say_goodbye(peer: &mut PeerSession, now: Instant, out: &mut VecDeque<Output>) {
+/// Close a session's DTLS; the datagrams that says goodbye with.
+fn say_goodbye(peer: &mut PeerSession, now: Instant) -> Vec<Transmit> {
     peer.handle_close(now);
+    let mut out = Vec::new();
     while let Next::Output(o) = peer.poll_output() {
         if let SessionOutput::Transmit(t) = o {
-            out.push_back(Output::Transmit(t));
+            out.push(t);
         }
     }
+    out
+}
+
+/// What kind of local candidate an address is, with what str0m needs besides it.
+enum Kind {
+    Host,
+    /// The base it was seen from.
+    Reflexive(SocketAddr),
+    /// The local address the allocation was made from.
+    Relay(SocketAddr),
 }
 
 impl Machine for Gateway {

@@ -651,3 +651,60 @@ fn live_announcement_needs_no_login_and_passes_untouched() {
         [Message::text(first), Message::binary(vec![0, 1])]
     );
 }
+
+/// Nothing reaches the gateway's socket directly (a symmetric NAT, a firewall): the session
+/// runs through its TURN relay, and the relay is released once the session is gone.
+#[test]
+fn a_session_runs_through_the_relay_when_nothing_else_gets_through() {
+    use crate::testkit::turn::TurnStandin;
+    use crate::turn::{TurnServer, TurnTransport};
+
+    let identity = Identity::generate().unwrap();
+    let clock = Clock::simulated();
+    let now = clock.now();
+    let mut cfg = GatewayEnd::config(4);
+    cfg.turn_servers = vec![TurnServer {
+        host: "203.0.113.1".into(),
+        port: 3478,
+        transport: TurnTransport::Udp,
+        username: "user".into(),
+        credential: "pass".into(),
+    }];
+    let gateway = addr("192.0.2.10:40000");
+    let mut gw = GatewayEnd::new(now, cfg, &identity, gateway);
+    let relay = addr("203.0.113.1:50000");
+    gw.turn = Some(TurnStandin::new(
+        addr("203.0.113.1:3478"),
+        relay,
+        "user",
+        "pass",
+    ));
+    let mut sim = Pair::new(clock, ClientsEnd::new(&identity.remote_id), gw);
+    sim.dead.insert(gateway);
+    sim.a.add(now, addr("198.51.100.10:50000"), SID);
+    sim.run_until(
+        "the client's channel through the relay",
+        Duration::from_secs(15),
+        |s| s.a.clients[0].rc.is_open() && s.b.first_bridge().is_some(),
+    );
+    let relayed = |c: &serde_json::Value| {
+        c["candidate"]
+            .as_str()
+            .is_some_and(|c| c.contains("typ relay") && c.contains("203.0.113.1 50000"))
+    };
+    assert!(sim.b.candidates.iter().any(|(_, c)| relayed(c)));
+    assert_eq!(
+        sim.a.clients[0].rc.gateway_path(),
+        Some((relay, "relay".to_string()))
+    );
+    let turn = sim.b.turn.as_ref().unwrap();
+    assert!(turn.relayed.0 > 0 && turn.relayed.1 > 0, "{turn:?}");
+
+    // The client leaves: the allocation lingers, then is given back.
+    let now = sim.now();
+    sim.b.gw.handle_client_disconnected(now, SID);
+    sim.run_for(Duration::from_secs(20));
+    assert_eq!(sim.b.turn.as_ref().unwrap().released, 0, "still lingering");
+    sim.run_for(Duration::from_secs(20));
+    assert_eq!(sim.b.turn.as_ref().unwrap().released, 1);
+}

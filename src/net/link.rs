@@ -154,6 +154,22 @@ impl Link {
         }
     }
 
+    /// Whether a byte stream's write buffer takes `n` more bytes now.
+    pub fn has_room(&self, n: usize) -> bool {
+        match self {
+            Link::Tcp(c) => c.has_room(n),
+            Link::Ws(_) => false,
+        }
+    }
+
+    /// A byte stream's peer, once connected.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Link::Tcp(c) => c.peer_addr(),
+            Link::Ws(_) => None,
+        }
+    }
+
     /// Push out what is queued as far as the socket takes it.
     pub fn flush(&mut self) -> Result<(), String> {
         match self {

@@ -75,6 +75,19 @@ impl TcpClient {
         }
     }
 
+    /// Whether `n` more bytes fit the write buffer.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.out.len() + n <= MAX_WRITE_BUFFER
+    }
+
+    /// The server's address once connected.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match &self.state {
+            State::Open(s) => s.peer_addr().ok(),
+            _ => None,
+        }
+    }
+
     /// Queue bytes to send; `false` if the write buffer would pass [`MAX_WRITE_BUFFER`].
     pub fn write(&mut self, bytes: &[u8]) -> bool {
         if self.out.len() + bytes.len() > MAX_WRITE_BUFFER {

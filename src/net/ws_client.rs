@@ -61,7 +61,10 @@ impl WsClient {
                 if self.url.tls && self.tls.is_none() {
                     return self.fail(registry, "wss:// needs a TLS configuration".into());
                 }
-                let stream = match secure(tcp, self.tls.as_ref(), &self.url.host) {
+                // TLS only for wss://: one configuration serves every connection, and a
+                // ws:// one (MA's local API) must stay plain.
+                let tls = self.tls.as_ref().filter(|_| self.url.tls);
+                let stream = match secure(tcp, tls, &self.url.host) {
                     Ok(s) => s,
                     Err(e) => return self.fail(registry, e),
                 };

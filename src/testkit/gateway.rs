@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde_json::Value;
 use tungstenite::Message;
 
+use super::turn::TurnStandin;
 use super::{tail, End, Wire};
 use crate::config::WsUrl;
 use crate::gateway::bridge::BridgeId;
@@ -85,6 +86,11 @@ pub struct GatewayEnd {
     pub candidates: Vec<(String, Value)>,
     /// Outputs not played here (Sendspin player, DNS lookups, proxy fetches), in order.
     pub other: Vec<Output>,
+    /// A TURN server next to the gateway: lookups of its IP are answered with it, datagrams
+    /// to it and to its relay address are played here ([`TurnStandin`]).
+    pub turn: Option<TurnStandin>,
+    /// What the TURN stand-in sends to peers, waiting for the wire.
+    relayed_out: VecDeque<Wire>,
 }
 
 impl GatewayEnd {
@@ -113,6 +119,28 @@ impl GatewayEnd {
             ready: Vec::new(),
             candidates: Vec::new(),
             other: Vec::new(),
+            turn: None,
+            relayed_out: VecDeque::new(),
+        }
+    }
+
+    /// The TURN stand-in's answers to the gateway go straight back in; what it relays to
+    /// peers waits for the wire.
+    fn play_turn(&mut self, now: Instant, bytes: &[u8]) {
+        let Some(turn) = self.turn.as_mut() else {
+            return;
+        };
+        let sends = turn.from_client(self.addr, bytes);
+        let (server, relay) = (turn.server, turn.relay);
+        for (peer, bytes) in sends.to_peers {
+            self.relayed_out.push_back(Wire::Datagram {
+                from: relay,
+                to: peer,
+                bytes,
+            });
+        }
+        for answer in sends.to_client {
+            self.gw.handle_datagram(now, server, &answer);
         }
     }
 
@@ -183,6 +211,25 @@ impl GatewayEnd {
                     session_id,
                     FromServer::IceCandidate(relay).to_text(),
                 ))
+            }
+            Output::Transmit(t)
+                if self
+                    .turn
+                    .as_ref()
+                    .is_some_and(|s| s.server == t.destination) =>
+            {
+                self.play_turn(now, &t.contents);
+                None
+            }
+            Output::Lookup { key, host, .. }
+                if self
+                    .turn
+                    .as_ref()
+                    .is_some_and(|s| s.server.ip().to_string() == host) =>
+            {
+                let server = self.turn.as_ref().map(|s| s.server).into_iter().collect();
+                self.gw.handle_resolved(now, key, Ok(server));
+                None
             }
             Output::Transmit(t) => Some(Wire::Datagram {
                 from: self.addr,
@@ -276,7 +323,14 @@ impl fmt::Debug for GatewayEnd {
 }
 
 impl End for GatewayEnd {
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, _to: SocketAddr, bytes: &[u8]) {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, bytes: &[u8]) {
+        if let Some(turn) = self.turn.as_mut().filter(|t| t.relay == to) {
+            let server = turn.server;
+            if let Some(m) = turn.from_peer(from, bytes) {
+                self.gw.handle_datagram(now, server, &m);
+            }
+            return;
+        }
         self.gw.handle_datagram(now, from, bytes);
     }
 
@@ -307,6 +361,9 @@ impl End for GatewayEnd {
 
     fn poll_output(&mut self, now: Instant) -> Next<Wire> {
         loop {
+            if let Some(w) = self.relayed_out.pop_front() {
+                return Next::Output(w);
+            }
             match self.gw.poll_output() {
                 Next::Output(o) => {
                     if let Some(w) = self.carry_out(now, o) {

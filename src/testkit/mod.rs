@@ -46,6 +46,7 @@ mod gateway;
 pub mod path;
 pub mod props;
 pub mod stranger;
+pub mod turn;
 mod webrtc;
 
 use std::collections::{HashSet, VecDeque};

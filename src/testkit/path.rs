@@ -66,8 +66,21 @@ type Pending = Reverse<(Instant, u64, bool, Vec<u8>)>;
 impl LossyPath {
     /// Relay to the gateway's UDP address `gateway`, on loopback.
     pub fn start(gateway: SocketAddr, config: PathConfig, seed: u64) -> io::Result<LossyPath> {
-        let front = UdpSocket::bind("127.0.0.1:0")?;
-        let back = UdpSocket::bind("127.0.0.1:0")?;
+        let lo = SocketAddr::from(([127, 0, 0, 1], 0));
+        LossyPath::start_between(lo, lo, gateway, config, seed)
+    }
+
+    /// Relay to `gateway` with the client's side bound at `front` and the gateway's side at
+    /// `back` (a gateway beyond loopback, as in the NAT lab).
+    pub fn start_between(
+        front: SocketAddr,
+        back: SocketAddr,
+        gateway: SocketAddr,
+        config: PathConfig,
+        seed: u64,
+    ) -> io::Result<LossyPath> {
+        let front = UdpSocket::bind(front)?;
+        let back = UdpSocket::bind(back)?;
         front.set_nonblocking(true)?;
         back.set_nonblocking(true)?;
         let addr = front.local_addr()?;

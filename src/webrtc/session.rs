@@ -567,6 +567,22 @@ impl PeerSession {
         self.add_local(c)
     }
 
+    /// Add a relay candidate `addr` (a TURN allocation) made from the local address `local`.
+    /// Same return as [`PeerSession::handle_host_candidate`]. Datagrams str0m sends from
+    /// `addr` must go through the relay; data arriving through it is fed with `addr` as the
+    /// destination.
+    pub fn handle_relay_candidate(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Option<Value>, SessionError> {
+        self.last_now = self.last_now.max(now);
+        let c = Candidate::relayed(addr, local, "udp")
+            .map_err(|e| SessionError::Candidate(e.to_string()))?;
+        self.add_local(c)
+    }
+
     fn add_local(&mut self, c: Candidate) -> Result<Option<Value>, SessionError> {
         self.ensure_alive()?;
         let added = self

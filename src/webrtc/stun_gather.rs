@@ -7,17 +7,19 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::machine::{Machine, Next};
+pub use crate::turn::stun::TransactionId;
+use crate::turn::stun::{
+    parse_address, parse_error_code, Message, ATTR_ERROR_CODE, ATTR_MAPPED_ADDRESS,
+    ATTR_XOR_MAPPED_ADDRESS, ATTR_XOR_MAPPED_ADDRESS_OLD,
+};
 
-use super::{is_stun, STUN_MAGIC_COOKIE};
-
-/// A STUN transaction id (96 bits).
-pub type TransactionId = [u8; 12];
+use super::STUN_MAGIC_COOKIE;
 
 /// The STUN servers to use when the ICE server list has none (MA's list).
 pub const DEFAULT_STUN_URLS: &[&str] = &[
@@ -33,11 +35,6 @@ pub const MAX_STUN_SERVERS: usize = 16;
 const BINDING_REQUEST: u16 = 0x0001;
 const BINDING_SUCCESS: u16 = 0x0101;
 const BINDING_ERROR: u16 = 0x0111;
-const ATTR_MAPPED_ADDRESS: u16 = 0x0001;
-const ATTR_ERROR_CODE: u16 = 0x0009;
-const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
-/// XOR-MAPPED-ADDRESS as some old servers still send it (pre-RFC 5389 draft value).
-const ATTR_XOR_MAPPED_ADDRESS_OLD: u16 = 0x8020;
 
 /// A `stun:`/`stuns:` URL (RFC 7064), unresolved.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -54,12 +51,38 @@ pub struct StunUrl {
 impl StunUrl {
     /// `host:port` for `ToSocketAddrs` (IPv6 literals in brackets).
     pub fn host_port(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+        host_port(&self.host, self.port)
+    }
+}
+
+/// `host:port`, an IPv6 literal in brackets.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Every URL of an ICE server list (`[{"urls": "..." | [...], ...}]`, the legacy `url` key
+/// too, or one bare entry), in order, with the entry it came from (its credentials).
+pub fn ice_server_urls(ice_servers: &Value) -> Vec<(&Value, &str)> {
+    let entries: &[Value] = match ice_servers {
+        Value::Array(a) => a,
+        Value::Object(_) => std::slice::from_ref(ice_servers),
+        _ => &[],
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        match entry.get("urls").or_else(|| entry.get("url")) {
+            Some(Value::String(s)) => out.push((entry, s.as_str())),
+            Some(Value::Array(a)) => {
+                out.extend(a.iter().filter_map(Value::as_str).map(|u| (entry, u)))
+            }
+            _ => {}
         }
     }
+    out
 }
 
 impl fmt::Display for StunUrl {
@@ -122,26 +145,13 @@ pub fn parse_stun_url(url: &str) -> Option<StunUrl> {
 pub fn stun_servers_from_ice_servers(ice_servers: &Value) -> Vec<StunUrl> {
     let mut out: Vec<StunUrl> = Vec::new();
     let mut seen = HashSet::new();
-    let entries: &[Value] = match ice_servers {
-        Value::Array(a) => a,
-        Value::Object(_) => std::slice::from_ref(ice_servers),
-        _ => &[],
-    };
-    for entry in entries {
-        let urls = entry.get("urls").or_else(|| entry.get("url"));
-        let list: Vec<&str> = match urls {
-            Some(Value::String(s)) => vec![s.as_str()],
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-            _ => continue,
-        };
-        for u in list {
-            if out.len() >= MAX_STUN_SERVERS {
-                return out;
-            }
-            if let Some(parsed) = parse_stun_url(u) {
-                if seen.insert(parsed.clone()) {
-                    out.push(parsed);
-                }
+    for (_, u) in ice_server_urls(ice_servers) {
+        if out.len() >= MAX_STUN_SERVERS {
+            return out;
+        }
+        if let Some(parsed) = parse_stun_url(u) {
+            if seen.insert(parsed.clone()) {
+                out.push(parsed);
             }
         }
     }
@@ -406,94 +416,37 @@ pub enum BindingResponse {
 /// Parse a Binding success/error response: transaction id and content. XOR-MAPPED-ADDRESS is
 /// preferred over MAPPED-ADDRESS. `None` for anything else or malformed.
 pub fn parse_binding_response(bytes: &[u8]) -> Option<(TransactionId, BindingResponse)> {
-    if !is_stun(bytes) {
+    let m = Message::parse(bytes)?;
+    if m.typ != BINDING_SUCCESS && m.typ != BINDING_ERROR {
         return None;
     }
-    let typ = u16::from_be_bytes([bytes[0], bytes[1]]);
-    if typ != BINDING_SUCCESS && typ != BINDING_ERROR {
-        return None;
-    }
-    let len = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
-    if len % 4 != 0 {
-        return None;
-    }
-    let attrs = bytes.get(20..20 + len)?;
-    let mut txid = [0u8; 12];
-    txid.copy_from_slice(&bytes[8..20]);
-
     let mut xor_mapped = None;
     let mut mapped = None;
     let mut error = 0u16;
-    let mut i = 0usize;
-    while i + 4 <= attrs.len() {
-        let at = u16::from_be_bytes([attrs[i], attrs[i + 1]]);
-        let alen = usize::from(u16::from_be_bytes([attrs[i + 2], attrs[i + 3]]));
-        let value = attrs.get(i + 4..i + 4 + alen)?;
+    for (at, value) in m.attrs() {
         match at {
             ATTR_XOR_MAPPED_ADDRESS | ATTR_XOR_MAPPED_ADDRESS_OLD if xor_mapped.is_none() => {
-                xor_mapped = parse_address(value, Some(&txid));
+                xor_mapped = parse_address(value, Some(&m.txid));
             }
             ATTR_MAPPED_ADDRESS if mapped.is_none() => {
                 mapped = parse_address(value, None);
             }
-            ATTR_ERROR_CODE if value.len() >= 4 => {
-                error = u16::from(value[2] & 0x07) * 100 + u16::from(value[3]);
-            }
+            ATTR_ERROR_CODE => error = parse_error_code(value).unwrap_or(error),
             _ => {}
         }
-        i += 4 + alen.div_ceil(4) * 4;
     }
-    let response = if typ == BINDING_SUCCESS {
+    let response = if m.typ == BINDING_SUCCESS {
         BindingResponse::Success(xor_mapped.or(mapped))
     } else {
         BindingResponse::Error(error)
     };
-    Some((txid, response))
-}
-
-/// (XOR-)MAPPED-ADDRESS value: reserved, family, port, address. XORed when `txid` is given.
-fn parse_address(v: &[u8], txid: Option<&TransactionId>) -> Option<SocketAddr> {
-    if v.len() < 4 {
-        return None;
-    }
-    let cookie = STUN_MAGIC_COOKIE.to_be_bytes();
-    let mut port = u16::from_be_bytes([v[2], v[3]]);
-    if txid.is_some() {
-        port ^= (STUN_MAGIC_COOKIE >> 16) as u16;
-    }
-    let ip = match v[1] {
-        0x01 => {
-            let raw: [u8; 4] = v.get(4..8)?.try_into().ok()?;
-            let mut a = raw;
-            if txid.is_some() {
-                for (b, k) in a.iter_mut().zip(cookie) {
-                    *b ^= k;
-                }
-            }
-            IpAddr::V4(Ipv4Addr::from(a))
-        }
-        0x02 => {
-            let raw: [u8; 16] = v.get(4..20)?.try_into().ok()?;
-            let mut a = raw;
-            if let Some(t) = txid {
-                let key = cookie.iter().chain(t.iter());
-                for (b, k) in a.iter_mut().zip(key) {
-                    *b ^= *k;
-                }
-            }
-            IpAddr::V6(Ipv6Addr::from(a))
-        }
-        _ => return None,
-    };
-    if ip.is_unspecified() || port == 0 {
-        return None;
-    }
-    Some(SocketAddr::new(ip, port))
+    Some((m.txid, response))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     fn deadline(g: &mut StunGatherer) -> Option<Instant> {
         match g.poll_output() {

@@ -354,6 +354,25 @@ async function restartPhase(cfg) {
   return r;
 }
 
+// Connect once and report MA's first message, the time to it and the selected candidate
+// pair (the NAT lab's browser case).
+async function connectPhase(cfg) {
+  const conn = new RemoteConnection({
+    signalUrl: cfg.signal_url, remoteId: cfg.remote_id, log, timeoutMs: cfg.timeout_ms, fakeMedia: cfg.fake_media,
+    noTurn: cfg.no_turn,
+  });
+  const t0 = performance.now();
+  try {
+    const first = await conn.connect();
+    const r = { server_info: first, server_info_ms: +(performance.now() - t0).toFixed(1) };
+    r.ice_servers = conn.iceServers;
+    r.describe = await conn.describe();
+    return r;
+  } finally {
+    conn.close();
+  }
+}
+
 async function run() {
   let cfg;
   try {
@@ -363,7 +382,7 @@ async function run() {
     return;
   }
   log(`${navigator.userAgent}; phases ${cfg.phases.join(', ')}`);
-  const phases = { selftest, main: mainPhase, pin: pinPhase, restart: restartPhase };
+  const phases = { selftest, main: mainPhase, pin: pinPhase, restart: restartPhase, connect: connectPhase };
   for (const name of cfg.phases) {
     log(`phase ${name}`);
     try {

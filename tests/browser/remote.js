@@ -191,7 +191,9 @@ function waitChannelOpen(dc, ms) {
 
 // One remote connection: signaling socket, peer connection, `ma-api` and side channels.
 class RemoteConnection {
-  constructor({ signalUrl, remoteId, log = () => {}, timeoutMs = 15000, fakeMedia = false }) {
+  constructor({ signalUrl, remoteId, log = () => {}, timeoutMs = 15000, fakeMedia = false, noTurn = false }) {
+    // Leave out the TURN servers session-ready offers (a test of the gateway's own relay).
+    this.noTurn = noTurn;
     this.signalUrl = signalUrl;
     this.remoteId = remoteId;
     this.log = log;
@@ -319,7 +321,8 @@ class RemoteConnection {
     if (this.pc) throw new Error('a second `connected` on one signaling socket');
     this.t.connected = this.now();
     this.sessionId = msg.sessionId;
-    this.iceServers = msg.iceServers || [];
+    const isTurn = (s) => [].concat(s.urls || s.url || []).some((u) => /^turns?:/i.test(u));
+    this.iceServers = (msg.iceServers || []).filter((s) => !(this.noTurn && isTurn(s)));
     if (this.fakeMedia) {
       // Firefox outside a namespace: a live capture makes it gather every host address.
       this._media = await navigator.mediaDevices.getUserMedia({ audio: true });

@@ -2,7 +2,9 @@
 //! events (stdout, JSON lines) and logs (stderr), fresh temporary folders.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod ma_standin;
+pub mod netlab;
 pub mod stack;
 
 use std::io::{BufRead, BufReader};
