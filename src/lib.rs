@@ -49,6 +49,7 @@ pub mod config;
 pub mod driver;
 pub mod gateway;
 pub mod http_proxy;
+pub mod ice_source;
 pub mod identity;
 pub mod machine;
 pub mod net;
