@@ -520,6 +520,19 @@ impl GatewayConfig {
             .with_prover(self.prover.clone())
     }
 
+    /// The source of each session's ICE servers, fetching at once when there is a provider.
+    pub fn ice_source(&self, now: std::time::Instant) -> crate::ice_source::IceSource {
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        crate::ice_source::IceSource::new(
+            now,
+            unix_now,
+            self.ice_provider.clone(),
+            self.ice_servers.clone(),
+        )
+    }
+
     /// The gateway core's settings.
     pub fn core_config(&self) -> crate::gateway::CoreConfig {
         let mut core = crate::gateway::CoreConfig::new(

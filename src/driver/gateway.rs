@@ -24,6 +24,7 @@ use crate::gateway::bridge::{BridgeId, LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER
 use crate::gateway::isolation::Culprit;
 use crate::gateway::{Gateway, LookupKey, Output as CoreOutput};
 use crate::http_proxy::ConnId;
+use crate::ice_source::{self, Connect, IceSource, Output as IceOutput};
 use crate::identity::Identity;
 use crate::machine::{earliest, Machine, Next};
 use crate::net::link::ws_config;
@@ -53,6 +54,8 @@ enum Owner {
     Signaling,
     Bridge(BridgeId),
     Fetch(ConnId),
+    /// The fetch of fresh ICE servers (Home Assistant's WebSocket or a URL's stream).
+    IceSource,
 }
 
 struct Driver {
@@ -60,6 +63,8 @@ struct Driver {
     poll: Poll,
     signaling: SignalingClient,
     core: Gateway,
+    /// Each session's ICE servers: fetched fresh, or the static list.
+    ice: IceSource,
     udp: UdpSocket,
     udp_queue: SendQueue,
     conns: Connections<Owner>,
@@ -115,6 +120,7 @@ impl Driver {
             core.handle_host_candidate(now, addr);
         }
         let signaling = config.signaling_client(now, remote_id);
+        let ice = config.ice_source(now);
         let buf = vec![0; crate::net::READ_BUFFER];
         let (udp_queue, lookups) = (SendQueue::default(), HashMap::new());
         Ok(Driver {
@@ -122,6 +128,7 @@ impl Driver {
             poll,
             signaling,
             core,
+            ice,
             udp,
             udp_queue,
             conns,
@@ -139,6 +146,7 @@ impl Driver {
         loop {
             let now = Instant::now();
             self.signaling.handle_timeout(now);
+            self.ice.handle_timeout(now);
             self.core
                 .guarded(now, Culprit::Timers, |c| c.handle_timeout(now));
             let deadline = self.drain();
@@ -231,8 +239,15 @@ impl Driver {
                 }
                 idle = false;
             };
+            let ice_deadline = loop {
+                match self.ice.poll_output() {
+                    Next::Output(o) => self.on_ice_output(o),
+                    Next::Timeout(t) => break t,
+                }
+                idle = false;
+            };
             if idle {
-                return earliest(core_deadline, signaling_deadline);
+                return earliest(earliest(core_deadline, signaling_deadline), ice_deadline);
             }
         }
     }
@@ -292,6 +307,7 @@ impl Driver {
                 }
             }
             let (core, signaling, now) = (&mut self.core, &mut self.signaling, Instant::now());
+            let ice = &mut self.ice;
             let mut signaling_failed = false;
             let more = self
                 .conns
@@ -314,6 +330,10 @@ impl Driver {
                             c.handle_fetch_data(now, f, data)
                         })
                     }
+                    (Owner::IceSource, Data::Message(Message::Text(text))) => {
+                        ice.handle_text(now, text.as_str())
+                    }
+                    (Owner::IceSource, Data::Bytes(data)) => ice.handle_bytes(now, data),
                     // Pings are answered by tungstenite on the next flush.
                     _ => {}
                 });
@@ -350,6 +370,7 @@ impl Driver {
                             .guarded(now, culprit, |c| c.handle_ws_opened(now, b))
                     }
                     Owner::Fetch(_) => {}
+                    Owner::IceSource => self.ice.handle_opened(now),
                 }
                 return;
             }
@@ -365,6 +386,8 @@ impl Driver {
                 self.signaling.handle_closed(now, code, &reason)
             }
             (Owner::Signaling, _) => self.signaling.handle_closed(now, None, &why),
+            (Owner::IceSource, End::Closed { .. }) => self.ice.handle_closed(now, None),
+            (Owner::IceSource, _) => self.ice.handle_closed(now, Some(&why)),
             (Owner::Bridge(b), _) => {
                 let culprit = Culprit::Bridge(b);
                 self.core
@@ -378,6 +401,44 @@ impl Driver {
     }
 
     // ---- the machines' outputs -------------------------------------------------------------
+
+    fn on_ice_output(&mut self, output: IceOutput) {
+        let now = Instant::now();
+        match output {
+            IceOutput::Connect(Connect::WebSocket(url)) => {
+                let config = ws_config(ice_source::HA_MAX_MESSAGE, ice_source::HA_MAX_MESSAGE);
+                self.conns.open_websocket(Owner::IceSource, &url, config);
+            }
+            IceOutput::Connect(Connect::Stream(url)) => {
+                self.conns.open_stream(Owner::IceSource, &url)
+            }
+            IceOutput::SendText(text) => {
+                self.conns.send(Owner::IceSource, Message::text(text));
+            }
+            IceOutput::Write(bytes) => {
+                self.conns.write(Owner::IceSource, &bytes);
+            }
+            IceOutput::Close => self.conns.close(Owner::IceSource, None),
+            // The seam for a session's own relays: the core keeps the list with the session.
+            IceOutput::Servers {
+                session_id,
+                servers,
+                mode,
+            } => {
+                log::debug!("[{session_id}] ICE servers: {mode}");
+                let sent =
+                    self.signaling
+                        .handle_session_ready_with(now, &session_id, servers.clone());
+                if let Err(e) = sent {
+                    log::warn!("[{session_id}] session-ready not sent: {e:?}");
+                }
+                let culprit = Culprit::Session(&session_id);
+                self.core.guarded(now, culprit, |c| {
+                    c.handle_session_ice_servers(now, &session_id, servers)
+                });
+            }
+        }
+    }
 
     fn on_signaling_output(&mut self, output: Output) {
         let sent = match output {
@@ -431,11 +492,9 @@ impl Driver {
     fn on_core_output(&mut self, output: CoreOutput) {
         let now = Instant::now();
         match output {
-            CoreOutput::SessionReady { session_id } => {
-                if let Err(e) = self.signaling.handle_session_ready(now, &session_id) {
-                    log::warn!("[{session_id}] session-ready not sent: {e:?}");
-                }
-            }
+            // The session's ICE servers first: at once, or once fetched (at most
+            // `ice_source::FETCH_DEADLINE` later), then session-ready (`on_ice_output`).
+            CoreOutput::SessionReady { session_id } => self.ice.handle_session(now, session_id),
             CoreOutput::Answer { session_id, sdp } => {
                 self.signaling.handle_answer(now, &session_id, &sdp);
             }

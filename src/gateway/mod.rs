@@ -194,6 +194,9 @@ struct Session {
     resetting: Vec<ChannelId>,
     /// Local candidates already given to this session (advertised address).
     candidates: Vec<SocketAddr>,
+    /// The ICE servers fetched for this session (what its `session-ready` carried), once known:
+    /// the servers its own relays are to use (docs/design.md#ice-server-source).
+    ice_servers: Option<Value>,
     /// The login MA confirmed on this session's `ma-api` socket (who may use Sendspin).
     auth: SessionAuth,
 }
@@ -260,6 +263,23 @@ impl Gateway {
             now,
             out: VecDeque::new(),
         }
+    }
+
+    /// The ICE servers chosen for a session (`crate::ice_source`, fetched fresh for it or the
+    /// static list), the same its `session-ready` carries. Kept with the session for its own
+    /// relays (TURN allocations use these credentials).
+    pub fn handle_session_ice_servers(&mut self, now: Instant, session_id: &str, servers: Value) {
+        self.now = now;
+        let key = self.by_id.get(session_id).copied();
+        if let Some(s) = key.and_then(|k| self.sessions.get_mut(&k)) {
+            s.ice_servers = Some(servers);
+        }
+    }
+
+    /// A session's ICE servers, once [`Gateway::handle_session_ice_servers`] gave them.
+    pub fn session_ice_servers(&self, session_id: &str) -> Option<&Value> {
+        let key = self.by_id.get(session_id)?;
+        self.sessions.get(key)?.ice_servers.as_ref()
     }
 
     /// Sessions open (closing ones excluded).
@@ -440,6 +460,7 @@ impl Gateway {
                 closing: None,
                 resetting: Vec::new(),
                 candidates: Vec::new(),
+                ice_servers: None,
                 auth: SessionAuth::new(),
             },
         );

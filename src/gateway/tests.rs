@@ -651,3 +651,19 @@ fn live_announcement_needs_no_login_and_passes_untouched() {
         [Message::text(first), Message::binary(vec![0, 1])]
     );
 }
+
+#[test]
+fn a_sessions_own_ice_servers_stay_with_it() {
+    let mut sim = sim(4);
+    let now = sim.now();
+    let gw = &mut sim.b.gw;
+    gw.handle_client_connected(now, "one");
+    assert_eq!(ready(gw), ["one"]);
+    assert_eq!(gw.session_ice_servers("one"), None);
+    let list = json!([{"urls": "turn:t.example:3478", "username": "1:u", "credential": "c"}]);
+    gw.handle_session_ice_servers(now, "one", list.clone());
+    assert_eq!(gw.session_ice_servers("one"), Some(&list));
+    // For a session that is gone (or never was), nothing is kept.
+    gw.handle_session_ice_servers(now, "unknown", list);
+    assert_eq!(gw.session_ice_servers("unknown"), None);
+}

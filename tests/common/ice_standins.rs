@@ -1,0 +1,163 @@
+//! Where a user's TURN credentials come from, played by the test on loopback:
+//! [`HaStandin`] is Home Assistant's WebSocket API (`/api/websocket`: auth, `cloud/status`,
+//! `cloud/webrtc/ice_servers`), [`IceUrlStandin`] an HTTP server answering an ICE server list.
+//! Each connection is served on its own thread; every connection is counted.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tungstenite::Message;
+
+/// How the Home Assistant stand-in behaves.
+#[derive(Debug, Clone)]
+pub enum Ha {
+    /// Answers as a logged-in HA with an active subscription: `servers` for `token`, and
+    /// `auth_invalid` for any other token.
+    Serve { token: String, servers: Value },
+    /// Accepts the WebSocket and never says anything.
+    Stall,
+}
+
+pub struct HaStandin {
+    pub port: u16,
+    /// WebSocket connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+}
+
+impl HaStandin {
+    pub fn start(behaviour: Ha) -> HaStandin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let behaviour = behaviour.clone();
+                std::thread::spawn(move || serve_ha(stream, behaviour));
+            }
+        });
+        HaStandin { port, connections }
+    }
+
+    /// `MA_HA_URL` for it.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Only Home Assistant's WebSocket path is served.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature
+fn check_path(req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+    assert_eq!(req.uri().path(), "/api/websocket");
+    Ok(resp)
+}
+
+fn serve_ha(stream: TcpStream, behaviour: Ha) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let Ok(mut ws) = tungstenite::accept_hdr(stream, check_path) else {
+        return;
+    };
+    let (token, servers) = match behaviour {
+        Ha::Stall => {
+            // Hold the socket open, silent, until the gateway gives up on it.
+            while ws.read().is_ok() {}
+            return;
+        }
+        Ha::Serve { token, servers } => (token, servers),
+    };
+    let send = |ws: &mut tungstenite::WebSocket<TcpStream>, v: Value| {
+        ws.send(Message::text(v.to_string())).is_ok()
+    };
+    if !send(
+        &mut ws,
+        json!({"type": "auth_required", "ha_version": "2026.11.0"}),
+    ) {
+        return;
+    }
+    while let Ok(msg) = ws.read() {
+        let Message::Text(text) = msg else { continue };
+        let msg: Value = serde_json::from_str(text.as_str()).unwrap();
+        let reply = match msg["type"].as_str().unwrap_or_default() {
+            "auth" if msg["access_token"] == token.as_str() => {
+                json!({"type": "auth_ok", "ha_version": "2026.11.0"})
+            }
+            "auth" => {
+                json!({"type": "auth_invalid", "message": "Invalid access token or password"})
+            }
+            "cloud/status" => json!({"id": msg["id"], "type": "result", "success": true,
+                "result": {"logged_in": true, "active_subscription": true, "cloud": "connected"}}),
+            "cloud/webrtc/ice_servers" => {
+                json!({"id": msg["id"], "type": "result", "success": true, "result": servers})
+            }
+            other => json!({"id": msg["id"], "type": "result", "success": false,
+                "error": {"code": "unknown_command", "message": format!("Unknown command {other}.")}}),
+        };
+        if !send(&mut ws, reply) {
+            return;
+        }
+    }
+}
+
+/// An HTTP server answering every request with `body` (`application/json`), then closing.
+pub struct IceUrlStandin {
+    pub port: u16,
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl IceUrlStandin {
+    pub fn start(body: Value) -> IceUrlStandin {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let body = body.to_string();
+                let counted = counted.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    assert!(head.starts_with(b"GET /ice-servers HTTP/1.1\r\n"));
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes());
+                });
+            }
+        });
+        IceUrlStandin { port, requests }
+    }
+
+    /// `MA_ICE_SERVERS_URL` for it.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/ice-servers", self.port)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
