@@ -34,9 +34,11 @@ use crate::signaling::client::{self, Event, Output, SignalingClient};
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
+/// The UDP sockets' tokens: `UDP` and the next one (an IPv4 and an IPv6 socket at most).
 const UDP: Token = Token(2);
+const MAX_UDP: usize = 2;
 /// Tokens of the connections start here.
-const FIRST_CONN: usize = 3;
+const FIRST_CONN: usize = UDP.0 + MAX_UDP;
 /// Datagrams read before the connections and the timers get a turn.
 const DATAGRAMS_PER_TURN: usize = 256;
 /// Bytes read from one connection per turn (besides [`READS_PER_TURN`] messages): an image
@@ -58,6 +60,16 @@ enum Owner {
     IceSource,
 }
 
+/// One UDP socket shared by every session (docs/design.md#ipv6: one per address family).
+struct UdpPort {
+    socket: UdpSocket,
+    queue: SendQueue,
+    /// Bound to an IPv6 address: datagrams to IPv6 peers leave here.
+    v6: bool,
+    /// The socket had datagrams left when its turn's budget ran out.
+    unfinished: bool,
+}
+
 struct Driver {
     config: GatewayConfig,
     poll: Poll,
@@ -65,13 +77,10 @@ struct Driver {
     core: Gateway,
     /// Each session's ICE servers: fetched fresh, or the static list.
     ice: IceSource,
-    udp: UdpSocket,
-    udp_queue: SendQueue,
+    udp: Vec<UdpPort>,
     conns: Connections<Owner>,
     /// The core's DNS lookups in flight.
     lookups: HashMap<LookupId, LookupKey>,
-    /// The UDP socket had datagrams left when its turn's budget ran out.
-    udp_unfinished: bool,
     buf: Vec<u8>,
 }
 
@@ -107,22 +116,35 @@ impl Driver {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?);
         let conns =
             Connections::new(poll.registry(), waker, FIRST_CONN, tls).map_err(|e| e.to_string())?;
-        let mut udp = udp::bind(config.udp_bind)
+        let bound = udp::bind_all(config.udp_bind, config.public_ip)
             .map_err(|e| format!("cannot bind UDP {} (MA_UDP_BIND): {e}", config.udp_bind))?;
-        poll.registry()
-            .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)
-            .map_err(|e| e.to_string())?;
-        let bound = udp.local_addr().map_err(|e| e.to_string())?;
         let now = Instant::now();
         let mut core = Gateway::new(now, config.core_config(), identity.dtls_cert());
-        for addr in udp::host_addresses(bound, config.public_ip) {
-            log::info!("WebRTC host candidate {addr} (UDP bound to {bound})");
-            core.handle_host_candidate(now, addr);
+        let mut udp = Vec::new();
+        for (i, (mut socket, hosts)) in bound.sockets.into_iter().take(MAX_UDP).enumerate() {
+            poll.registry()
+                .register(
+                    &mut socket,
+                    Token(UDP.0 + i),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map_err(|e| e.to_string())?;
+            let bound = socket.local_addr().map_err(|e| e.to_string())?;
+            for addr in hosts {
+                log::info!("WebRTC host candidate {addr} (UDP bound to {bound})");
+                core.handle_host_candidate(now, addr);
+            }
+            udp.push(UdpPort {
+                socket,
+                queue: SendQueue::default(),
+                v6: bound.is_ipv6(),
+                unfinished: false,
+            });
         }
         let signaling = config.signaling_client(now, remote_id);
         let ice = config.ice_source(now);
         let buf = vec![0; crate::net::READ_BUFFER];
-        let (udp_queue, lookups) = (SendQueue::default(), HashMap::new());
+        let lookups = HashMap::new();
         Ok(Driver {
             config,
             poll,
@@ -130,10 +152,8 @@ impl Driver {
             core,
             ice,
             udp,
-            udp_queue,
             conns,
             lookups,
-            udp_unfinished: false,
             buf,
         })
     }
@@ -151,7 +171,8 @@ impl Driver {
                 .guarded(now, Culprit::Timers, |c| c.handle_timeout(now));
             let deadline = self.drain();
             // Reads cut short by their budget go on after one look at the other sockets.
-            let wait = match self.udp_unfinished || self.conns.has_unfinished() {
+            let udp_unfinished = self.udp.iter().any(|u| u.unfinished);
+            let wait = match udp_unfinished || self.conns.has_unfinished() {
                 true => Some(std::time::Duration::ZERO),
                 false => super::wait_until(deadline),
             };
@@ -170,9 +191,11 @@ impl Driver {
                             return Ok(());
                         }
                     }
-                    UDP => {
-                        self.udp_queue.flush(&self.udp);
-                        self.read_udp();
+                    token if (UDP.0..UDP.0 + self.udp.len()).contains(&token.0) => {
+                        let i = token.0 - UDP.0;
+                        let port = &mut self.udp[i];
+                        port.queue.flush(&port.socket);
+                        self.read_udp(i);
                     }
                     token => {
                         if self.conns.on_ready(token) {
@@ -182,8 +205,10 @@ impl Driver {
                 }
                 self.drain();
             }
-            if std::mem::take(&mut self.udp_unfinished) {
-                self.read_udp();
+            for i in 0..self.udp.len() {
+                if std::mem::take(&mut self.udp[i].unfinished) {
+                    self.read_udp(i);
+                }
             }
             for token in self.conns.take_unfinished() {
                 self.read(token);
@@ -195,7 +220,9 @@ impl Driver {
         self.core
             .handle_shutdown(Instant::now(), "gateway shutting down");
         self.drain();
-        self.udp_queue.flush(&self.udp);
+        for port in &mut self.udp {
+            port.queue.flush(&port.socket);
+        }
         let reason = "gateway shutting down".into();
         self.conns.close_all(CloseFrame {
             code: CloseCode::Away,
@@ -256,10 +283,10 @@ impl Driver {
 
     /// Read datagrams until the socket would block or the turn's budget is spent, then let the
     /// sessions they went to answer, each once for the whole batch.
-    fn read_udp(&mut self) {
+    fn read_udp(&mut self, i: usize) {
         let mut finished = false;
         for _ in 0..DATAGRAMS_PER_TURN {
-            match self.udp.recv_from(&mut self.buf) {
+            match self.udp[i].socket.recv_from(&mut self.buf) {
                 Ok((n, source)) => {
                     let now = Instant::now();
                     let datagram = &self.buf[..n];
@@ -279,7 +306,7 @@ impl Driver {
         self.core
             .guarded(now, Culprit::Timers, |c| c.handle_datagrams_done(now));
         self.pump();
-        self.udp_unfinished = !finished;
+        self.udp[i].unfinished = !finished;
     }
 
     fn on_dns_answers(&mut self) {
@@ -504,7 +531,13 @@ impl Driver {
             } => {
                 self.signaling.handle_candidate(now, &session_id, candidate);
             }
-            CoreOutput::Transmit(t) => self.udp_queue.send(&self.udp, t.destination, t.contents),
+            CoreOutput::Transmit(t) => {
+                // The socket of the destination's family (the first one if there is none).
+                let v6 = t.destination.is_ipv6();
+                let i = self.udp.iter().position(|u| u.v6 == v6).unwrap_or(0);
+                let port = &mut self.udp[i];
+                port.queue.send(&port.socket, t.destination, t.contents)
+            }
             CoreOutput::OpenWs { bridge, url } => {
                 let config = ws_config(LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER);
                 self.conns

@@ -362,13 +362,18 @@ impl Gateway {
                 return;
             }
         };
-        // Only a server we can reach from the socket's address family.
-        let reachable = |a: &&SocketAddr| self.hosts.iter().any(|h| h.is_ipv4() == a.is_ipv4());
-        let Some(server) = addrs.iter().find(reachable).copied() else {
-            return;
-        };
-        if let Err(e) = self.gatherer.handle_gather(now, server) {
-            log::debug!("STUN gathering with {server} not started: {e}");
+        // The server's first address of each family we have a socket for: IPv4 and IPv6 each
+        // have their own public address (docs/design.md#ipv6).
+        for v4 in [true, false] {
+            if !self.hosts.iter().any(|h| h.is_ipv4() == v4) {
+                continue;
+            }
+            let Some(server) = addrs.iter().find(|a| a.is_ipv4() == v4).copied() else {
+                continue;
+            };
+            if let Err(e) = self.gatherer.handle_gather(now, server) {
+                log::debug!("STUN gathering with {server} not started: {e}");
+            }
         }
         self.drain_gatherer();
     }
@@ -387,7 +392,7 @@ impl Gateway {
                     destination,
                     contents,
                 } => self.out.push_back(Output::Transmit(Transmit {
-                    source: self.hosts.first().copied().unwrap_or(destination),
+                    source: self.local_addr_for(destination).unwrap_or(destination),
                     destination,
                     contents,
                 })),

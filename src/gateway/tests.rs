@@ -667,3 +667,74 @@ fn a_sessions_own_ice_servers_stay_with_it() {
     gw.handle_session_ice_servers(now, "unknown", list);
     assert_eq!(gw.session_ice_servers("unknown"), None);
 }
+
+#[test]
+fn stun_is_asked_over_each_address_family_we_have_a_socket_for() {
+    use crate::gateway::Gateway;
+    use crate::testkit::GatewayEnd;
+    use crate::webrtc::stun_gather::stun_servers_from_ice_servers;
+    use std::time::Instant;
+
+    let now = Instant::now();
+    let mut cfg = GatewayEnd::config(4);
+    cfg.stun_servers = stun_servers_from_ice_servers(&json!([{"urls": "stun:stun.example:3478"}]));
+    let identity = Identity::generate().unwrap();
+    let mut gw = Gateway::new(now, cfg, identity.dtls_cert());
+    let (v4, v6) = (addr("192.0.2.10:40000"), addr("[2001:db8::10]:40001"));
+    gw.handle_host_candidate(now, v4);
+    gw.handle_host_candidate(now, v6);
+    gw.handle_registered(now);
+    let key = match gw.poll_output().output() {
+        Some(Output::Lookup { key, host, port }) => {
+            assert_eq!((host.as_str(), port), ("stun.example", 3478));
+            key
+        }
+        other => panic!("expected a lookup, got {other:?}"),
+    };
+    let servers = vec![
+        addr("[2001:db8::3478]:3478"),
+        addr("198.51.100.1:3478"),
+        addr("198.51.100.2:3478"),
+    ];
+    gw.handle_resolved(now, key, Ok(servers));
+    let mut sent: Vec<(SocketAddr, SocketAddr)> = std::iter::from_fn(|| gw.poll_output().output())
+        .filter_map(|o| match o {
+            Output::Transmit(t) => Some((t.source, t.destination)),
+            _ => None,
+        })
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            (v4, addr("198.51.100.1:3478")),
+            (v6, addr("[2001:db8::3478]:3478"))
+        ],
+        "one Binding request per family, each from the host of its family"
+    );
+
+    // An IPv4-only gateway asks over IPv4 only, as before.
+    let mut cfg = GatewayEnd::config(4);
+    cfg.stun_servers = stun_servers_from_ice_servers(&json!([{"urls": "stun:stun.example:3478"}]));
+    let mut gw = Gateway::new(now, cfg, identity.dtls_cert());
+    gw.handle_host_candidate(now, v4);
+    gw.handle_registered(now);
+    let Some(Output::Lookup { key, .. }) = gw.poll_output().output() else {
+        panic!("expected a lookup")
+    };
+    gw.handle_resolved(
+        now,
+        key,
+        Ok(vec![
+            addr("[2001:db8::3478]:3478"),
+            addr("198.51.100.1:3478"),
+        ]),
+    );
+    let sent: Vec<SocketAddr> = std::iter::from_fn(|| gw.poll_output().output())
+        .filter_map(|o| match o {
+            Output::Transmit(t) => Some(t.destination),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, [addr("198.51.100.1:3478")]);
+}
