@@ -244,3 +244,22 @@ fn the_id_command_says_which_mode_sessions_get() {
     let out = run(&[("MA_HA_URL", ha.url()), ("MA_HA_TOKEN", "bad".into())]);
     assert!(out.contains("ICE servers: basic (STUN only)"), "{out}");
 }
+
+#[test]
+fn help_lists_the_provider_variables_and_never_shows_the_token() {
+    let out = std::process::Command::new(common::BIN)
+        .arg("--help")
+        .env("MA_HA_TOKEN", "super-secret-token-value")
+        .env("MA_HA_URL", "http://ha.example:8123")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in ["MA_HA_URL", "MA_HA_TOKEN", "MA_ICE_SERVERS_URL"] {
+        assert!(help.contains(var), "--help does not mention {var}");
+    }
+    assert!(
+        !help.contains("super-secret-token-value"),
+        "--help shows the token"
+    );
+}
