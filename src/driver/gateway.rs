@@ -335,6 +335,7 @@ impl Driver {
             }
             let (core, signaling, now) = (&mut self.core, &mut self.signaling, Instant::now());
             let ice = &mut self.ice;
+            let mut ice_failed = false;
             let mut signaling_failed = false;
             let more = self
                 .conns
@@ -358,9 +359,13 @@ impl Driver {
                         })
                     }
                     (Owner::IceSource, Data::Message(Message::Text(text))) => {
-                        ice.handle_text(now, text.as_str())
+                        let input = AssertUnwindSafe(|| ice.handle_text(now, text.as_str()));
+                        ice_failed = catch_unwind(input).is_err();
                     }
-                    (Owner::IceSource, Data::Bytes(data)) => ice.handle_bytes(now, data),
+                    (Owner::IceSource, Data::Bytes(data)) => {
+                        let input = AssertUnwindSafe(|| ice.handle_bytes(now, data));
+                        ice_failed = catch_unwind(input).is_err();
+                    }
                     // Pings are answered by tungstenite on the next flush.
                     _ => {}
                 });
@@ -370,6 +375,17 @@ impl Driver {
                 self.conns.close(Owner::Signaling, None);
                 let remote_id = self.signaling.remote_id().to_string();
                 self.signaling = self.config.signaling_client(now, remote_id);
+                return;
+            }
+            if ice_failed {
+                // A reply from the provider hit a bug: start over with a fresh source. The
+                // sessions that waited get no session-ready from us; the signaling server
+                // gives them its registered list after its 10 s window.
+                log::error!(
+                    "ICE servers: internal error handling the provider's reply; starting over"
+                );
+                self.conns.close(Owner::IceSource, None);
+                self.ice = self.config.ice_source(now);
                 return;
             }
             // What this message caused goes out before the next one is read.

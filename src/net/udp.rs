@@ -124,6 +124,9 @@ pub fn bind_all(addr: SocketAddr, public_ip: Option<IpAddr>) -> io::Result<Bound
             Err(e) => log::warn!("cannot bind UDP on [{ip}]: {e}; no IPv6 candidates"),
         }
     }
+    if let Some(p) = public_ip.filter(|p| p.is_ipv6() && sockets.len() < 2) {
+        log::warn!("MA_PUBLIC_IP {p} is IPv6, but this host has no usable IPv6 address: ignored");
+    }
     Ok(Bound { sockets })
 }
 
