@@ -263,3 +263,43 @@ fn help_lists_the_provider_variables_and_never_shows_the_token() {
         "--help shows the token"
     );
 }
+
+#[test]
+fn a_stalled_ice_servers_url_falls_back_to_the_static_list_in_time() {
+    let http = IceUrlStandin::stalled();
+    let mut r = registered("ice-url-stall", &[("MA_ICE_SERVERS_URL", http.url())]);
+    let (ready, took) = r.session("sessionEEEE000001");
+    assert_eq!(
+        ready["iceServers"],
+        serde_json::from_str::<Value>(STATIC).unwrap()
+    );
+    r.gw.wait_for("did not answer within", WAIT);
+    assert!(
+        took < SESSION_READY_WINDOW,
+        "session-ready must beat the server's window, took {took:?}"
+    );
+}
+
+#[test]
+fn an_https_ice_servers_url_is_verified_with_the_extra_ca() {
+    let dir = temp_dir("ice-https");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_pem = ck.cert.pem();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let list = ha_list();
+    let https = IceUrlStandin::start_tls(list.clone(), &cert_pem, &ck.signing_key.serialize_pem());
+    let mut r = registered(
+        "ice-https",
+        &[
+            ("MA_ICE_SERVERS_URL", https.url()),
+            ("MA_SIGNALING_CA_FILE", ca.display().to_string()),
+        ],
+    );
+    r.gw.wait_for(
+        "ICE servers: optimized (TURN from MA_ICE_SERVERS_URL)",
+        WAIT,
+    );
+    let (ready, _) = r.session("sessionFFFF000001");
+    assert_eq!(ready["iceServers"], list);
+}

@@ -112,52 +112,109 @@ fn serve_ha(stream: TcpStream, behaviour: Ha) {
     }
 }
 
-/// An HTTP server answering every request with `body` (`application/json`), then closing.
+/// An HTTP server answering every request with `body` (`application/json`), then closing;
+/// or, stalled, one that accepts and never answers; or the same over TLS.
 pub struct IceUrlStandin {
     pub port: u16,
     pub requests: Arc<AtomicUsize>,
+    scheme: &'static str,
 }
 
 impl IceUrlStandin {
     pub fn start(body: Value) -> IceUrlStandin {
+        IceUrlStandin::start_with(Some(body), None)
+    }
+
+    /// Accepts connections and reads, never answers.
+    pub fn stalled() -> IceUrlStandin {
+        IceUrlStandin::start_with(None, None)
+    }
+
+    /// HTTPS with this certificate and key (PEM), for `localhost`.
+    pub fn start_tls(body: Value, cert_pem: &str, key_pem: &str) -> IceUrlStandin {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        IceUrlStandin::start_with(Some(body), Some(Arc::new(config)))
+    }
+
+    fn start_with(body: Option<Value>, tls: Option<Arc<rustls::ServerConfig>>) -> IceUrlStandin {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = requests.clone();
+        let scheme = if tls.is_some() { "https" } else { "http" };
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let body = body.to_string();
+                let Ok(stream) = stream else { return };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                let Some(body) = body.as_ref().map(Value::to_string) else {
+                    // Stalled: hold the connection, read whatever comes, answer nothing.
+                    std::thread::spawn(move || {
+                        let mut stream = stream;
+                        let mut sink = [0u8; 1024];
+                        while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+                    });
+                    continue;
+                };
                 let counted = counted.clone();
-                std::thread::spawn(move || {
-                    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut byte) {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
+                let tls = tls.clone();
+                std::thread::spawn(move || match tls {
+                    None => serve_list(stream, &body, &counted),
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config).unwrap();
+                        serve_list(rustls::StreamOwned::new(conn, stream), &body, &counted)
                     }
-                    assert!(head.starts_with(b"GET /ice-servers HTTP/1.1\r\n"));
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes());
                 });
             }
         });
-        IceUrlStandin { port, requests }
+        IceUrlStandin {
+            port,
+            requests,
+            scheme,
+        }
     }
 
-    /// `MA_ICE_SERVERS_URL` for it.
+    /// `MA_ICE_SERVERS_URL` for it (`localhost` for TLS, the certificate's name).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/ice-servers", self.port)
+        let host = if self.scheme == "https" {
+            "localhost"
+        } else {
+            "127.0.0.1"
+        };
+        format!("{}://{host}:{}/ice-servers", self.scheme, self.port)
     }
 
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
     }
+}
+
+/// Read one request head, answer `body` as JSON.
+fn serve_list(mut stream: impl Read + Write, body: &str, counted: &AtomicUsize) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    assert!(head.starts_with(b"GET /ice-servers HTTP/1.1\r\n"));
+    counted.fetch_add(1, Ordering::SeqCst);
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.flush();
 }
