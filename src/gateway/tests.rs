@@ -697,12 +697,15 @@ fn stun_is_asked_over_each_address_family_we_have_a_socket_for() {
         addr("198.51.100.2:3478"),
     ];
     gw.handle_resolved(now, key, Ok(servers));
-    let mut sent: Vec<(SocketAddr, SocketAddr)> = std::iter::from_fn(|| gw.poll_output().output())
-        .filter_map(|o| match o {
-            Output::Transmit(t) => Some((t.source, t.destination)),
-            _ => None,
-        })
-        .collect();
+    let sent_requests: Vec<(SocketAddr, SocketAddr, Vec<u8>)> =
+        std::iter::from_fn(|| gw.poll_output().output())
+            .filter_map(|o| match o {
+                Output::Transmit(t) => Some((t.source, t.destination, t.contents)),
+                _ => None,
+            })
+            .collect();
+    let mut sent: Vec<(SocketAddr, SocketAddr)> =
+        sent_requests.iter().map(|(s, d, _)| (*s, *d)).collect();
     sent.sort();
     assert_eq!(
         sent,
@@ -712,6 +715,12 @@ fn stun_is_asked_over_each_address_family_we_have_a_socket_for() {
         ],
         "one Binding request per family, each from the host of its family"
     );
+    // The IPv6 server answers: an IPv6 server-reflexive address, based on the IPv6 host.
+    let (_, _, v6_request) = sent_requests.iter().find(|(_, d, _)| d.is_ipv6()).unwrap();
+    let mapped = addr("[2001:db8:ffff::7]:61000");
+    let response = xor_mapped_v6_response(&v6_request[8..20], mapped);
+    gw.handle_datagram(now, addr("[2001:db8::3478]:3478"), &response);
+    assert_eq!(gw.reflexive, [(mapped, v6)]);
 
     // An IPv4-only gateway asks over IPv4 only, as before.
     let mut cfg = GatewayEnd::config(4);
@@ -737,4 +746,21 @@ fn stun_is_asked_over_each_address_family_we_have_a_socket_for() {
         })
         .collect();
     assert_eq!(sent, [addr("198.51.100.1:3478")]);
+}
+
+/// A STUN Binding success response for transaction `txid` with an IPv6 XOR-MAPPED-ADDRESS
+/// (RFC 8489 section 14.2).
+fn xor_mapped_v6_response(txid: &[u8], mapped: SocketAddr) -> Vec<u8> {
+    const COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+    let SocketAddr::V6(m) = mapped else {
+        panic!("IPv6 only")
+    };
+    let mut r = vec![0x01, 0x01, 0x00, 24];
+    r.extend_from_slice(&COOKIE);
+    r.extend_from_slice(txid);
+    r.extend_from_slice(&[0x00, 0x20, 0x00, 20, 0x00, 0x02]);
+    r.extend_from_slice(&(m.port() ^ 0x2112).to_be_bytes());
+    let key: Vec<u8> = COOKIE.iter().chain(txid).copied().collect();
+    r.extend(m.ip().octets().iter().zip(&key).map(|(a, k)| a ^ k));
+    r
 }
