@@ -75,7 +75,8 @@ pub struct GatewayArgs {
     )]
     pub signaling_url: String,
 
-    /// Extra PEM CA certificate(s) trusted for a wss:// signaling server, besides the public roots.
+    /// Extra PEM CA certificate(s) trusted besides the public roots: for a wss:// signaling
+    /// server, and for an https:// MA_HA_URL or MA_ICE_SERVERS_URL.
     #[arg(long, env = "MA_SIGNALING_CA_FILE", global = true)]
     pub signaling_ca_file: Option<PathBuf>,
 
