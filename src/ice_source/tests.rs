@@ -506,3 +506,69 @@ fn a_url_error_status_or_an_endless_body_falls_back() {
         Some((list, IceMode::Url))
     );
 }
+
+#[test]
+fn bad_input_is_ignored_without_panic() {
+    // A deterministic stream of junk, JSON fragments and near-miss messages, in every state.
+    let pieces = [
+        r#"{"type":"auth_required"}"#,
+        r#"{"type":"auth_ok"}"#,
+        r#"{"type":"result","id":1,"success":true,"result":{"logged_in":true,"active_subscription":true}}"#,
+        r#"{"type":"result","id":2,"success":true,"result":[{"urls":"turn:x","username":7}]}"#,
+        r#"{"type":"result","id":2,"success":true,"result":[{"urls":[]}]}"#,
+        r#"{"type":"result","id":"1","success":"yes"}"#,
+        r#"{"type":"result","id":1,"success":true,"result":null}"#,
+        r#"{"type":"result","id":18446744073709551616}"#,
+        r#"{"type":["auth_ok"]}"#,
+        "[]",
+        "null",
+        "\u{0}\u{ffff}",
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n[{}]x",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "HTTP/1.1 999999999999 Nope\r\n\r\n",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for provider in [ha(), url_provider()] {
+        let t0 = Instant::now();
+        let mut s = IceSource::new(t0, UNIX, Some(provider), stun_only());
+        let mut now = t0;
+        let (mut asked, mut answered) = (0, 0);
+        let count = |out: Vec<Output>| {
+            out.iter()
+                .filter(|o| matches!(o, Output::Servers { .. }))
+                .count()
+        };
+        for step in 0..2000u32 {
+            let piece = pieces[(next() % pieces.len() as u64) as usize];
+            let cut = (next() % (piece.len() as u64 + 1)) as usize;
+            let cut = (0..=cut)
+                .rev()
+                .find(|&c| piece.is_char_boundary(c))
+                .unwrap_or(0);
+            match next() % 8 {
+                0 => {
+                    asked += 1;
+                    s.handle_session(now, format!("s{step}"))
+                }
+                1 => s.handle_opened(now),
+                2 => s.handle_closed(now, None),
+                3 => s.handle_bytes(now, &piece.as_bytes()[..cut]),
+                4 => now += Duration::from_millis(next() % 3000),
+                _ => s.handle_text(now, &piece[..cut]),
+            }
+            s.handle_timeout(now);
+            answered += count(drain(&mut s));
+        }
+        // Whatever happened, every session is answered exactly once, by its deadline.
+        s.handle_timeout(now + FETCH_TIMEOUT);
+        answered += count(drain(&mut s));
+        assert!(asked > 100);
+        assert_eq!(answered, asked);
+    }
+}
