@@ -109,6 +109,17 @@ impl IceMode {
     pub fn is_optimized(self) -> bool {
         self != IceMode::Basic
     }
+
+    /// A short stable name for machine-readable output (a status endpoint):
+    /// `home_assistant_cloud`, `url`, `static_turn` or `basic`.
+    pub fn key(self) -> &'static str {
+        match self {
+            IceMode::HomeAssistantCloud => "home_assistant_cloud",
+            IceMode::Url => "url",
+            IceMode::StaticTurn => "static_turn",
+            IceMode::Basic => "basic",
+        }
+    }
 }
 
 impl fmt::Display for IceMode {

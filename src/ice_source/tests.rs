@@ -400,6 +400,9 @@ fn without_a_provider_every_session_gets_the_static_list_at_once() {
     assert_eq!(deadline(&mut s), None);
     let basic = IceSource::new(t0, UNIX, None, stun_only());
     assert_eq!(basic.mode(), IceMode::Basic);
+    assert!(!basic.mode().is_optimized());
+    assert_eq!(basic.mode().key(), "basic");
+    assert_eq!(IceMode::HomeAssistantCloud.key(), "home_assistant_cloud");
 }
 
 #[test]
