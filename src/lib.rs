@@ -19,6 +19,8 @@
 //!   register, keep alive, relay sessions, reconnect with backoff.
 //! - [`gateway::Gateway`]: the gateway core: sessions, channel routing by label, bridges to
 //!   MA's local services, the HTTP proxy's scheduling, when to ask STUN for our address.
+//! - [`ice_source::IceSource`]: each session's ICE servers, the static list or one fetched for
+//!   it from Home Assistant Cloud or a URL, never holding up `session-ready` beyond 2.5 s.
 //! - [`webrtc::PeerSession`] (one str0m answerer), [`webrtc::StunGatherer`] (server-reflexive
 //!   discovery), driven by the core.
 //! - [`turn::Relays`] (with a [`turn::TurnClient`] per allocation): the gateway's TURN relays,
@@ -51,6 +53,7 @@ pub mod config;
 pub mod driver;
 pub mod gateway;
 pub mod http_proxy;
+pub mod ice_source;
 pub mod identity;
 pub mod machine;
 pub mod net;

@@ -288,3 +288,46 @@ fn a_panic_while_handling_one_session_costs_only_that_session() {
     let mut late = connect(&s);
     expect_server_info(&mut late);
 }
+
+/// The default setup: a `wss://` signaling server and MA on plain `ws://`. The TLS
+/// configuration that exists for the first must not be used for the second.
+#[test]
+fn a_wss_signaling_server_beside_a_plain_ws_ma() {
+    let dir = temp_dir("wss-beside-ws");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let args = [
+        "signal",
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert_s,
+        "--tls-key",
+        &key_s,
+    ];
+    let mut signal = common::Proc::start(&args, &[]);
+    let line = signal.wait_for("listening on ", WAIT);
+    let addr = line.split("listening on ").nth(1).unwrap();
+    let port = addr
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    let ma = MaStandin::start();
+    let url = format!("wss://localhost:{port}/ws");
+    let extra = [
+        ("MA_SIGNALING_URL", url.clone()),
+        ("MA_SIGNALING_CA_FILE", cert_s.clone()),
+    ];
+    let (_gateway, remote_id) = start_gateway(port, &ma, &temp_dir("wss-gw"), &extra);
+    let tls = ma_webrtc_gateway::net::tls::client_config(Some(&cert)).unwrap();
+    let url = WsUrl::parse(&url).unwrap();
+    let bind = "127.0.0.1:0".parse().unwrap();
+    let mut c = Connection::open(&url, Some(tls), &remote_id, bind, WAIT).expect("connects");
+    expect_server_info(&mut c);
+}

@@ -80,7 +80,8 @@ pub struct GatewayArgs {
     )]
     pub signaling_url: String,
 
-    /// Extra PEM CA certificate(s) trusted for a wss:// signaling server, besides the public roots.
+    /// Extra PEM CA certificate(s) trusted besides the public roots: for a wss:// signaling
+    /// server, and for an https:// MA_HA_URL or MA_ICE_SERVERS_URL.
     #[arg(long, env = "MA_SIGNALING_CA_FILE", global = true)]
     pub signaling_ca_file: Option<PathBuf>,
 
@@ -116,6 +117,20 @@ pub struct GatewayArgs {
     /// ICE servers as a JSON array in the browser's RTCIceServer form.
     #[arg(long, env = "MA_ICE_SERVERS", default_value = DEFAULT_ICE_SERVERS, global = true)]
     pub ice_servers: String,
+
+    /// Home Assistant's URL (http(s)://host:8123 or ws(s)://…/api/websocket): with
+    /// MA_HA_TOKEN, each session gets fresh ICE servers (TURN) from Home Assistant Cloud.
+    #[arg(long, env = "MA_HA_URL", global = true)]
+    pub ha_url: Option<String>,
+
+    /// A long-lived access token of Home Assistant, for MA_HA_URL (a secret: never logged).
+    #[arg(long, env = "MA_HA_TOKEN", hide_env_values = true, global = true)]
+    pub ha_token: Option<String>,
+
+    /// An HTTP(S) URL answering an ICE server list (JSON, as MA_ICE_SERVERS), fetched fresh
+    /// for each session (another TURN provider than Home Assistant Cloud).
+    #[arg(long, env = "MA_ICE_SERVERS_URL", global = true)]
+    pub ice_servers_url: Option<String>,
 
     /// Local UDP address and port for WebRTC traffic (one socket shared by all sessions).
     #[arg(long, env = "MA_UDP_BIND", default_value = "0.0.0.0:0", global = true)]
@@ -295,6 +310,37 @@ impl WsUrl {
     }
 }
 
+impl WsUrl {
+    /// Parse an `http://` or `https://` URL into the same parts (`tls` for https).
+    pub fn parse_http(s: &str) -> Result<WsUrl, String> {
+        let rest = match s.split_once("://") {
+            Some(("http", rest)) => format!("ws://{rest}"),
+            Some(("https", rest)) => format!("wss://{rest}"),
+            _ => return Err(format!("expected an http:// or https:// URL, not {s:?}")),
+        };
+        WsUrl::parse(&rest)
+    }
+
+    /// Home Assistant's WebSocket API from its URL: `http(s)://host[:port][/prefix]` (the path
+    /// `/api/websocket` is added) or the `ws(s)://…/api/websocket` URL itself.
+    pub fn parse_home_assistant(s: &str) -> Result<WsUrl, String> {
+        let s = s.trim();
+        let mut url = match s.starts_with("ws://") || s.starts_with("wss://") {
+            true => WsUrl::parse(s)?,
+            false => WsUrl::parse_http(s)
+                .map_err(|_| format!("expected http(s):// or ws(s):// URL, not {s:?}"))?,
+        };
+        if !url.path_and_query.ends_with("/api/websocket") {
+            let prefix = url.path_and_query.trim_end_matches('/');
+            if prefix.contains('?') {
+                return Err(format!("a query in {s:?} is not supported"));
+            }
+            url.path_and_query = format!("{prefix}/api/websocket");
+        }
+        Ok(url)
+    }
+}
+
 impl std::fmt::Display for WsUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.to_url())
@@ -358,6 +404,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// `urls` may be a string or a list; schemes are stun, stuns, turn, turns.
 pub fn parse_ice_servers(s: &str) -> Result<Value, String> {
     let v: Value = serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))?;
+    check_ice_servers(&v)?;
+    Ok(v)
+}
+
+/// Check that `v` is an ICE server list in the browser's RTCIceServer form (see
+/// [`parse_ice_servers`]); also used for lists fetched per session (`crate::ice_source`).
+pub fn check_ice_servers(v: &Value) -> Result<(), String> {
     let list = v
         .as_array()
         .ok_or("expected a JSON array of RTCIceServer objects")?;
@@ -396,7 +449,7 @@ pub fn parse_ice_servers(s: &str) -> Result<Value, String> {
             }
         }
     }
-    Ok(v)
+    Ok(())
 }
 
 /// The default data folder: `$XDG_DATA_HOME/ma-webrtc-gateway`, else
@@ -421,6 +474,9 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     pub remote_id: Option<String>,
     pub ice_servers: Value,
+    /// Where fresh ICE servers are fetched per session (`MA_HA_URL` + `MA_HA_TOKEN`, or
+    /// `MA_ICE_SERVERS_URL`), if anywhere.
+    pub ice_provider: Option<crate::ice_source::Provider>,
     pub udp_bind: SocketAddr,
     pub public_ip: Option<IpAddr>,
     pub max_sessions: usize,
@@ -440,11 +496,16 @@ impl GatewayConfig {
     pub fn tls_client_config(
         &self,
     ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, String> {
+        let provider = match &self.ice_provider {
+            Some(crate::ice_source::Provider::HomeAssistant { url, .. }) => Some(url),
+            Some(crate::ice_source::Provider::Url { url, .. }) => Some(url),
+            None => None,
+        };
         let urls = [&self.signaling_url, &self.local_ws_url, &self.sendspin_url];
         let turns = crate::turn::turn_servers_from_ice_servers(&self.ice_servers)
             .iter()
             .any(|s| s.transport == crate::turn::TurnTransport::Tls);
-        match urls.iter().any(|u| u.tls) || turns {
+        match urls.iter().copied().chain(provider).any(|u| u.tls) || turns {
             true => crate::net::tls::client_config(self.signaling_ca_file.as_deref()).map(Some),
             false => Ok(None),
         }
@@ -466,6 +527,19 @@ impl GatewayConfig {
         let backoff = Backoff::new(self.reconnect_min, self.reconnect_max, Jitter::from_os());
         SignalingClient::new(now, config, self.ice_servers.clone(), backoff)
             .with_prover(self.prover.clone())
+    }
+
+    /// The source of each session's ICE servers, fetching at once when there is a provider.
+    pub fn ice_source(&self, now: std::time::Instant) -> crate::ice_source::IceSource {
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        crate::ice_source::IceSource::new(
+            now,
+            unix_now,
+            self.ice_provider.clone(),
+            self.ice_servers.clone(),
+        )
     }
 
     /// The gateway core's settings.
@@ -534,6 +608,7 @@ impl GatewayConfig {
                 "must be at least 100ms",
             ));
         }
+        let ice_provider = ice_provider(a)?;
         Ok(GatewayConfig {
             signaling_url: ws("MA_SIGNALING_URL", "signaling-url", &a.signaling_url)?,
             signaling_ca_file: a.signaling_ca_file.clone(),
@@ -543,6 +618,7 @@ impl GatewayConfig {
             remote_id,
             ice_servers: parse_ice_servers(&a.ice_servers)
                 .map_err(|e| bad("MA_ICE_SERVERS", "ice-servers", e))?,
+            ice_provider,
             udp_bind: a.udp_bind.trim().parse().map_err(|_| {
                 bad(
                     "MA_UDP_BIND",
@@ -570,6 +646,48 @@ impl GatewayConfig {
             signaling_ping,
             prover: None,
         })
+    }
+}
+
+/// `MA_HA_URL` + `MA_HA_TOKEN`, or `MA_ICE_SERVERS_URL`, or neither.
+fn ice_provider(a: &GatewayArgs) -> Result<Option<crate::ice_source::Provider>, ConfigError> {
+    use crate::ice_source::{Provider, Secret};
+    let set = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    match (set(&a.ha_url), set(&a.ha_token), set(&a.ice_servers_url)) {
+        (None, None, None) => Ok(None),
+        (Some(_), _, Some(_)) => Err(bad(
+            "MA_ICE_SERVERS_URL",
+            "ice-servers-url",
+            "set either MA_HA_URL (Home Assistant Cloud) or MA_ICE_SERVERS_URL, not both",
+        )),
+        (Some(url), Some(token), None) => {
+            let url =
+                WsUrl::parse_home_assistant(&url).map_err(|e| bad("MA_HA_URL", "ha-url", e))?;
+            Ok(Some(Provider::HomeAssistant {
+                url,
+                token: Secret::new(token),
+            }))
+        }
+        (Some(_), None, None) => Err(bad(
+            "MA_HA_TOKEN",
+            "ha-token",
+            "MA_HA_URL needs a long-lived access token of Home Assistant in MA_HA_TOKEN",
+        )),
+        (None, Some(_), _) => Err(bad(
+            "MA_HA_URL",
+            "ha-url",
+            "MA_HA_TOKEN is set without MA_HA_URL",
+        )),
+        (None, None, Some(shown)) => {
+            let url = WsUrl::parse_http(&shown)
+                .map_err(|e| bad("MA_ICE_SERVERS_URL", "ice-servers-url", e))?;
+            Ok(Some(Provider::Url { url, shown }))
+        }
     }
 }
 
@@ -630,6 +748,62 @@ mod tests {
             .unwrap_err()
             .contains("scheme"));
         assert!(parse_ice_servers(r#"[{"url":"stun:x"}]"#).is_err());
+    }
+
+    #[test]
+    fn ice_server_providers() {
+        use crate::ice_source::Provider;
+        let cfg = |args: &[&str]| {
+            let mut all = vec!["x"];
+            all.extend_from_slice(args);
+            GatewayConfig::from_args(&Cli::try_parse_from(all).unwrap().gateway)
+        };
+        let c = cfg(&["--ha-url", "http://ha.local:8123", "--ha-token", "abc.def"]).unwrap();
+        match c.ice_provider {
+            Some(Provider::HomeAssistant { url, token }) => {
+                assert_eq!(url.to_url(), "ws://ha.local:8123/api/websocket");
+                assert_eq!(token.expose(), "abc.def");
+                assert!(
+                    !format!("{token:?}").contains("abc"),
+                    "the token is never shown"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let u = WsUrl::parse_home_assistant("https://x.ui.nabu.casa/").unwrap();
+        assert_eq!(u.to_url(), "wss://x.ui.nabu.casa:443/api/websocket");
+        let u = WsUrl::parse_home_assistant("ws://[::1]:8123/api/websocket").unwrap();
+        assert_eq!(u.path_and_query, "/api/websocket");
+        assert_eq!(
+            cfg(&["--ha-url", "http://h"]).unwrap_err().var,
+            "MA_HA_TOKEN"
+        );
+        assert_eq!(cfg(&["--ha-token", "t"]).unwrap_err().var, "MA_HA_URL");
+        assert_eq!(
+            cfg(&["--ha-url", "ftp://h", "--ha-token", "t"])
+                .unwrap_err()
+                .var,
+            "MA_HA_URL"
+        );
+        let both = [
+            "--ha-url",
+            "http://h",
+            "--ha-token",
+            "t",
+            "--ice-servers-url",
+            "http://i/",
+        ];
+        assert_eq!(cfg(&both).unwrap_err().var, "MA_ICE_SERVERS_URL");
+        let c = cfg(&["--ice-servers-url", "https://turn.example/ice?k=1"]).unwrap();
+        match c.ice_provider {
+            Some(Provider::Url { url, .. }) => {
+                assert!(url.tls);
+                assert_eq!(url.port, 443);
+                assert_eq!(url.path_and_query, "/ice?k=1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(cfg(&[]).unwrap().ice_provider.is_none());
     }
 
     #[test]

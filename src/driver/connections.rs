@@ -105,9 +105,11 @@ impl<O: Copy + Eq + Hash> Connections<O> {
         })
     }
 
-    /// Open a WebSocket for `owner` (replacing one it may have).
+    /// Open a WebSocket for `owner` (replacing one it may have): TLS for `wss://` only (the
+    /// configuration exists as soon as any URL needs it, e.g. a `wss://` signaling server
+    /// beside a `ws://` MA).
     pub fn open_websocket(&mut self, owner: O, url: &WsUrl, config: WebSocketConfig) {
-        let tls = self.tls.clone();
+        let tls = self.tls.clone().filter(|_| url.tls);
         self.open(owner, |token, resolver| {
             Link::websocket(url, tls, config, token, resolver)
         });

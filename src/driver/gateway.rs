@@ -24,6 +24,7 @@ use crate::gateway::bridge::{BridgeId, LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER
 use crate::gateway::isolation::Culprit;
 use crate::gateway::{Gateway, LookupKey, Output as CoreOutput};
 use crate::http_proxy::ConnId;
+use crate::ice_source::{self, Connect, IceSource, Output as IceOutput};
 use crate::identity::Identity;
 use crate::machine::{earliest, Machine, Next};
 use crate::net::link::ws_config;
@@ -34,9 +35,11 @@ use crate::turn::RelayId;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
+/// The UDP sockets' tokens: `UDP` and the next one (an IPv4 and an IPv6 socket at most).
 const UDP: Token = Token(2);
+const MAX_UDP: usize = 2;
 /// Tokens of the connections start here.
-const FIRST_CONN: usize = 3;
+const FIRST_CONN: usize = UDP.0 + MAX_UDP;
 /// Datagrams read before the connections and the timers get a turn.
 const DATAGRAMS_PER_TURN: usize = 256;
 /// Bytes read from one connection per turn (besides [`READS_PER_TURN`] messages): an image
@@ -56,6 +59,18 @@ enum Owner {
     Fetch(ConnId),
     /// A TURN server's TCP or TLS connection.
     Turn(RelayId),
+    /// The fetch of fresh ICE servers (Home Assistant's WebSocket or a URL's stream).
+    IceSource,
+}
+
+/// One UDP socket shared by every session (docs/design.md#ipv6: one per address family).
+struct UdpPort {
+    socket: UdpSocket,
+    queue: SendQueue,
+    /// Bound to an IPv6 address: datagrams to IPv6 peers leave here.
+    v6: bool,
+    /// The socket had datagrams left when its turn's budget ran out.
+    unfinished: bool,
 }
 
 struct Driver {
@@ -63,13 +78,12 @@ struct Driver {
     poll: Poll,
     signaling: SignalingClient,
     core: Gateway,
-    udp: UdpSocket,
-    udp_queue: SendQueue,
+    /// Each session's ICE servers: fetched fresh, or the static list.
+    ice: IceSource,
+    udp: Vec<UdpPort>,
     conns: Connections<Owner>,
     /// The core's DNS lookups in flight.
     lookups: HashMap<LookupId, LookupKey>,
-    /// The UDP socket had datagrams left when its turn's budget ran out.
-    udp_unfinished: bool,
     buf: Vec<u8>,
 }
 
@@ -105,31 +119,44 @@ impl Driver {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| e.to_string())?);
         let conns =
             Connections::new(poll.registry(), waker, FIRST_CONN, tls).map_err(|e| e.to_string())?;
-        let mut udp = udp::bind(config.udp_bind)
+        let bound = udp::bind_all(config.udp_bind, config.public_ip)
             .map_err(|e| format!("cannot bind UDP {} (MA_UDP_BIND): {e}", config.udp_bind))?;
-        poll.registry()
-            .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)
-            .map_err(|e| e.to_string())?;
-        let bound = udp.local_addr().map_err(|e| e.to_string())?;
         let now = Instant::now();
         let mut core = Gateway::new(now, config.core_config(), identity.dtls_cert());
-        for addr in udp::host_addresses(bound, config.public_ip) {
-            log::info!("WebRTC host candidate {addr} (UDP bound to {bound})");
-            core.handle_host_candidate(now, addr);
+        let mut udp = Vec::new();
+        for (i, (mut socket, hosts)) in bound.sockets.into_iter().take(MAX_UDP).enumerate() {
+            poll.registry()
+                .register(
+                    &mut socket,
+                    Token(UDP.0 + i),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map_err(|e| e.to_string())?;
+            let bound = socket.local_addr().map_err(|e| e.to_string())?;
+            for addr in hosts {
+                log::info!("WebRTC host candidate {addr} (UDP bound to {bound})");
+                core.handle_host_candidate(now, addr);
+            }
+            udp.push(UdpPort {
+                socket,
+                queue: SendQueue::default(),
+                v6: bound.is_ipv6(),
+                unfinished: false,
+            });
         }
         let signaling = config.signaling_client(now, remote_id);
+        let ice = config.ice_source(now);
         let buf = vec![0; crate::net::READ_BUFFER];
-        let (udp_queue, lookups) = (SendQueue::default(), HashMap::new());
+        let lookups = HashMap::new();
         Ok(Driver {
             config,
             poll,
             signaling,
             core,
+            ice,
             udp,
-            udp_queue,
             conns,
             lookups,
-            udp_unfinished: false,
             buf,
         })
     }
@@ -142,11 +169,13 @@ impl Driver {
         loop {
             let now = Instant::now();
             self.signaling.handle_timeout(now);
+            self.ice.handle_timeout(now);
             self.core
                 .guarded(now, Culprit::Timers, |c| c.handle_timeout(now));
             let deadline = self.drain();
             // Reads cut short by their budget go on after one look at the other sockets.
-            let wait = match self.udp_unfinished || self.conns.has_unfinished() {
+            let udp_unfinished = self.udp.iter().any(|u| u.unfinished);
+            let wait = match udp_unfinished || self.conns.has_unfinished() {
                 true => Some(std::time::Duration::ZERO),
                 false => super::wait_until(deadline),
             };
@@ -165,9 +194,11 @@ impl Driver {
                             return Ok(());
                         }
                     }
-                    UDP => {
-                        self.udp_queue.flush(&self.udp);
-                        self.read_udp();
+                    token if (UDP.0..UDP.0 + self.udp.len()).contains(&token.0) => {
+                        let i = token.0 - UDP.0;
+                        let port = &mut self.udp[i];
+                        port.queue.flush(&port.socket);
+                        self.read_udp(i);
                     }
                     token => {
                         if self.conns.on_ready(token) {
@@ -177,8 +208,10 @@ impl Driver {
                 }
                 self.drain();
             }
-            if std::mem::take(&mut self.udp_unfinished) {
-                self.read_udp();
+            for i in 0..self.udp.len() {
+                if std::mem::take(&mut self.udp[i].unfinished) {
+                    self.read_udp(i);
+                }
             }
             for token in self.conns.take_unfinished() {
                 self.read(token);
@@ -190,7 +223,9 @@ impl Driver {
         self.core
             .handle_shutdown(Instant::now(), "gateway shutting down");
         self.drain();
-        self.udp_queue.flush(&self.udp);
+        for port in &mut self.udp {
+            port.queue.flush(&port.socket);
+        }
         let reason = "gateway shutting down".into();
         self.conns.close_all(CloseFrame {
             code: CloseCode::Away,
@@ -234,8 +269,15 @@ impl Driver {
                 }
                 idle = false;
             };
+            let ice_deadline = loop {
+                match self.ice.poll_output() {
+                    Next::Output(o) => self.on_ice_output(o),
+                    Next::Timeout(t) => break t,
+                }
+                idle = false;
+            };
             if idle {
-                return earliest(core_deadline, signaling_deadline);
+                return earliest(earliest(core_deadline, signaling_deadline), ice_deadline);
             }
         }
     }
@@ -244,10 +286,10 @@ impl Driver {
 
     /// Read datagrams until the socket would block or the turn's budget is spent, then let the
     /// sessions they went to answer, each once for the whole batch.
-    fn read_udp(&mut self) {
+    fn read_udp(&mut self, i: usize) {
         let mut finished = false;
         for _ in 0..DATAGRAMS_PER_TURN {
-            match self.udp.recv_from(&mut self.buf) {
+            match self.udp[i].socket.recv_from(&mut self.buf) {
                 Ok((n, source)) => {
                     let now = Instant::now();
                     let datagram = &self.buf[..n];
@@ -267,7 +309,7 @@ impl Driver {
         self.core
             .guarded(now, Culprit::Timers, |c| c.handle_datagrams_done(now));
         self.pump();
-        self.udp_unfinished = !finished;
+        self.udp[i].unfinished = !finished;
     }
 
     fn on_dns_answers(&mut self) {
@@ -295,6 +337,8 @@ impl Driver {
                 }
             }
             let (core, signaling, now) = (&mut self.core, &mut self.signaling, Instant::now());
+            let ice = &mut self.ice;
+            let mut ice_failed = false;
             let mut signaling_failed = false;
             let more = self
                 .conns
@@ -321,6 +365,14 @@ impl Driver {
                         bytes += data.len();
                         core.guarded(now, Culprit::Other, |c| c.handle_turn_data(now, r, data))
                     }
+                    (Owner::IceSource, Data::Message(Message::Text(text))) => {
+                        let input = AssertUnwindSafe(|| ice.handle_text(now, text.as_str()));
+                        ice_failed = catch_unwind(input).is_err();
+                    }
+                    (Owner::IceSource, Data::Bytes(data)) => {
+                        let input = AssertUnwindSafe(|| ice.handle_bytes(now, data));
+                        ice_failed = catch_unwind(input).is_err();
+                    }
                     // Pings are answered by tungstenite on the next flush.
                     _ => {}
                 });
@@ -330,6 +382,17 @@ impl Driver {
                 self.conns.close(Owner::Signaling, None);
                 let remote_id = self.signaling.remote_id().to_string();
                 self.signaling = self.config.signaling_client(now, remote_id);
+                return;
+            }
+            if ice_failed {
+                // A reply from the provider hit a bug: start over with a fresh source. The
+                // sessions that waited get no session-ready from us; the signaling server
+                // gives them its registered list after its 10 s window.
+                log::error!(
+                    "ICE servers: internal error handling the provider's reply; starting over"
+                );
+                self.conns.close(Owner::IceSource, None);
+                self.ice = self.config.ice_source(now);
                 return;
             }
             // What this message caused goes out before the next one is read.
@@ -365,6 +428,7 @@ impl Driver {
                             c.handle_turn_lost(now, r, "no peer address")
                         }),
                     },
+                    Owner::IceSource => self.ice.handle_opened(now),
                 }
                 return;
             }
@@ -380,6 +444,8 @@ impl Driver {
                 self.signaling.handle_closed(now, code, &reason)
             }
             (Owner::Signaling, _) => self.signaling.handle_closed(now, None, &why),
+            (Owner::IceSource, End::Closed { .. }) => self.ice.handle_closed(now, None),
+            (Owner::IceSource, _) => self.ice.handle_closed(now, Some(&why)),
             (Owner::Bridge(b), _) => {
                 let culprit = Culprit::Bridge(b);
                 self.core
@@ -396,6 +462,44 @@ impl Driver {
     }
 
     // ---- the machines' outputs -------------------------------------------------------------
+
+    fn on_ice_output(&mut self, output: IceOutput) {
+        let now = Instant::now();
+        match output {
+            IceOutput::Connect(Connect::WebSocket(url)) => {
+                let config = ws_config(ice_source::HA_MAX_MESSAGE, ice_source::HA_MAX_MESSAGE);
+                self.conns.open_websocket(Owner::IceSource, &url, config);
+            }
+            IceOutput::Connect(Connect::Stream(url)) => {
+                self.conns.open_stream(Owner::IceSource, &url)
+            }
+            IceOutput::SendText(text) => {
+                self.conns.send(Owner::IceSource, Message::text(text));
+            }
+            IceOutput::Write(bytes) => {
+                self.conns.write(Owner::IceSource, &bytes);
+            }
+            IceOutput::Close => self.conns.close(Owner::IceSource, None),
+            // The seam for a session's own relays: the core keeps the list with the session.
+            IceOutput::Servers {
+                session_id,
+                servers,
+                mode,
+            } => {
+                log::debug!("[{session_id}] ICE servers: {mode}");
+                let sent =
+                    self.signaling
+                        .handle_session_ready_with(now, &session_id, servers.clone());
+                if let Err(e) = sent {
+                    log::warn!("[{session_id}] session-ready not sent: {e:?}");
+                }
+                let culprit = Culprit::Session(&session_id);
+                self.core.guarded(now, culprit, |c| {
+                    c.handle_session_ice_servers(now, &session_id, servers)
+                });
+            }
+        }
+    }
 
     fn on_signaling_output(&mut self, output: Output) {
         let sent = match output {
@@ -449,11 +553,9 @@ impl Driver {
     fn on_core_output(&mut self, output: CoreOutput) {
         let now = Instant::now();
         match output {
-            CoreOutput::SessionReady { session_id } => {
-                if let Err(e) = self.signaling.handle_session_ready(now, &session_id) {
-                    log::warn!("[{session_id}] session-ready not sent: {e:?}");
-                }
-            }
+            // The session's ICE servers first: at once, or once fetched (at most
+            // `ice_source::FETCH_DEADLINE` later), then session-ready (`on_ice_output`).
+            CoreOutput::SessionReady { session_id } => self.ice.handle_session(now, session_id),
             CoreOutput::Answer { session_id, sdp } => {
                 self.signaling.handle_answer(now, &session_id, &sdp);
             }
@@ -463,7 +565,13 @@ impl Driver {
             } => {
                 self.signaling.handle_candidate(now, &session_id, candidate);
             }
-            CoreOutput::Transmit(t) => self.udp_queue.send(&self.udp, t.destination, t.contents),
+            CoreOutput::Transmit(t) => {
+                // The socket of the destination's family (the first one if there is none).
+                let v6 = t.destination.is_ipv6();
+                let i = self.udp.iter().position(|u| u.v6 == v6).unwrap_or(0);
+                let port = &mut self.udp[i];
+                port.queue.send(&port.socket, t.destination, t.contents)
+            }
             CoreOutput::OpenWs { bridge, url } => {
                 let config = ws_config(LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER);
                 self.conns

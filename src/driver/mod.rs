@@ -6,6 +6,7 @@
 pub mod connect;
 pub mod connections;
 pub mod gateway;
+pub mod ice_probe;
 pub mod signal;
 pub mod table;
 
@@ -110,6 +111,13 @@ fn print_id(config: &GatewayConfig) -> i32 {
     let _ = writeln!(out, "Link:        {}", identity::app_link(&remote_id));
     let _ = writeln!(out, "Fingerprint: sha-256 {}", id.fingerprint_colon_hex());
     let _ = writeln!(out, "Data folder: {}", config.data_dir.display());
+    // What sessions would get, asking the ICE server provider once (docs/design.md#ice-server-source).
+    let mode = match ice_probe::probe(config) {
+        Ok((mode, None)) => mode.to_string(),
+        Ok((mode, Some(note))) => format!("{mode} ({note})"),
+        Err(e) => format!("unknown ({e})"),
+    };
+    let _ = writeln!(out, "ICE servers: {mode}");
     0
 }
 

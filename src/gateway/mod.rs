@@ -212,6 +212,9 @@ struct Session {
     resetting: Vec<ChannelId>,
     /// Local candidates already given to this session (advertised address).
     candidates: Vec<SocketAddr>,
+    /// The ICE servers fetched for this session (what its `session-ready` carried), once known:
+    /// the servers its own relays are to use (docs/design.md#ice-server-source).
+    ice_servers: Option<Value>,
     /// The login MA confirmed on this session's `ma-api` socket (who may use Sendspin).
     auth: SessionAuth,
 }
@@ -286,6 +289,23 @@ impl Gateway {
             now,
             out: VecDeque::new(),
         }
+    }
+
+    /// The ICE servers chosen for a session (`crate::ice_source`, fetched fresh for it or the
+    /// static list), the same its `session-ready` carries. Kept with the session for its own
+    /// relays (TURN allocations use these credentials).
+    pub fn handle_session_ice_servers(&mut self, now: Instant, session_id: &str, servers: Value) {
+        self.now = now;
+        let key = self.by_id.get(session_id).copied();
+        if let Some(s) = key.and_then(|k| self.sessions.get_mut(&k)) {
+            s.ice_servers = Some(servers);
+        }
+    }
+
+    /// A session's ICE servers, once [`Gateway::handle_session_ice_servers`] gave them.
+    pub fn session_ice_servers(&self, session_id: &str) -> Option<&Value> {
+        let key = self.by_id.get(session_id)?;
+        self.sessions.get(key)?.ice_servers.as_ref()
     }
 
     /// Sessions open (closing ones excluded).
@@ -371,13 +391,18 @@ impl Gateway {
                 return;
             }
         };
-        // Only a server we can reach from the socket's address family.
-        let reachable = |a: &&SocketAddr| self.hosts.iter().any(|h| h.is_ipv4() == a.is_ipv4());
-        let Some(server) = addrs.iter().find(reachable).copied() else {
-            return;
-        };
-        if let Err(e) = self.gatherer.handle_gather(now, server) {
-            log::debug!("STUN gathering with {server} not started: {e}");
+        // The server's first address of each family we have a socket for: IPv4 and IPv6 each
+        // have their own public address (docs/design.md#ipv6).
+        for v4 in [true, false] {
+            if !self.hosts.iter().any(|h| h.is_ipv4() == v4) {
+                continue;
+            }
+            let Some(server) = addrs.iter().find(|a| a.is_ipv4() == v4).copied() else {
+                continue;
+            };
+            if let Err(e) = self.gatherer.handle_gather(now, server) {
+                log::debug!("STUN gathering with {server} not started: {e}");
+            }
         }
         self.drain_gatherer();
     }
@@ -396,7 +421,7 @@ impl Gateway {
                     destination,
                     contents,
                 } => self.out.push_back(Output::Transmit(Transmit {
-                    source: self.hosts.first().copied().unwrap_or(destination),
+                    source: self.local_addr_for(destination).unwrap_or(destination),
                     destination,
                     contents,
                 })),
@@ -469,6 +494,7 @@ impl Gateway {
                 closing: None,
                 resetting: Vec::new(),
                 candidates: Vec::new(),
+                ice_servers: None,
                 auth: SessionAuth::new(),
             },
         );

@@ -708,3 +708,116 @@ fn a_session_runs_through_the_relay_when_nothing_else_gets_through() {
     sim.run_for(Duration::from_secs(20));
     assert_eq!(sim.b.turn.as_ref().unwrap().released, 1);
 }
+
+#[test]
+fn a_sessions_own_ice_servers_stay_with_it() {
+    let mut sim = sim(4);
+    let now = sim.now();
+    let gw = &mut sim.b.gw;
+    gw.handle_client_connected(now, "one");
+    assert_eq!(ready(gw), ["one"]);
+    assert_eq!(gw.session_ice_servers("one"), None);
+    let list = json!([{"urls": "turn:t.example:3478", "username": "1:u", "credential": "c"}]);
+    gw.handle_session_ice_servers(now, "one", list.clone());
+    assert_eq!(gw.session_ice_servers("one"), Some(&list));
+    // For a session that is gone (or never was), nothing is kept.
+    gw.handle_session_ice_servers(now, "unknown", list);
+    assert_eq!(gw.session_ice_servers("unknown"), None);
+}
+
+#[test]
+fn stun_is_asked_over_each_address_family_we_have_a_socket_for() {
+    use crate::gateway::Gateway;
+    use crate::testkit::GatewayEnd;
+    use crate::webrtc::stun_gather::stun_servers_from_ice_servers;
+    use std::time::Instant;
+
+    let now = Instant::now();
+    let mut cfg = GatewayEnd::config(4);
+    cfg.stun_servers = stun_servers_from_ice_servers(&json!([{"urls": "stun:stun.example:3478"}]));
+    let identity = Identity::generate().unwrap();
+    let mut gw = Gateway::new(now, cfg, identity.dtls_cert());
+    let (v4, v6) = (addr("192.0.2.10:40000"), addr("[2001:db8::10]:40001"));
+    gw.handle_host_candidate(now, v4);
+    gw.handle_host_candidate(now, v6);
+    gw.handle_registered(now);
+    let key = match gw.poll_output().output() {
+        Some(Output::Lookup { key, host, port }) => {
+            assert_eq!((host.as_str(), port), ("stun.example", 3478));
+            key
+        }
+        other => panic!("expected a lookup, got {other:?}"),
+    };
+    let servers = vec![
+        addr("[2001:db8::3478]:3478"),
+        addr("198.51.100.1:3478"),
+        addr("198.51.100.2:3478"),
+    ];
+    gw.handle_resolved(now, key, Ok(servers));
+    let sent_requests: Vec<(SocketAddr, SocketAddr, Vec<u8>)> =
+        std::iter::from_fn(|| gw.poll_output().output())
+            .filter_map(|o| match o {
+                Output::Transmit(t) => Some((t.source, t.destination, t.contents)),
+                _ => None,
+            })
+            .collect();
+    let mut sent: Vec<(SocketAddr, SocketAddr)> =
+        sent_requests.iter().map(|(s, d, _)| (*s, *d)).collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            (v4, addr("198.51.100.1:3478")),
+            (v6, addr("[2001:db8::3478]:3478"))
+        ],
+        "one Binding request per family, each from the host of its family"
+    );
+    // The IPv6 server answers: an IPv6 server-reflexive address, based on the IPv6 host.
+    let (_, _, v6_request) = sent_requests.iter().find(|(_, d, _)| d.is_ipv6()).unwrap();
+    let mapped = addr("[2001:db8:ffff::7]:61000");
+    let response = xor_mapped_v6_response(&v6_request[8..20], mapped);
+    gw.handle_datagram(now, addr("[2001:db8::3478]:3478"), &response);
+    assert_eq!(gw.reflexive, [(mapped, v6)]);
+
+    // An IPv4-only gateway asks over IPv4 only, as before.
+    let mut cfg = GatewayEnd::config(4);
+    cfg.stun_servers = stun_servers_from_ice_servers(&json!([{"urls": "stun:stun.example:3478"}]));
+    let mut gw = Gateway::new(now, cfg, identity.dtls_cert());
+    gw.handle_host_candidate(now, v4);
+    gw.handle_registered(now);
+    let Some(Output::Lookup { key, .. }) = gw.poll_output().output() else {
+        panic!("expected a lookup")
+    };
+    gw.handle_resolved(
+        now,
+        key,
+        Ok(vec![
+            addr("[2001:db8::3478]:3478"),
+            addr("198.51.100.1:3478"),
+        ]),
+    );
+    let sent: Vec<SocketAddr> = std::iter::from_fn(|| gw.poll_output().output())
+        .filter_map(|o| match o {
+            Output::Transmit(t) => Some(t.destination),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, [addr("198.51.100.1:3478")]);
+}
+
+/// A STUN Binding success response for transaction `txid` with an IPv6 XOR-MAPPED-ADDRESS
+/// (RFC 8489 section 14.2).
+fn xor_mapped_v6_response(txid: &[u8], mapped: SocketAddr) -> Vec<u8> {
+    const COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+    let SocketAddr::V6(m) = mapped else {
+        panic!("IPv6 only")
+    };
+    let mut r = vec![0x01, 0x01, 0x00, 24];
+    r.extend_from_slice(&COOKIE);
+    r.extend_from_slice(txid);
+    r.extend_from_slice(&[0x00, 0x20, 0x00, 20, 0x00, 0x02]);
+    r.extend_from_slice(&(m.port() ^ 0x2112).to_be_bytes());
+    let key: Vec<u8> = COOKIE.iter().chain(txid).copied().collect();
+    r.extend(m.ip().octets().iter().zip(&key).map(|(a, k)| a ^ k));
+    r
+}

@@ -483,6 +483,18 @@ impl SignalingClient {
         now: Instant,
         session_id: &str,
     ) -> Result<(), ReadyError> {
+        let ice_servers = self.ice_servers.clone();
+        self.handle_session_ready_with(now, session_id, ice_servers)
+    }
+
+    /// [`SignalingClient::handle_session_ready`] with this session's own ICE servers (fetched
+    /// fresh for it: docs/design.md#ice-server-source).
+    pub fn handle_session_ready_with(
+        &mut self,
+        now: Instant,
+        session_id: &str,
+        ice_servers: Value,
+    ) -> Result<(), ReadyError> {
         if !self.is_registered() {
             return Err(ReadyError::NotConnected);
         }
@@ -496,7 +508,7 @@ impl SignalingClient {
         }
         self.send_if_open(ToServer::SessionReady {
             session_id: Some(session_id),
-            ice_servers: Some(self.ice_servers.clone()),
+            ice_servers: Some(ice_servers),
         });
         Ok(())
     }
@@ -800,6 +812,13 @@ mod tests {
             Err(ReadyError::TooLate)
         );
         assert!(drain(&mut c).is_empty(), "a late session-ready is not sent");
+
+        // A session's own list (fresh TURN credentials) goes in its session-ready only.
+        c.handle_text(t0, r#"{"type":"client-connected","sessionId":"own"}"#);
+        drain(&mut c);
+        let own = json!([{"urls": "turn:t.example", "username": "1:u", "credential": "c"}]);
+        c.handle_session_ready_with(t0, "own", own.clone()).unwrap();
+        assert_eq!(sent_json(&drain(&mut c))[0]["iceServers"], own);
     }
 
     #[test]
