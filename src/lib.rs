@@ -55,6 +55,7 @@ pub mod net;
 pub mod remote_client;
 pub mod signaling;
 pub mod stats;
+pub mod status;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod webrtc;

@@ -141,6 +141,16 @@ pub struct GatewayArgs {
     /// twice this without any frame).
     #[arg(long, env = "MA_SIGNALING_PING", default_value = "35s", global = true)]
     pub signaling_ping: String,
+
+    /// Serve /status, /metrics and /healthz over HTTP on this address (off when empty;
+    /// 127.0.0.1:PORT keeps it on this machine). Read-only, no secrets.
+    #[arg(long, env = "MA_STATUS_LISTEN", global = true)]
+    pub status_listen: Option<String>,
+
+    /// Log format: `text` (one readable line per event) or `json` (one JSON object per line,
+    /// for log collectors).
+    #[arg(long, env = "MA_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
 }
 
 /// Settings of the self-hosted signaling server.
@@ -424,6 +434,8 @@ pub struct GatewayConfig {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub signaling_ping: Duration,
+    /// Where the status port listens (`MA_STATUS_LISTEN`), if anywhere.
+    pub status_listen: Option<SocketAddr>,
     /// Signs ownership proofs for servers that challenge (docs/protocol.md#ownership-proof);
     /// set from the identity once it is loaded.
     pub prover: Option<crate::identity::Prover>,
@@ -559,6 +571,16 @@ impl GatewayConfig {
             reconnect_min,
             reconnect_max,
             signaling_ping,
+            status_listen: match a.status_listen.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(addr) => Some(addr.parse().map_err(|_| {
+                    bad(
+                        "MA_STATUS_LISTEN",
+                        "status-listen",
+                        format!("{addr:?} is not ADDRESS:PORT (e.g. 127.0.0.1:8097)"),
+                    )
+                })?),
+            },
             prover: None,
         })
     }

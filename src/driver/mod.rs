@@ -7,6 +7,7 @@ pub mod connect;
 pub mod connections;
 pub mod gateway;
 pub mod signal;
+pub mod status;
 pub mod table;
 
 use std::io::Write;

@@ -13,6 +13,7 @@ use str0m::channel::ChannelId;
 use tungstenite::{Message, Utf8Bytes};
 
 use super::channels::ChannelKind;
+use super::observe::Traffic;
 use super::queue::{ByteQueue, ByteSize, Frame, Full};
 use crate::chunk::{ChunkFrames, Chunker, Frames};
 use crate::http_proxy::response::BodyFrames;
@@ -75,6 +76,8 @@ pub struct Bridge {
     pub saw_text: bool,
     /// An HTTP proxy response is being delivered on this `http_proxy` channel.
     pub proxy_busy: bool,
+    /// Written to the data channel so far (for the status page).
+    pub sent: Traffic,
 }
 
 impl Bridge {
@@ -97,6 +100,7 @@ impl Bridge {
             read_paused: false,
             saw_text: false,
             proxy_busy: false,
+            sent: Traffic::default(),
         }
     }
 
@@ -207,7 +211,7 @@ impl Bridge {
     pub fn flush_to_peer(&mut self, peer: &mut PeerSession) -> Flush {
         loop {
             if let Some(frame) = self.stalled_chunk.take() {
-                match write(peer, self.channel, false, frame.as_bytes()) {
+                match write(peer, self.channel, false, frame.as_bytes(), &mut self.sent) {
                     Ok(true) => {}
                     Ok(false) => {
                         self.stalled_chunk = Some(frame);
@@ -221,7 +225,13 @@ impl Bridge {
             };
             match item {
                 Outgoing::Frame(frame) => {
-                    match write(peer, self.channel, frame.binary, &frame.data) {
+                    match write(
+                        peer,
+                        self.channel,
+                        frame.binary,
+                        &frame.data,
+                        &mut self.sent,
+                    ) {
                         Ok(true) => {}
                         Ok(false) => {
                             self.to_peer.push_front(Outgoing::Frame(frame));
@@ -232,7 +242,7 @@ impl Bridge {
                 }
                 Outgoing::Body(mut frames) => {
                     let Some(frame) = frames.peek() else { continue };
-                    match write(peer, self.channel, true, &frame) {
+                    match write(peer, self.channel, true, &frame, &mut self.sent) {
                         Ok(true) => {
                             frames.advance();
                             if frames.remaining_bytes() > 0 {
@@ -279,6 +289,7 @@ fn write(
     channel: ChannelId,
     binary: bool,
     data: &[u8],
+    sent: &mut Traffic,
 ) -> Result<bool, String> {
     if data.is_empty() {
         // str0m cannot send an empty message (it would stall the ordered stream).
@@ -286,7 +297,12 @@ fn write(
         return Ok(true);
     }
     match peer.write(channel, binary, data) {
-        Ok(accepted) => Ok(accepted),
+        Ok(accepted) => {
+            if accepted {
+                sent.add(data.len());
+            }
+            Ok(accepted)
+        }
         Err(SessionError::MessageTooLarge { len, max }) => {
             log::warn!("dropping a {len}-byte message: the client accepts at most {max} bytes");
             Ok(true)

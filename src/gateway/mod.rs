@@ -12,6 +12,7 @@ pub mod auth;
 pub mod bridge;
 pub mod channels;
 pub mod isolation;
+pub mod observe;
 pub mod queue;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,6 +27,7 @@ use tungstenite::Message;
 use self::auth::{Change, Role, SessionAuth};
 use self::bridge::{Bridge, BridgeId, Flush, Limits};
 use self::channels::ChannelKind;
+use self::observe::{Counters, Refused, SessionInfo, SessionState, Traffic};
 use crate::chunk::{self, Chunker};
 use crate::config::WsUrl;
 use crate::http_proxy::response::ProxyResponse;
@@ -196,6 +198,9 @@ struct Session {
     candidates: Vec<SocketAddr>,
     /// The login MA confirmed on this session's `ma-api` socket (who may use Sendspin).
     auth: SessionAuth,
+    /// Data channel traffic of this session, for the status page.
+    from_client: Traffic,
+    to_client: Traffic,
 }
 
 pub struct Gateway {
@@ -229,6 +234,8 @@ pub struct Gateway {
     /// The latest `now` seen (internal steps act at the time of the input that caused them).
     now: Instant,
     out: VecDeque<Output>,
+    /// For the operator's status page and metrics ([`observe`]).
+    counters: Counters,
 }
 
 impl Gateway {
@@ -259,7 +266,51 @@ impl Gateway {
             over_budget: false,
             now,
             out: VecDeque::new(),
+            counters: Counters::default(),
         }
+    }
+
+    /// Counters since the start (docs/design.md#status-and-metrics).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Every session as the status page shows it, oldest first.
+    pub fn sessions_info(&self, now: Instant) -> Vec<SessionInfo> {
+        let mut list: Vec<(Instant, SessionInfo)> = self
+            .sessions
+            .values()
+            .map(|s| {
+                let state = match (s.closing, s.connected, s.got_offer) {
+                    (Some(_), _, _) => SessionState::Closing,
+                    (None, Some(_), _) => SessionState::Connected,
+                    (None, None, true) => SessionState::Connecting,
+                    (None, None, false) => SessionState::AwaitingOffer,
+                };
+                let info = SessionInfo {
+                    id: s.id.clone(),
+                    age: now.saturating_duration_since(s.created),
+                    state,
+                    channels: s.bridges.values().map(|b| b.kind.name()).collect(),
+                    from_client: s.from_client,
+                    to_client: s.to_client,
+                    candidate_type: s.peer.remote_candidate_type(),
+                };
+                (s.created, info)
+            })
+            .collect();
+        list.sort_by_key(|(created, _)| *created);
+        list.into_iter().map(|(_, info)| info).collect()
+    }
+
+    /// Bytes held for clients (queues and proxy bodies) against the memory budget.
+    pub fn memory_used(&self) -> (usize, usize) {
+        (self.queued_bytes(), self.cfg.memory_budget)
+    }
+
+    /// Datagrams from sources no session knows, dropped since the start.
+    pub fn unrouted_datagrams(&self) -> u64 {
+        self.router.dropped()
     }
 
     /// Sessions open (closing ones excluded).
@@ -418,6 +469,7 @@ impl Gateway {
             Ok(p) => p,
             Err(e) => {
                 log::error!("[{session_id}] cannot create a WebRTC session: {e}");
+                self.counters.refuse(Refused::Internal);
                 return;
             }
         };
@@ -425,6 +477,7 @@ impl Gateway {
         self.next_key += 1;
         if let Err(e) = self.router.set_ufrag(key, peer.local_ufrag()) {
             log::error!("[{session_id}] cannot route the session: {e}");
+            self.counters.refuse(Refused::Internal);
             return;
         }
         self.sessions.insert(
@@ -441,8 +494,11 @@ impl Gateway {
                 resetting: Vec::new(),
                 candidates: Vec::new(),
                 auth: SessionAuth::new(),
+                from_client: Traffic::default(),
+                to_client: Traffic::default(),
             },
         );
+        self.counters.sessions_created += 1;
         self.by_id.insert(session_id.to_string(), key);
         log::info!("[{session_id}] new session ({} open)", self.sessions.len());
         self.out.push_back(Output::SessionReady {
@@ -471,8 +527,10 @@ impl Gateway {
                 "[{newcomer}] refused: already {} connected sessions (MA_MAX_SESSIONS)",
                 self.sessions.len()
             );
+            self.counters.refuse(Refused::Full);
             return false;
         };
+        self.counters.refuse(Refused::Evicted);
         self.close_session(
             key,
             &format!("evicted by {newcomer}: too many not connected"),
@@ -514,6 +572,7 @@ impl Gateway {
             Err(e) => {
                 log::warn!("[{session_id}] offer refused: {e}");
                 if !restart {
+                    self.counters.refuse(Refused::BadOffer);
                     self.close_session(key, "bad offer");
                 }
             }
@@ -768,10 +827,14 @@ impl Gateway {
             self.close_session(key, "queue to the client overflowed");
             return;
         }
+        let sent_before = b.sent;
         match b.flush_to_peer(&mut s.peer) {
             Flush::Done | Flush::Blocked => {}
             Flush::Closed(e) => log::debug!("[{}] write to the client failed: {e}", s.id),
         }
+        let sent = b.sent.since(sent_before);
+        s.to_client.add_all(sent);
+        self.counters.to_client[observe::kind_index(b.kind)].add_all(sent);
         // Only a message left waiting adds to the gateway's memory: most go straight through,
         // and then the budget (a sum over every bridge) need not be looked at.
         let queued = b.has_queued_for_peer();
@@ -893,6 +956,8 @@ impl Gateway {
         match event {
             SessionEvent::Connected => {
                 s.connected = Some(now);
+                let setup = now.saturating_duration_since(s.created);
+                self.counters.setup.observe(setup.as_secs_f64());
                 log::info!(
                     "[{}] connected in {} ms",
                     s.id,
@@ -983,6 +1048,8 @@ impl Gateway {
             log::debug!("[{}] data on an unbridged channel; dropped", s.id);
             return;
         };
+        s.from_client.add(data.len());
+        self.counters.from_client[observe::kind_index(b.kind)].add(data.len());
         let msg = if binary {
             Message::Binary(data.into())
         } else {
@@ -1277,6 +1344,7 @@ impl Gateway {
             self.proxy.handle_cancel(now, &(key, ch));
             return;
         };
+        self.counters.proxy_response(response.status);
         if b.kind == ChannelKind::HttpProxy {
             let (header, body) = response.into_binary(limit);
             b.push_binary_response(header, body);
@@ -1309,7 +1377,11 @@ impl Gateway {
         let Some(b) = s.bridges.get_mut(&ch) else {
             return Flush::Closed("no channel".into());
         };
+        let sent_before = b.sent;
         let result = b.flush_to_peer(&mut s.peer);
+        let sent = b.sent.since(sent_before);
+        s.to_client.add_all(sent);
+        self.counters.to_client[observe::kind_index(b.kind)].add_all(sent);
         if let Flush::Closed(e) = &result {
             log::debug!("[{}] write to the client failed: {e}", s.id);
         }
