@@ -217,6 +217,28 @@ impl Identity {
         }
     }
 
+    /// The stored identity, read only: never created or replaced (`doctor`). `Err` says why
+    /// it cannot be used as it is (missing, unreadable, mismatched, expiring).
+    pub fn load_existing(dir: &Path) -> Result<Identity, String> {
+        match Self::load(dir) {
+            Ok(Ok(identity)) => Ok(identity),
+            Ok(Err(unusable)) if unusable.first_start => Err(format!(
+                "no identity in {} yet (the gateway creates one at its first start)",
+                dir.display()
+            )),
+            Ok(Err(unusable)) => Err(unusable.reason),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whole days of validity the certificate has left (negative once expired).
+    pub fn days_left(&self) -> i64 {
+        let left = x509_parser::parse_x509_certificate(&self.cert_der)
+            .map(|(_, cert)| cert.validity().not_after.timestamp() - now_unix())
+            .unwrap_or(0);
+        left.div_euclid(DAY_SECS)
+    }
+
     /// Generates a new identity (not stored): ECDSA P-256 key, self-signed certificate with
     /// CN `Music Assistant WebRTC`, ecdsa-with-SHA256, random 128-bit serial, valid from
     /// now − 1 day for [`VALIDITY_DAYS`] days.

@@ -46,12 +46,14 @@
 pub mod backoff;
 pub mod chunk;
 pub mod config;
+pub mod doctor;
 pub mod driver;
 pub mod gateway;
 pub mod http_proxy;
 pub mod identity;
 pub mod machine;
 pub mod net;
+pub mod qr;
 pub mod remote_client;
 pub mod signaling;
 pub mod stats;

@@ -148,3 +148,174 @@ fn the_status_port_is_bounded() {
     // The gateway carries on.
     assert_eq!(status(addr)["connected"], true);
 }
+
+// ---- `id --qr` ---------------------------------------------------------------------------
+
+/// The QR code `id --qr` prints is the link, drawn as `terminal_qr` draws it (whose own test
+/// decodes it back with a QR decoder).
+#[test]
+fn id_qr_prints_the_link_as_a_qr_code() {
+    let data = common::temp_dir("idqr");
+    let out = std::process::Command::new(common::BIN)
+        .args(["id", "--qr"])
+        .env("MA_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let link = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Link:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let code = ma_webrtc_gateway::qr::terminal_qr(&link).unwrap();
+    assert!(text.ends_with(&code), "{text}");
+    assert!(code.lines().count() > 10);
+}
+
+// ---- doctor --------------------------------------------------------------------------------
+
+/// A STUN server on loopback answering every Binding request with the source address.
+fn stun_standin() -> SocketAddr {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            if n >= 20 && buf[0..2] == [0, 1] {
+                let mut txid = [0u8; 12];
+                txid.copy_from_slice(&buf[8..20]);
+                let reply = ma_webrtc_gateway::testkit::props::udp::binding_success(txid, from);
+                let _ = socket.send_to(&reply, from);
+            }
+        }
+    });
+    addr
+}
+
+/// `doctor` with these settings; returns its exit code and output.
+fn doctor(env: &[(&str, String)]) -> (i32, String) {
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(["doctor", "--timeout", "3s"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MA_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    (out.status.code().unwrap(), text)
+}
+
+/// The loopback stack's settings for `doctor`: a signaling server, a MA stand-in (also as
+/// Sendspin), an identity created by `id`, two STUN stand-ins.
+fn doctor_env(signal_port: u16, ma: &str) -> Vec<(&'static str, String)> {
+    let data = common::temp_dir("doctor");
+    let made = std::process::Command::new(common::BIN)
+        .arg("id")
+        .env("MA_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let (a, b) = (stun_standin(), stun_standin());
+    vec![
+        ("MA_DATA_DIR", data.display().to_string()),
+        (
+            "MA_SIGNALING_URL",
+            format!("ws://127.0.0.1:{signal_port}/ws"),
+        ),
+        ("MA_LOCAL_WS_URL", ma.to_string()),
+        ("MA_SENDSPIN_URL", ma.to_string()),
+        ("MA_UDP_BIND", "127.0.0.1:0".into()),
+        (
+            "MA_ICE_SERVERS",
+            format!(r#"[{{"urls":["stun:{a}","stun:{b}"]}}]"#),
+        ),
+    ]
+}
+
+fn line<'a>(report: &'a str, start: &str) -> &'a str {
+    report
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line {start:?} in\n{report}"))
+}
+
+#[test]
+fn doctor_passes_on_a_working_stack() {
+    let (_signal, port) = stack::start_signal();
+    let ma = common::ma_standin::MaStandin::start();
+    let (code, report) = doctor(&doctor_env(port, &ma.url()));
+    line(&report, "✓ identity: Remote ID ");
+    line(&report, "✓ signaling TCP: ");
+    line(&report, "✓ signaling WebSocket: ");
+    line(
+        &report,
+        "✓ signaling registration: a throw-away ID registered",
+    );
+    line(&report, "✓ signaling round trip: ");
+    line(&report, "✓ MA API: ");
+    line(&report, "✓ Sendspin: ");
+    line(&report, "✓ NAT IPv4: public address 127.0.0.1:");
+    assert!(line(&report, "✓ NAT IPv4").contains("endpoint-independent"));
+    line(&report, "✓ TURN: none configured");
+    line(&report, "✓ verdict: remote clients can connect directly");
+    assert_eq!(code, 0, "{report}");
+}
+
+#[test]
+fn doctor_fails_when_signaling_is_down() {
+    let ma = common::ma_standin::MaStandin::start();
+    // A port nothing listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, report) = doctor(&doctor_env(port, &ma.url()));
+    assert!(
+        line(&report, "✗ signaling TCP: ").contains("refused"),
+        "{report}"
+    );
+    assert!(!report.contains("signaling registration"));
+    line(&report, "✓ MA API: ");
+    line(
+        &report,
+        "✗ verdict: remote access will not work: fix \"signaling TCP\"",
+    );
+    assert_eq!(code, 1, "{report}");
+}
+
+#[test]
+fn doctor_fails_when_ma_is_down_and_names_untested_turn() {
+    let (_signal, port) = stack::start_signal();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = doctor_env(port, &format!("ws://127.0.0.1:{closed}/ws"));
+    let stun = env.pop().unwrap().1;
+    let turn = r#"{"urls":"turn:127.0.0.1:3478","username":"u","credential":"do-not-print"}"#;
+    env.push((
+        "MA_ICE_SERVERS",
+        format!("{},{turn}]", stun.trim_end_matches(']')),
+    ));
+    let (code, report) = doctor(&env);
+    line(&report, "✓ signaling registration: ");
+    assert!(
+        line(&report, "✗ MA API").contains("is Music Assistant running?"),
+        "{report}"
+    );
+    assert!(
+        line(&report, "! TURN turn:127.0.0.1:3478").contains("configured, allocation not tested")
+    );
+    assert!(!report.contains("do-not-print"));
+    line(
+        &report,
+        "✗ verdict: remote access will not work: fix \"MA API",
+    );
+    assert_eq!(code, 1, "{report}");
+}

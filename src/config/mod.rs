@@ -38,11 +38,28 @@ pub enum Command {
     /// Run the gateway (the default when no command is given).
     Run,
     /// Print the Remote ID (creating the identity if there is none) and exit.
-    Id,
+    Id(IdArgs),
+    /// Check identity, signaling, MA, UDP buffers, NAT and TURN, one line each; exit 0 when
+    /// remote access should work. Never changes the identity.
+    Doctor(DoctorArgs),
     /// Run a self-hosted signaling server.
     Signal(SignalArgs),
     /// Connect to a gateway as the web app does and report each step (diagnostics).
     Connect(ConnectArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdArgs {
+    /// Also print the app link as a QR code (for a phone's camera; drawn for a dark terminal).
+    #[arg(long)]
+    pub qr: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Give up on one check after this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -43,7 +43,8 @@ pub fn main_entry() -> i32 {
     };
     match cli.command {
         None | Some(Command::Run) => run_gateway(gateway),
-        Some(Command::Id) => print_id(&gateway),
+        Some(Command::Id(args)) => print_id(&gateway, args.qr),
+        Some(Command::Doctor(args)) => crate::doctor::run(&gateway, &args),
         Some(Command::Signal(args)) => signal::run(&args),
         Some(Command::Connect(args)) => connect::run(&gateway, &args),
     }
@@ -96,7 +97,7 @@ pub fn load_identity(config: &GatewayConfig) -> Result<(Identity, String), Strin
     Ok((id, remote_id))
 }
 
-fn print_id(config: &GatewayConfig) -> i32 {
+fn print_id(config: &GatewayConfig, qr: bool) -> i32 {
     let (id, remote_id) = match load_identity(config) {
         Ok(x) => x,
         Err(e) => return fail_start(&e),
@@ -111,6 +112,17 @@ fn print_id(config: &GatewayConfig) -> i32 {
     let _ = writeln!(out, "Link:        {}", identity::app_link(&remote_id));
     let _ = writeln!(out, "Fingerprint: sha-256 {}", id.fingerprint_colon_hex());
     let _ = writeln!(out, "Data folder: {}", config.data_dir.display());
+    if qr {
+        match crate::qr::terminal_qr(&identity::app_link(&remote_id)) {
+            Ok(code) => {
+                let _ = write!(out, "\n{code}");
+            }
+            Err(e) => {
+                eprintln!("ma-webrtc-gateway: {e}");
+                return 1;
+            }
+        }
+    }
     0
 }
 
