@@ -51,6 +51,7 @@ pub mod driver;
 pub mod gateway;
 pub mod http_proxy;
 pub mod identity;
+pub mod logging;
 pub mod machine;
 pub mod net;
 pub mod qr;

@@ -319,3 +319,47 @@ fn doctor_fails_when_ma_is_down_and_names_untested_turn() {
     );
     assert_eq!(code, 1, "{report}");
 }
+
+// ---- logs ----------------------------------------------------------------------------------
+
+#[test]
+fn json_logs_carry_the_session_and_no_secret() {
+    let turn = r#"[{"urls":"turn:127.0.0.1:9","username":"u","credential":"s3cr3t-credential"}]"#;
+    let mut s = stack::stack(&[
+        ("MA_LOG_FORMAT", "json".into()),
+        ("MA_ICE_SERVERS", turn.into()),
+    ]);
+    let mut c = stack::connect(&s);
+    stack::expect_server_info(&mut c);
+    let session = c.session_id().unwrap().to_string();
+    let line = s.gateway.wait_for("connected in", WAIT);
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["session"], session.as_str(), "{line}");
+    assert!(v["message"].as_str().unwrap().starts_with("connected in "));
+    assert_eq!(v["level"], "INFO");
+    assert!(v["time"].as_str().unwrap().ends_with('Z'));
+    drop(c);
+    s.gateway.wait_for("session closed", WAIT);
+    for line in s.gateway.log() {
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        for key in ["time", "level", "target", "message"] {
+            assert!(v[key].is_string(), "{key} in {line}");
+        }
+        assert!(!line.contains("s3cr3t"), "a credential was logged: {line}");
+        // A line that names the session carries it as a field too.
+        if line.contains(&session) && v["message"].as_str().unwrap().contains("session") {
+            assert_eq!(v["session"], session.as_str(), "{line}");
+        }
+    }
+}
+
+#[test]
+fn a_bad_log_format_stops_start_up() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["id"])
+        .env("MA_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MA_LOG_FORMAT"));
+}

@@ -9,7 +9,11 @@ const UNIT: &str = include_str!("../packaging/ma-webrtc-gateway.service");
 
 #[test]
 fn systemd_unit_verifies() {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("SKIPPED systemd_unit_verifies: systemd-analyze is not installed");
         return;
     }

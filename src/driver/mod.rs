@@ -21,12 +21,6 @@ use clap::Parser;
 use crate::config::{Cli, Command, GatewayConfig, EXIT_CONFIG};
 use crate::identity::{self, Identity};
 
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
-}
-
 /// Parse the command line and run the chosen command; returns the process exit code.
 pub fn main_entry() -> i32 {
     let cli = match Cli::try_parse() {
@@ -36,7 +30,10 @@ pub fn main_entry() -> i32 {
             return e.exit_code();
         }
     };
-    init_logging();
+    match crate::logging::Format::parse(&cli.gateway.log_format) {
+        Ok(format) => crate::logging::init(format),
+        Err(e) => return e.report(),
+    }
     let gateway = match GatewayConfig::from_args(&cli.gateway) {
         Ok(c) => c,
         Err(e) => return e.report(),

@@ -293,7 +293,10 @@ fn write(
 ) -> Result<bool, String> {
     if data.is_empty() {
         // str0m cannot send an empty message (it would stall the ordered stream).
-        log::debug!("dropping an empty message for the client");
+        log::debug!(
+            "[{}] dropping an empty message for the client",
+            peer.log_id()
+        );
         return Ok(true);
     }
     match peer.write(channel, binary, data) {
@@ -304,7 +307,10 @@ fn write(
             Ok(accepted)
         }
         Err(SessionError::MessageTooLarge { len, max }) => {
-            log::warn!("dropping a {len}-byte message: the client accepts at most {max} bytes");
+            log::warn!(
+                "[{}] dropping a {len}-byte message: the client accepts at most {max} bytes",
+                peer.log_id()
+            );
             Ok(true)
         }
         Err(e) => Err(e.to_string()),

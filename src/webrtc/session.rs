@@ -412,6 +412,11 @@ impl PeerSession {
         })
     }
 
+    /// The session id its log lines start with (`[id]`).
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
     /// Datagrams that were not WebRTC (unparseable) and were dropped.
     pub fn ignored_datagrams(&self) -> u64 {
         self.ignored_datagrams
