@@ -28,7 +28,15 @@ COPY --from=build /out/ma-webrtc-gateway /usr/local/bin/ma-webrtc-gateway
 # mount MA's data folder here to keep MA's Remote ID.
 COPY --from=build --chown=65532:65532 /out/data /data
 ENV MA_DATA_DIR=/data
+# The status port on the host's loopback (host networking): /healthz for the health check
+# below, /status and /metrics for you. Set MA_STATUS_LISTEN= (empty) to turn it off, and drop
+# the health check with it.
+ENV MA_STATUS_LISTEN=127.0.0.1:8799
 VOLUME ["/data"]
 USER 65532:65532
+# Healthy while registered with the signaling server (the image has no shell and no curl: the
+# binary asks its own status port).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["/usr/local/bin/ma-webrtc-gateway", "health"]
 ENTRYPOINT ["/usr/local/bin/ma-webrtc-gateway"]
 CMD ["run"]

@@ -57,6 +57,7 @@ fn status_metrics_and_health_follow_the_gateway() {
     ]);
     let addr = status_addr(&mut s.gateway);
     assert_eq!(get(addr, "/healthz").0, 200);
+    assert_eq!(health_command(addr), 0);
     let v = status(addr);
     assert_eq!(v["connected"], true);
     assert_eq!(v["enabled"], true);
@@ -110,6 +111,17 @@ fn status_metrics_and_health_follow_the_gateway() {
         (503, "not registered with the signaling server\n")
     );
     assert_eq!(status(addr)["connected"], false);
+    assert_eq!(health_command(addr), 1);
+}
+
+/// `ma-webrtc-gateway health` against the status port at `addr`: its exit code.
+fn health_command(addr: SocketAddr) -> i32 {
+    let out = std::process::Command::new(common::BIN)
+        .arg("health")
+        .env("MA_STATUS_LISTEN", addr.to_string())
+        .output()
+        .unwrap();
+    out.status.code().unwrap()
 }
 
 #[test]

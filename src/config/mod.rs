@@ -42,6 +42,9 @@ pub enum Command {
     /// Check identity, signaling, MA, UDP buffers, NAT and TURN, one line each; exit 0 when
     /// remote access should work. Never changes the identity.
     Doctor(DoctorArgs),
+    /// Ask the running gateway's status port (MA_STATUS_LISTEN) for /healthz: exit 0 while
+    /// it is registered with the signaling server, 1 otherwise (for container health checks).
+    Health,
     /// Run a self-hosted signaling server.
     Signal(SignalArgs),
     /// Connect to a gateway as the web app does and report each step (diagnostics).
@@ -594,7 +597,7 @@ impl GatewayConfig {
                     bad(
                         "MA_STATUS_LISTEN",
                         "status-listen",
-                        format!("{addr:?} is not ADDRESS:PORT (e.g. 127.0.0.1:8097)"),
+                        format!("{addr:?} is not ADDRESS:PORT (e.g. 127.0.0.1:8799)"),
                     )
                 })?),
             },

@@ -42,6 +42,7 @@ pub fn main_entry() -> i32 {
         None | Some(Command::Run) => run_gateway(gateway),
         Some(Command::Id(args)) => print_id(&gateway, args.qr),
         Some(Command::Doctor(args)) => crate::doctor::run(&gateway, &args),
+        Some(Command::Health) => status::health_command(&gateway),
         Some(Command::Signal(args)) => signal::run(&args),
         Some(Command::Connect(args)) => connect::run(&gateway, &args),
     }

@@ -199,3 +199,50 @@ impl StatusServer {
         self.conns.iter().flatten().map(|c| c.deadline).min()
     }
 }
+
+/// The `health` command: `GET /healthz` from the gateway's own status port; 0 when it answers
+/// 200, 1 otherwise, 2 when no status port is configured.
+pub fn health_command(config: &crate::config::GatewayConfig) -> i32 {
+    let Some(addr) = config.status_listen else {
+        eprintln!("ma-webrtc-gateway: health needs the status port: set MA_STATUS_LISTEN");
+        return crate::config::EXIT_CONFIG;
+    };
+    // A wildcard listen address is reached on loopback.
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    match get_health(SocketAddr::new(ip, addr.port()), DEADLINE) {
+        Ok(line) if line.starts_with("HTTP/1.1 200") => {
+            println!("healthy: registered with the signaling server");
+            0
+        }
+        Ok(line) => {
+            println!("unhealthy: {line}");
+            1
+        }
+        Err(e) => {
+            println!("unhealthy: the status port at {addr} does not answer: {e}");
+            1
+        }
+    }
+}
+
+/// The status line of `GET /healthz`.
+fn get_health(addr: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+        match s.read(&mut buf)? {
+            0 => break,
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    Ok(text.lines().next().unwrap_or_default().to_string())
+}
