@@ -375,3 +375,27 @@ fn a_bad_log_format_stops_start_up() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MA_LOG_FORMAT"));
 }
+
+#[test]
+fn doctor_never_creates_an_identity() {
+    let (_signal, port) = stack::start_signal();
+    let ma = common::ma_standin::MaStandin::start();
+    let mut env = doctor_env(port, &ma.url());
+    let empty = common::temp_dir("doctor-empty");
+    env[0] = ("MA_DATA_DIR", empty.display().to_string());
+    let (code, report) = doctor(&env);
+    assert!(
+        line(&report, "✗ identity: ").contains("no identity"),
+        "{report}"
+    );
+    line(
+        &report,
+        "✗ verdict: remote access will not work: fix \"identity\"",
+    );
+    assert_eq!(code, 1);
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "doctor wrote to the data folder"
+    );
+}

@@ -401,9 +401,22 @@ pub fn nat(config: &GatewayConfig, timeout: Duration) -> (Nat, Vec<Line>) {
         .collect();
     let mut lines = Vec::new();
     let mut best = Nat::Unknown;
+    // The address the gateway binds (MA_UDP_BIND), on another port: the gateway may be
+    // running on its own.
+    let ip = config.udp_bind.ip();
+    let v4: IpAddr = if ip.is_ipv4() {
+        ip
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
+    let v6: IpAddr = if ip.is_ipv6() {
+        ip
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
     for (family, bind) in [
-        ("IPv4", SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
-        ("IPv6", SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))),
+        ("IPv4", SocketAddr::new(v4, 0)),
+        ("IPv6", SocketAddr::new(v6, 0)),
     ] {
         let what = format!("NAT {family}");
         let targets: Vec<(String, SocketAddr)> = servers
