@@ -150,8 +150,50 @@ pub enum Output {
     },
 }
 
-/// Who asked for an HTTP proxy response: a channel of a session.
-type Requester = (SessionKey, ChannelId);
+/// Who asked for an HTTP proxy response: a channel of a session. Equal by session and channel;
+/// the session's signaling id only labels the proxy pool's log lines (its `Debug` form is the
+/// `[id]` prefix of every session line, docs/design.md#logs).
+#[derive(Clone)]
+struct Requester {
+    key: SessionKey,
+    channel: ChannelId,
+    session: std::sync::Arc<str>,
+}
+
+impl Requester {
+    fn new(key: SessionKey, channel: ChannelId, session: &str) -> Requester {
+        Requester {
+            key,
+            channel,
+            session: session.into(),
+        }
+    }
+
+    /// For looking a requester up (equality ignores the label).
+    fn of(key: SessionKey, channel: ChannelId) -> Requester {
+        Requester::new(key, channel, "")
+    }
+}
+
+impl PartialEq for Requester {
+    fn eq(&self, other: &Self) -> bool {
+        (self.key, self.channel) == (other.key, other.channel)
+    }
+}
+
+impl Eq for Requester {}
+
+impl std::hash::Hash for Requester {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.key, self.channel).hash(state)
+    }
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}]", self.session)
+    }
+}
 
 impl Session {
     /// The earliest deadline by which a local socket must be open.
@@ -1080,11 +1122,13 @@ impl Gateway {
             match request {
                 Ok(req) => {
                     log::debug!("[{}] proxy {:?} {}", s.id, req.method, req.path);
-                    self.proxy.handle_request(now, (key, id), req);
+                    self.proxy
+                        .handle_request(now, Requester::new(key, id, &s.id), req);
                 }
                 Err(e) => {
                     log::warn!("[{}] refused proxy request: {e:?}", s.id);
-                    self.proxy.handle_refused(now, (key, id), e);
+                    self.proxy
+                        .handle_refused(now, Requester::new(key, id, &s.id), e);
                 }
             }
             self.drain_proxy();
@@ -1137,7 +1181,7 @@ impl Gateway {
         let Some(b) = s.bridges.remove(&id) else {
             return;
         };
-        self.proxy.handle_cancel(self.now, &(key, id));
+        self.proxy.handle_cancel(self.now, &Requester::of(key, id));
         log::info!("[{}] channel {} closed by the client", s.id, b.kind.name());
         if let Some(bridge) = b.local {
             self.bridges.remove(&bridge);
@@ -1255,7 +1299,7 @@ impl Gateway {
         log::info!("[{}] session closed: {why}", s.id);
         self.by_id.remove(&s.id);
         for (ch, b) in s.bridges.drain() {
-            self.proxy.handle_cancel(now, &(key, ch));
+            self.proxy.handle_cancel(now, &Requester::of(key, ch));
             if let Some(bridge) = b.local {
                 self.bridges.remove(&bridge);
                 self.out.push_back(Output::CloseWs { bridge });
@@ -1295,11 +1339,14 @@ impl Gateway {
                     requester,
                     response,
                 } => {
-                    touched.push(requester.0);
+                    touched.push(requester.key);
                     self.deliver_proxy_response(requester, response)
                 }
                 PoolOutput::Stalled {
-                    requester: (key, ch),
+                    requester:
+                        Requester {
+                            key, channel: ch, ..
+                        },
                 } => {
                     let Some(s) = self.sessions.get_mut(&key) else {
                         continue;
@@ -1330,18 +1377,19 @@ impl Gateway {
     }
 
     /// Encode a proxy response in its channel's form and queue it.
-    fn deliver_proxy_response(&mut self, (key, ch): Requester, response: ProxyResponse) {
+    fn deliver_proxy_response(&mut self, requester: Requester, response: ProxyResponse) {
+        let (key, ch) = (requester.key, requester.channel);
         let now = self.now;
         // Body frames carry no framing of their own: any size works, so keep them within the
         // send window (docs/design.md#the-send-window).
         let budget = self.cfg.session.send_window / 2;
         let Some(s) = self.sessions.get_mut(&key) else {
-            self.proxy.handle_cancel(now, &(key, ch));
+            self.proxy.handle_cancel(now, &Requester::of(key, ch));
             return;
         };
         let limit = chunk::send_limit(s.peer.remote_max_message_size(), budget);
         let Some(b) = s.bridges.get_mut(&ch) else {
-            self.proxy.handle_cancel(now, &(key, ch));
+            self.proxy.handle_cancel(now, &Requester::of(key, ch));
             return;
         };
         self.counters.proxy_response(response.status);
@@ -1362,7 +1410,7 @@ impl Gateway {
                 let _ = b.push_text(error.to_json(), &mut self.chunker, limit);
             }
             // The JSON form carries its id: the next response may follow at once.
-            self.proxy.handle_delivered(now, &(key, ch));
+            self.proxy.handle_delivered(now, &Requester::of(key, ch));
         }
         self.flush_bridge(key, ch);
     }
@@ -1393,10 +1441,10 @@ impl Gateway {
         }
         if b.proxy_busy {
             if b.has_queued_for_peer() {
-                self.proxy.handle_progress(now, &(key, ch));
+                self.proxy.handle_progress(now, &Requester::of(key, ch));
             } else {
                 b.proxy_busy = false;
-                self.proxy.handle_delivered(now, &(key, ch));
+                self.proxy.handle_delivered(now, &Requester::of(key, ch));
             }
             self.drain_proxy();
         }
