@@ -34,6 +34,12 @@
 //!   pin check), [`backoff`] (reconnect schedule with jitter), [`stats`] (percentiles for the
 //!   figures diagnostics print).
 //!
+//! # The operator's side
+//! - [`status`]: the status port's pages (`/status`, `/metrics`, `/healthz`), rendered from a
+//!   snapshot the gateway driver gathers; `driver::status` serves them from the same loop.
+//! - [`doctor`]: the `doctor` command's checks and verdict; [`qr`]: `id --qr`;
+//!   [`logging`]: text or JSON log lines.
+//!
 //! Only the DNS lookups run off the loop, on short-lived threads; the load generator and its
 //! threads are a bench target (`benches/load.rs`), not part of the binary.
 //!
