@@ -124,11 +124,13 @@ impl Bridge {
     /// A message from the local socket for the client. Text on the API channel is chunked when
     /// it exceeds `limit`. Returns `Err(Full)` if the queue overflows (the driver should have
     /// paused reading before that).
+    /// `session` names the session in the log line of a message that cannot be sent.
     pub fn from_local(
         &mut self,
         msg: Message,
         chunker: &mut Chunker,
         limit: usize,
+        session: &str,
     ) -> Result<(), Full> {
         let out = match msg {
             Message::Text(text) if self.kind == ChannelKind::Api => {
@@ -136,7 +138,8 @@ impl Bridge {
                     Some(out) => out,
                     None => {
                         log::warn!(
-                            "a message for the client cannot be chunked to {limit} bytes; dropped"
+                            "[{session}] a message for the client cannot be chunked to {limit} \
+                             bytes; dropped"
                         );
                         return Ok(());
                     }

@@ -860,7 +860,7 @@ impl Gateway {
             (Message::Text(t), ChannelKind::Api) => s.auth.handle_ma_text(now, t),
             _ => Change::None,
         };
-        if b.from_local(msg, &mut self.chunker, limit).is_err() {
+        if b.from_local(msg, &mut self.chunker, limit, &s.id).is_err() {
             log::warn!(
                 "[{}] {} queue to the client overflowed; closing the session",
                 s.id,
