@@ -176,7 +176,10 @@ pub fn signaling(config: &GatewayConfig, timeout: Duration) -> Vec<Line> {
     let mut ws = match websocket(url, stream) {
         Ok(ws) => ws,
         Err(e) => {
-            let hint = format!("is {} the signaling server's WebSocket URL?", url.to_url());
+            let hint = format!(
+                "is {} the signaling server's WebSocket URL?",
+                crate::status::public_url(url)
+            );
             lines.push(Line::fail("signaling WebSocket", e, hint));
             return lines;
         }

@@ -155,7 +155,9 @@ impl Driver {
 
     fn run(mut self) -> Result<(), String> {
         let mut signals = super::shutdown_signals(&self.poll, SIGNALS)?;
-        let (signaling, api) = (&self.config.signaling_url, &self.config.local_ws_url);
+        // URLs without their query in logs: it could carry a token (docs/design.md#logs).
+        let signaling = status::public_url(&self.config.signaling_url);
+        let api = status::public_url(&self.config.local_ws_url);
         log::info!("gateway starting: signaling {signaling}, MA API {api}");
         let mut events = Events::with_capacity(256);
         loop {
@@ -404,7 +406,7 @@ impl Driver {
             ConnEvent::Opened => {
                 match owner {
                     Owner::Signaling => {
-                        let url = self.config.signaling_url.to_url();
+                        let url = status::public_url(&self.config.signaling_url);
                         log::info!("signaling: connected to {url}");
                         self.signaling.handle_open(now);
                     }
@@ -447,7 +449,7 @@ impl Driver {
         let sent = match output {
             Output::Connect => {
                 let url = self.config.signaling_url.clone();
-                log::info!("signaling: connecting to {}", url.to_url());
+                log::info!("signaling: connecting to {}", status::public_url(&url));
                 let config = ws_config(client::MAX_MESSAGE, client::MAX_WRITE_BUFFER)
                     .read_buffer_size(SIGNALING_READ_BUFFER);
                 self.conns.open_websocket(Owner::Signaling, &url, config);
