@@ -399,3 +399,14 @@ fn doctor_never_creates_an_identity() {
         "doctor wrote to the data folder"
     );
 }
+
+#[test]
+fn health_without_a_status_port_is_a_configuration_error() {
+    let out = std::process::Command::new(common::BIN)
+        .arg("health")
+        .env_remove("MA_STATUS_LISTEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MA_STATUS_LISTEN"));
+}
