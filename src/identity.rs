@@ -219,6 +219,28 @@ impl Identity {
         }
     }
 
+    /// The stored identity, read only: never created or replaced (`doctor`). `Err` says why
+    /// it cannot be used as it is (missing, unreadable, mismatched, expiring).
+    pub fn load_existing(dir: &Path) -> Result<Identity, String> {
+        match Self::load(dir) {
+            Ok(Ok(identity)) => Ok(identity),
+            Ok(Err(unusable)) if unusable.first_start => Err(format!(
+                "no identity in {} yet (the gateway creates one at its first start)",
+                dir.display()
+            )),
+            Ok(Err(unusable)) => Err(unusable.reason),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Whole days of validity the certificate has left (negative once expired).
+    pub fn days_left(&self) -> i64 {
+        let left = Certificate::from_der(&self.cert_der)
+            .map(|cert| not_after_unix(&cert) - now_unix())
+            .unwrap_or(0);
+        left.div_euclid(DAY_SECS)
+    }
+
     /// Generates a new identity (not stored): ECDSA P-256 key, self-signed certificate with
     /// CN `Music Assistant WebRTC`, ecdsa-with-SHA256, random 128-bit serial, valid from
     /// now − 1 day for [`VALIDITY_DAYS`] days.
@@ -488,6 +510,12 @@ fn pem_block(data: &[u8]) -> Result<Pem, String> {
         label: label.to_string(),
         contents,
     })
+}
+
+/// The end of a certificate's validity, in Unix seconds.
+fn not_after_unix(cert: &Certificate) -> i64 {
+    let not_after = cert.tbs_certificate().validity().not_after;
+    i64::try_from(not_after.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The EC public key (uncompressed point) of a DER certificate, or why there is none.

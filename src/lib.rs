@@ -38,6 +38,12 @@
 //!   pin check), [`backoff`] (reconnect schedule with jitter), [`stats`] (percentiles for the
 //!   figures diagnostics print).
 //!
+//! # The operator's side
+//! - [`status`]: the status port's pages (`/status`, `/metrics`, `/healthz`), rendered from a
+//!   snapshot the gateway driver gathers; `driver::status` serves them from the same loop.
+//! - [`doctor`]: the `doctor` command's checks and verdict; [`qr`]: `id --qr`;
+//!   [`logging`]: text or JSON log lines.
+//!
 //! Only the DNS lookups run off the loop, on short-lived threads; the load generator and its
 //! threads are a bench target (`benches/load.rs`), not part of the binary.
 //!
@@ -50,16 +56,20 @@
 pub mod backoff;
 pub mod chunk;
 pub mod config;
+pub mod doctor;
 pub mod driver;
 pub mod gateway;
 pub mod http_proxy;
 pub mod ice_source;
 pub mod identity;
+pub mod logging;
 pub mod machine;
 pub mod net;
+pub mod qr;
 pub mod remote_client;
 pub mod signaling;
 pub mod stats;
+pub mod status;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod turn;

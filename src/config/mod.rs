@@ -38,11 +38,31 @@ pub enum Command {
     /// Run the gateway (the default when no command is given).
     Run,
     /// Print the Remote ID (creating the identity if there is none) and exit.
-    Id,
+    Id(IdArgs),
+    /// Check identity, signaling, MA, UDP buffers, NAT and TURN, one line each; exit 0 when
+    /// remote access should work. Never changes the identity.
+    Doctor(DoctorArgs),
+    /// Ask the running gateway's status port (MA_STATUS_LISTEN) for /healthz: exit 0 while
+    /// it is registered with the signaling server, 1 otherwise (for container health checks).
+    Health,
     /// Run a self-hosted signaling server.
     Signal(SignalArgs),
     /// Connect to a gateway as the web app does and report each step (diagnostics).
     Connect(ConnectArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdArgs {
+    /// Also print the app link as a QR code (for a phone's camera; drawn for a dark terminal).
+    #[arg(long)]
+    pub qr: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Give up on one check after this long.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -161,6 +181,16 @@ pub struct GatewayArgs {
     /// twice this without any frame).
     #[arg(long, env = "MA_SIGNALING_PING", default_value = "35s", global = true)]
     pub signaling_ping: String,
+
+    /// Serve /status, /metrics and /healthz over HTTP on this address (off when empty;
+    /// 127.0.0.1:PORT keeps it on this machine). Read-only, no secrets.
+    #[arg(long, env = "MA_STATUS_LISTEN", global = true)]
+    pub status_listen: Option<String>,
+
+    /// Log format: `text` (one readable line per event) or `json` (one JSON object per line,
+    /// for log collectors).
+    #[arg(long, env = "MA_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
 }
 
 /// Settings of the self-hosted signaling server.
@@ -485,6 +515,8 @@ pub struct GatewayConfig {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub signaling_ping: Duration,
+    /// Where the status port listens (`MA_STATUS_LISTEN`), if anywhere.
+    pub status_listen: Option<SocketAddr>,
     /// Signs ownership proofs for servers that challenge (docs/protocol.md#ownership-proof);
     /// set from the identity once it is loaded.
     pub prover: Option<crate::identity::Prover>,
@@ -644,6 +676,16 @@ impl GatewayConfig {
             reconnect_min,
             reconnect_max,
             signaling_ping,
+            status_listen: match a.status_listen.as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(addr) => Some(addr.parse().map_err(|_| {
+                    bad(
+                        "MA_STATUS_LISTEN",
+                        "status-listen",
+                        format!("{addr:?} is not ADDRESS:PORT (e.g. 127.0.0.1:8799)"),
+                    )
+                })?),
+            },
             prover: None,
         })
     }

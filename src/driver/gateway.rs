@@ -19,6 +19,7 @@ use tungstenite::Message;
 
 use super::connections::{Connections, Data, End, Event as ConnEvent, READS_PER_TURN};
 use super::emit_event;
+use super::status::{StatusServer, MAX_CONNS as STATUS_CONNS};
 use crate::config::GatewayConfig;
 use crate::gateway::bridge::{BridgeId, LOCAL_MAX_MESSAGE, LOCAL_MAX_WRITE_BUFFER};
 use crate::gateway::isolation::Culprit;
@@ -31,6 +32,7 @@ use crate::net::link::ws_config;
 use crate::net::resolve::LookupId;
 use crate::net::udp::{self, SendQueue};
 use crate::signaling::client::{self, Event, Output, SignalingClient};
+use crate::status::{self, SignalingState, Snapshot};
 use crate::turn::RelayId;
 
 const WAKER: Token = Token(0);
@@ -40,6 +42,8 @@ const UDP: Token = Token(2);
 const MAX_UDP: usize = 2;
 /// Tokens of the connections start here.
 const FIRST_CONN: usize = UDP.0 + MAX_UDP;
+/// The status port's listener, then its connections: far above any connection token.
+const STATUS: Token = Token(usize::MAX - STATUS_CONNS - 1);
 /// Datagrams read before the connections and the timers get a turn.
 const DATAGRAMS_PER_TURN: usize = 256;
 /// Bytes read from one connection per turn (besides [`READS_PER_TURN`] messages): an image
@@ -85,6 +89,10 @@ struct Driver {
     /// The core's DNS lookups in flight.
     lookups: HashMap<LookupId, LookupKey>,
     buf: Vec<u8>,
+    /// The status port (`MA_STATUS_LISTEN`), and what only the driver sees for it.
+    status: Option<StatusServer>,
+    signaling_state: SignalingState,
+    started: Instant,
 }
 
 /// Run the gateway until SIGINT/SIGTERM; returns the exit code.
@@ -148,6 +156,17 @@ impl Driver {
         let ice = config.ice_source(now);
         let buf = vec![0; crate::net::READ_BUFFER];
         let lookups = HashMap::new();
+        let status = match config.status_listen {
+            Some(addr) => {
+                let server = StatusServer::bind(poll.registry(), addr, STATUS).map_err(|e| {
+                    format!("cannot listen on {addr} for the status port (MA_STATUS_LISTEN): {e}")
+                })?;
+                let addr = server.local_addr().map_err(|e| e.to_string())?;
+                log::info!("status: serving http://{addr}/status, /metrics and /healthz");
+                Some(server)
+            }
+            None => None,
+        };
         Ok(Driver {
             config,
             poll,
@@ -158,12 +177,17 @@ impl Driver {
             conns,
             lookups,
             buf,
+            status,
+            signaling_state: SignalingState::default(),
+            started: now,
         })
     }
 
     fn run(mut self) -> Result<(), String> {
         let mut signals = super::shutdown_signals(&self.poll, SIGNALS)?;
-        let (signaling, api) = (&self.config.signaling_url, &self.config.local_ws_url);
+        // URLs without their query in logs: it could carry a token (docs/design.md#logs).
+        let signaling = status::public_url(&self.config.signaling_url);
+        let api = status::public_url(&self.config.local_ws_url);
         log::info!("gateway starting: signaling {signaling}, MA API {api}");
         let mut events = Events::with_capacity(256);
         loop {
@@ -172,7 +196,11 @@ impl Driver {
             self.ice.handle_timeout(now);
             self.core
                 .guarded(now, Culprit::Timers, |c| c.handle_timeout(now));
-            let deadline = self.drain();
+            let mut deadline = self.drain();
+            if let Some(status) = &mut self.status {
+                status.handle_timeout(self.poll.registry(), now);
+                deadline = earliest(deadline, status.deadline());
+            }
             // Reads cut short by their budget go on after one look at the other sockets.
             let udp_unfinished = self.udp.iter().any(|u| u.unfinished);
             let wait = match udp_unfinished || self.conns.has_unfinished() {
@@ -200,6 +228,9 @@ impl Driver {
                         port.queue.flush(&port.socket);
                         self.read_udp(i);
                     }
+                    token if self.status.as_ref().is_some_and(|s| s.owns(token)) => {
+                        self.on_status_ready(token)
+                    }
                     token => {
                         if self.conns.on_ready(token) {
                             self.read(token);
@@ -216,6 +247,41 @@ impl Driver {
             for token in self.conns.take_unfinished() {
                 self.read(token);
             }
+        }
+    }
+
+    // ---- the status port (docs/design.md#status-and-metrics) --------------------------------
+
+    fn on_status_ready(&mut self, token: Token) {
+        let Some(mut server) = self.status.take() else {
+            return;
+        };
+        for req in server.on_ready(self.poll.registry(), token, Instant::now()) {
+            let response = status::respond(req.page, req.head_only, &self.snapshot());
+            server.respond(self.poll.registry(), req.slot, response);
+        }
+        self.status = Some(server);
+    }
+
+    /// What the status pages show, now.
+    fn snapshot(&self) -> Snapshot<'_> {
+        let now = Instant::now();
+        let (memory_used, memory_budget) = self.core.memory_used();
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime: now - self.started,
+            remote_id: self.signaling.remote_id(),
+            signaling_url: status::public_url(&self.config.signaling_url),
+            mode: status::mode(self.ice.mode()),
+            signaling: &self.signaling_state,
+            sessions: self.core.sessions_info(now),
+            max_sessions: self.config.max_sessions,
+            counters: self.core.counters(),
+            udp_send_dropped: self.udp.iter().map(|u| u.queue.dropped()).sum(),
+            udp_unrouted: self.core.unrouted_datagrams(),
+            memory_used,
+            memory_budget,
+            rss_bytes: status::read_rss(),
         }
     }
 
@@ -410,7 +476,7 @@ impl Driver {
             ConnEvent::Opened => {
                 match owner {
                     Owner::Signaling => {
-                        let url = self.config.signaling_url.to_url();
+                        let url = status::public_url(&self.config.signaling_url);
                         log::info!("signaling: connected to {url}");
                         self.signaling.handle_open(now);
                     }
@@ -505,7 +571,7 @@ impl Driver {
         let sent = match output {
             Output::Connect => {
                 let url = self.config.signaling_url.clone();
-                log::info!("signaling: connecting to {}", url.to_url());
+                log::info!("signaling: connecting to {}", status::public_url(&url));
                 let config = ws_config(client::MAX_MESSAGE, client::MAX_WRITE_BUFFER)
                     .read_buffer_size(SIGNALING_READ_BUFFER);
                 self.conns.open_websocket(Owner::Signaling, &url, config);
@@ -538,6 +604,9 @@ impl Driver {
                     crate::identity::app_link(&remote_id)
                 );
                 emit_event(json!({"event": "registered", "remote_id": remote_id}));
+                self.signaling_state.registered = true;
+                self.signaling_state.registrations += 1;
+                self.signaling_state.last_registered = Some(std::time::SystemTime::now());
                 self.core
                     .guarded(now, Culprit::Other, |c| c.handle_registered(now));
                 release_free_memory();
@@ -545,6 +614,8 @@ impl Driver {
             Event::Lost => {
                 log::warn!("signaling: disconnected; new remote clients cannot reach this gateway");
                 emit_event(json!({"event": "disconnected"}));
+                self.signaling_state.registered = false;
+                self.signaling_state.losses += 1;
             }
             session_event => self.core.handle_session_event(now, session_event),
         }

@@ -8,6 +8,7 @@ pub mod connections;
 pub mod gateway;
 pub mod ice_probe;
 pub mod signal;
+pub mod status;
 pub mod table;
 
 use std::io::Write;
@@ -21,12 +22,6 @@ use clap::Parser;
 use crate::config::{Cli, Command, GatewayConfig, EXIT_CONFIG};
 use crate::identity::{self, Identity};
 
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
-}
-
 /// Parse the command line and run the chosen command; returns the process exit code.
 pub fn main_entry() -> i32 {
     let cli = match Cli::try_parse() {
@@ -36,14 +31,19 @@ pub fn main_entry() -> i32 {
             return e.exit_code();
         }
     };
-    init_logging();
+    match crate::logging::Format::parse(&cli.gateway.log_format) {
+        Ok(format) => crate::logging::init(format),
+        Err(e) => return e.report(),
+    }
     let gateway = match GatewayConfig::from_args(&cli.gateway) {
         Ok(c) => c,
         Err(e) => return e.report(),
     };
     match cli.command {
         None | Some(Command::Run) => run_gateway(gateway),
-        Some(Command::Id) => print_id(&gateway),
+        Some(Command::Id(args)) => print_id(&gateway, args.qr),
+        Some(Command::Doctor(args)) => crate::doctor::run(&gateway, &args),
+        Some(Command::Health) => status::health_command(&gateway),
         Some(Command::Signal(args)) => signal::run(&args),
         Some(Command::Connect(args)) => connect::run(&gateway, &args),
     }
@@ -96,7 +96,7 @@ pub fn load_identity(config: &GatewayConfig) -> Result<(Identity, String), Strin
     Ok((id, remote_id))
 }
 
-fn print_id(config: &GatewayConfig) -> i32 {
+fn print_id(config: &GatewayConfig, qr: bool) -> i32 {
     let (id, remote_id) = match load_identity(config) {
         Ok(x) => x,
         Err(e) => return fail_start(&e),
@@ -118,6 +118,17 @@ fn print_id(config: &GatewayConfig) -> i32 {
         Err(e) => format!("unknown ({e})"),
     };
     let _ = writeln!(out, "ICE servers: {mode}");
+    if qr {
+        match crate::qr::terminal_qr(&identity::app_link(&remote_id)) {
+            Ok(code) => {
+                let _ = write!(out, "\n{code}");
+            }
+            Err(e) => {
+                eprintln!("ma-webrtc-gateway: {e}");
+                return 1;
+            }
+        }
+    }
     0
 }
 

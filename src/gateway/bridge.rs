@@ -13,6 +13,7 @@ use str0m::channel::ChannelId;
 use tungstenite::{Message, Utf8Bytes};
 
 use super::channels::ChannelKind;
+use super::observe::Traffic;
 use super::queue::{ByteQueue, ByteSize, Frame, Full};
 use crate::chunk::{ChunkFrames, Chunker, Frames};
 use crate::http_proxy::response::BodyFrames;
@@ -75,6 +76,8 @@ pub struct Bridge {
     pub saw_text: bool,
     /// An HTTP proxy response is being delivered on this `http_proxy` channel.
     pub proxy_busy: bool,
+    /// Written to the data channel so far (for the status page).
+    pub sent: Traffic,
 }
 
 impl Bridge {
@@ -97,6 +100,7 @@ impl Bridge {
             read_paused: false,
             saw_text: false,
             proxy_busy: false,
+            sent: Traffic::default(),
         }
     }
 
@@ -120,11 +124,13 @@ impl Bridge {
     /// A message from the local socket for the client. Text on the API channel is chunked when
     /// it exceeds `limit`. Returns `Err(Full)` if the queue overflows (the driver should have
     /// paused reading before that).
+    /// `session` names the session in the log line of a message that cannot be sent.
     pub fn from_local(
         &mut self,
         msg: Message,
         chunker: &mut Chunker,
         limit: usize,
+        session: &str,
     ) -> Result<(), Full> {
         let out = match msg {
             Message::Text(text) if self.kind == ChannelKind::Api => {
@@ -132,7 +138,8 @@ impl Bridge {
                     Some(out) => out,
                     None => {
                         log::warn!(
-                            "a message for the client cannot be chunked to {limit} bytes; dropped"
+                            "[{session}] a message for the client cannot be chunked to {limit} \
+                             bytes; dropped"
                         );
                         return Ok(());
                     }
@@ -207,7 +214,14 @@ impl Bridge {
     pub fn flush_to_peer(&mut self, now: Instant, peer: &mut PeerSession) -> Flush {
         loop {
             if let Some(frame) = self.stalled_chunk.take() {
-                match write(peer, now, self.channel, false, frame.as_bytes()) {
+                match write(
+                    peer,
+                    now,
+                    self.channel,
+                    false,
+                    frame.as_bytes(),
+                    &mut self.sent,
+                ) {
                     Ok(true) => {}
                     Ok(false) => {
                         self.stalled_chunk = Some(frame);
@@ -221,7 +235,14 @@ impl Bridge {
             };
             match item {
                 Outgoing::Frame(frame) => {
-                    match write(peer, now, self.channel, frame.binary, &frame.data) {
+                    match write(
+                        peer,
+                        now,
+                        self.channel,
+                        frame.binary,
+                        &frame.data,
+                        &mut self.sent,
+                    ) {
                         Ok(true) => {}
                         Ok(false) => {
                             self.to_peer.push_front(Outgoing::Frame(frame));
@@ -232,7 +253,7 @@ impl Bridge {
                 }
                 Outgoing::Body(mut frames) => {
                     let Some(frame) = frames.peek() else { continue };
-                    match write(peer, now, self.channel, true, &frame) {
+                    match write(peer, now, self.channel, true, &frame, &mut self.sent) {
                         Ok(true) => {
                             frames.advance();
                             if frames.remaining_bytes() > 0 {
@@ -280,16 +301,28 @@ fn write(
     channel: ChannelId,
     binary: bool,
     data: &[u8],
+    sent: &mut Traffic,
 ) -> Result<bool, String> {
     if data.is_empty() {
         // str0m cannot send an empty message (it would stall the ordered stream).
-        log::debug!("dropping an empty message for the client");
+        log::debug!(
+            "[{}] dropping an empty message for the client",
+            peer.log_id()
+        );
         return Ok(true);
     }
     match peer.write(now, channel, binary, data) {
-        Ok(accepted) => Ok(accepted),
+        Ok(accepted) => {
+            if accepted {
+                sent.add(data.len());
+            }
+            Ok(accepted)
+        }
         Err(SessionError::MessageTooLarge { len, max }) => {
-            log::warn!("dropping a {len}-byte message: the client accepts at most {max} bytes");
+            log::warn!(
+                "[{}] dropping a {len}-byte message: the client accepts at most {max} bytes",
+                peer.log_id()
+            );
             Ok(true)
         }
         Err(e) => Err(e.to_string()),

@@ -12,7 +12,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use super::bridge::BridgeId;
-use super::{Gateway, Output, SessionKey};
+use super::{Gateway, Output, Requester, SessionKey};
 use crate::http_proxy::ConnId;
 use crate::signaling::client::Event;
 
@@ -126,7 +126,9 @@ impl Gateway {
         let now = self.now;
         for (ch, b) in s.bridges.drain() {
             let proxy = &mut self.proxy;
-            let _ = catch_unwind(AssertUnwindSafe(|| proxy.handle_cancel(now, &(key, ch))));
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                proxy.handle_cancel(now, &Requester::of(key, ch))
+            }));
             if let Some(bridge) = b.local {
                 self.bridges.remove(&bridge);
                 self.out.push_back(Output::CloseWs { bridge });

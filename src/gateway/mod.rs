@@ -12,6 +12,7 @@ pub mod auth;
 pub mod bridge;
 pub mod channels;
 pub mod isolation;
+pub mod observe;
 pub mod queue;
 mod relaying;
 
@@ -27,6 +28,7 @@ use tungstenite::Message;
 use self::auth::{Change, Role, SessionAuth};
 use self::bridge::{Bridge, BridgeId, Flush, Limits};
 use self::channels::ChannelKind;
+use self::observe::{Counters, Refused, SessionInfo, SessionState, Traffic};
 use crate::chunk::{self, Chunker};
 use crate::config::WsUrl;
 use crate::http_proxy::response::ProxyResponse;
@@ -166,8 +168,50 @@ pub enum Output {
     TurnClose { relay: RelayId },
 }
 
-/// Who asked for an HTTP proxy response: a channel of a session.
-type Requester = (SessionKey, ChannelId);
+/// Who asked for an HTTP proxy response: a channel of a session. Equal by session and channel;
+/// the session's signaling id only labels the proxy pool's log lines (its `Debug` form is the
+/// `[id]` prefix of every session line, docs/design.md#logs).
+#[derive(Clone)]
+struct Requester {
+    key: SessionKey,
+    channel: ChannelId,
+    session: std::sync::Arc<str>,
+}
+
+impl Requester {
+    fn new(key: SessionKey, channel: ChannelId, session: &str) -> Requester {
+        Requester {
+            key,
+            channel,
+            session: session.into(),
+        }
+    }
+
+    /// For looking a requester up (equality ignores the label).
+    fn of(key: SessionKey, channel: ChannelId) -> Requester {
+        Requester::new(key, channel, "")
+    }
+}
+
+impl PartialEq for Requester {
+    fn eq(&self, other: &Self) -> bool {
+        (self.key, self.channel) == (other.key, other.channel)
+    }
+}
+
+impl Eq for Requester {}
+
+impl std::hash::Hash for Requester {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.key, self.channel).hash(state)
+    }
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}]", self.session)
+    }
+}
 
 impl Session {
     /// The earliest deadline by which a local socket must be open.
@@ -217,6 +261,9 @@ struct Session {
     ice_servers: Option<Value>,
     /// The login MA confirmed on this session's `ma-api` socket (who may use Sendspin).
     auth: SessionAuth,
+    /// Data channel traffic of this session, for the status page.
+    from_client: Traffic,
+    to_client: Traffic,
 }
 
 pub struct Gateway {
@@ -255,6 +302,8 @@ pub struct Gateway {
     /// The latest `now` seen (internal steps act at the time of the input that caused them).
     now: Instant,
     out: VecDeque<Output>,
+    /// For the operator's status page and metrics ([`observe`]).
+    counters: Counters,
 }
 
 impl Gateway {
@@ -288,6 +337,7 @@ impl Gateway {
             over_budget: false,
             now,
             out: VecDeque::new(),
+            counters: Counters::default(),
         }
     }
 
@@ -296,16 +346,70 @@ impl Gateway {
     /// relays (TURN allocations use these credentials).
     pub fn handle_session_ice_servers(&mut self, now: Instant, session_id: &str, servers: Value) {
         self.now = now;
-        let key = self.by_id.get(session_id).copied();
-        if let Some(s) = key.and_then(|k| self.sessions.get_mut(&k)) {
-            s.ice_servers = Some(servers);
-        }
+        let Some(key) = self.by_id.get(session_id).copied() else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        // TURN servers of this list beyond the static ones (allocated when the session began):
+        // the fetched credentials (Home Assistant Cloud, a URL) give the gateway its own relay
+        // too (docs/design.md#turn-relays).
+        let fetched: Vec<TurnServer> = crate::turn::turn_servers_from_ice_servers(&servers)
+            .into_iter()
+            .filter(|t| !self.cfg.turn_servers.contains(t))
+            .collect();
+        s.ice_servers = Some(servers);
+        self.allocate_relays(now, key, &fetched);
     }
 
     /// A session's ICE servers, once [`Gateway::handle_session_ice_servers`] gave them.
     pub fn session_ice_servers(&self, session_id: &str) -> Option<&Value> {
         let key = self.by_id.get(session_id)?;
         self.sessions.get(key)?.ice_servers.as_ref()
+    }
+
+    /// Counters since the start (docs/design.md#status-and-metrics).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Every session as the status page shows it, oldest first.
+    pub fn sessions_info(&self, now: Instant) -> Vec<SessionInfo> {
+        let mut list: Vec<(Instant, SessionInfo)> = self
+            .sessions
+            .values()
+            .map(|s| {
+                let state = match (s.closing, s.connected, s.got_offer) {
+                    (Some(_), _, _) => SessionState::Closing,
+                    (None, Some(_), _) => SessionState::Connected,
+                    (None, None, true) => SessionState::Connecting,
+                    (None, None, false) => SessionState::AwaitingOffer,
+                };
+                let info = SessionInfo {
+                    id: s.id.clone(),
+                    age: now.saturating_duration_since(s.created),
+                    state,
+                    channels: s.bridges.values().map(|b| b.kind.name()).collect(),
+                    from_client: s.from_client,
+                    to_client: s.to_client,
+                    candidate_type: s.peer.remote_candidate_type(),
+                };
+                (s.created, info)
+            })
+            .collect();
+        list.sort_by_key(|(created, _)| *created);
+        list.into_iter().map(|(_, info)| info).collect()
+    }
+
+    /// Bytes held for clients (queues and proxy bodies) against the memory budget.
+    pub fn memory_used(&self) -> (usize, usize) {
+        (self.queued_bytes(), self.cfg.memory_budget)
+    }
+
+    /// Datagrams from sources no session knows, dropped since the start.
+    pub fn unrouted_datagrams(&self) -> u64 {
+        self.router.dropped()
     }
 
     /// Sessions open (closing ones excluded).
@@ -472,6 +576,7 @@ impl Gateway {
             Ok(p) => p,
             Err(e) => {
                 log::error!("[{session_id}] cannot create a WebRTC session: {e}");
+                self.counters.refuse(Refused::Internal);
                 return;
             }
         };
@@ -479,6 +584,7 @@ impl Gateway {
         self.next_key += 1;
         if let Err(e) = self.router.set_ufrag(key, peer.local_ufrag()) {
             log::error!("[{session_id}] cannot route the session: {e}");
+            self.counters.refuse(Refused::Internal);
             return;
         }
         self.sessions.insert(
@@ -496,8 +602,11 @@ impl Gateway {
                 candidates: Vec::new(),
                 ice_servers: None,
                 auth: SessionAuth::new(),
+                from_client: Traffic::default(),
+                to_client: Traffic::default(),
             },
         );
+        self.counters.sessions_created += 1;
         self.by_id.insert(session_id.to_string(), key);
         log::info!("[{session_id}] new session ({} open)", self.sessions.len());
         self.out.push_back(Output::SessionReady {
@@ -528,8 +637,10 @@ impl Gateway {
                 "[{newcomer}] refused: already {} connected sessions (MA_MAX_SESSIONS)",
                 self.sessions.len()
             );
+            self.counters.refuse(Refused::Full);
             return false;
         };
+        self.counters.refuse(Refused::Evicted);
         self.close_session(
             key,
             &format!("evicted by {newcomer}: too many not connected"),
@@ -571,6 +682,7 @@ impl Gateway {
             Err(e) => {
                 log::warn!("[{session_id}] offer refused: {e}");
                 if !restart {
+                    self.counters.refuse(Refused::BadOffer);
                     self.close_session(key, "bad offer");
                 }
             }
@@ -837,7 +949,7 @@ impl Gateway {
             (Message::Text(t), ChannelKind::Api) => s.auth.handle_ma_text(now, t),
             _ => Change::None,
         };
-        if b.from_local(msg, &mut self.chunker, limit).is_err() {
+        if b.from_local(msg, &mut self.chunker, limit, &s.id).is_err() {
             log::warn!(
                 "[{}] {} queue to the client overflowed; closing the session",
                 s.id,
@@ -846,10 +958,14 @@ impl Gateway {
             self.close_session(key, "queue to the client overflowed");
             return;
         }
+        let sent_before = b.sent;
         match b.flush_to_peer(now, &mut s.peer) {
             Flush::Done | Flush::Blocked => {}
             Flush::Closed(e) => log::debug!("[{}] write to the client failed: {e}", s.id),
         }
+        let sent = b.sent.since(sent_before);
+        s.to_client.add_all(sent);
+        self.counters.to_client[observe::kind_index(b.kind)].add_all(sent);
         // Only a message left waiting adds to the gateway's memory: most go straight through,
         // and then the budget (a sum over every bridge) need not be looked at.
         let queued = b.has_queued_for_peer();
@@ -971,6 +1087,8 @@ impl Gateway {
         match event {
             SessionEvent::Connected => {
                 s.connected = Some(now);
+                let setup = now.saturating_duration_since(s.created);
+                self.counters.setup.observe(setup.as_secs_f64());
                 log::info!(
                     "[{}] connected in {} ms",
                     s.id,
@@ -1064,6 +1182,8 @@ impl Gateway {
             log::debug!("[{}] data on an unbridged channel; dropped", s.id);
             return;
         };
+        s.from_client.add(data.len());
+        self.counters.from_client[observe::kind_index(b.kind)].add(data.len());
         let msg = if binary {
             Message::Binary(data.into())
         } else {
@@ -1094,11 +1214,13 @@ impl Gateway {
             match request {
                 Ok(req) => {
                     log::debug!("[{}] proxy {:?} {}", s.id, req.method, req.path);
-                    self.proxy.handle_request(now, (key, id), req);
+                    self.proxy
+                        .handle_request(now, Requester::new(key, id, &s.id), req);
                 }
                 Err(e) => {
                     log::warn!("[{}] refused proxy request: {e:?}", s.id);
-                    self.proxy.handle_refused(now, (key, id), e);
+                    self.proxy
+                        .handle_refused(now, Requester::new(key, id, &s.id), e);
                 }
             }
             self.drain_proxy();
@@ -1151,7 +1273,7 @@ impl Gateway {
         let Some(b) = s.bridges.remove(&id) else {
             return;
         };
-        self.proxy.handle_cancel(self.now, &(key, id));
+        self.proxy.handle_cancel(self.now, &Requester::of(key, id));
         log::info!("[{}] channel {} closed by the client", s.id, b.kind.name());
         if let Some(bridge) = b.local {
             self.bridges.remove(&bridge);
@@ -1269,7 +1391,7 @@ impl Gateway {
         log::info!("[{}] session closed: {why}", s.id);
         self.by_id.remove(&s.id);
         for (ch, b) in s.bridges.drain() {
-            self.proxy.handle_cancel(now, &(key, ch));
+            self.proxy.handle_cancel(now, &Requester::of(key, ch));
             if let Some(bridge) = b.local {
                 self.bridges.remove(&bridge);
                 self.out.push_back(Output::CloseWs { bridge });
@@ -1309,11 +1431,14 @@ impl Gateway {
                     requester,
                     response,
                 } => {
-                    touched.push(requester.0);
+                    touched.push(requester.key);
                     self.deliver_proxy_response(requester, response)
                 }
                 PoolOutput::Stalled {
-                    requester: (key, ch),
+                    requester:
+                        Requester {
+                            key, channel: ch, ..
+                        },
                 } => {
                     let Some(s) = self.sessions.get_mut(&key) else {
                         continue;
@@ -1344,7 +1469,8 @@ impl Gateway {
     }
 
     /// Encode a proxy response in its channel's form and queue it.
-    fn deliver_proxy_response(&mut self, (key, ch): Requester, response: ProxyResponse) {
+    fn deliver_proxy_response(&mut self, requester: Requester, response: ProxyResponse) {
+        let (key, ch) = (requester.key, requester.channel);
         let now = self.now;
         // Body frames carry no framing of their own: any size works, so three fit the
         // smallest send window (docs/design.md#the-send-window). Text goes whole or chunked
@@ -1353,15 +1479,16 @@ impl Gateway {
         let text_budget =
             chunk::GATEWAY_WHOLE_MAX.min(self.cfg.session.sctp_max_buffered_amount / 2);
         let Some(s) = self.sessions.get_mut(&key) else {
-            self.proxy.handle_cancel(now, &(key, ch));
+            self.proxy.handle_cancel(now, &Requester::of(key, ch));
             return;
         };
         let peer_max = s.peer.remote_max_message_size();
         let limit = chunk::send_limit(peer_max, text_budget);
         let Some(b) = s.bridges.get_mut(&ch) else {
-            self.proxy.handle_cancel(now, &(key, ch));
+            self.proxy.handle_cancel(now, &Requester::of(key, ch));
             return;
         };
+        self.counters.proxy_response(response.status);
         if b.kind == ChannelKind::HttpProxy {
             let (header, body) = response.into_binary(chunk::send_limit(peer_max, frame_budget));
             b.push_binary_response(header, body);
@@ -1379,7 +1506,7 @@ impl Gateway {
                 let _ = b.push_text(error.to_json(), &mut self.chunker, limit);
             }
             // The JSON form carries its id: the next response may follow at once.
-            self.proxy.handle_delivered(now, &(key, ch));
+            self.proxy.handle_delivered(now, &Requester::of(key, ch));
         }
         self.flush_bridge(key, ch);
     }
@@ -1394,7 +1521,11 @@ impl Gateway {
         let Some(b) = s.bridges.get_mut(&ch) else {
             return Flush::Closed("no channel".into());
         };
+        let sent_before = b.sent;
         let result = b.flush_to_peer(now, &mut s.peer);
+        let sent = b.sent.since(sent_before);
+        s.to_client.add_all(sent);
+        self.counters.to_client[observe::kind_index(b.kind)].add_all(sent);
         if let Flush::Closed(e) = &result {
             log::debug!("[{}] write to the client failed: {e}", s.id);
         }
@@ -1406,10 +1537,10 @@ impl Gateway {
         }
         if b.proxy_busy {
             if b.has_queued_for_peer() {
-                self.proxy.handle_progress(now, &(key, ch));
+                self.proxy.handle_progress(now, &Requester::of(key, ch));
             } else {
                 b.proxy_busy = false;
-                self.proxy.handle_delivered(now, &(key, ch));
+                self.proxy.handle_delivered(now, &Requester::of(key, ch));
             }
             self.drain_proxy();
         }

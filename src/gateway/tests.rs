@@ -720,6 +720,14 @@ fn a_sessions_own_ice_servers_stay_with_it() {
     let list = json!([{"urls": "turn:t.example:3478", "username": "1:u", "credential": "c"}]);
     gw.handle_session_ice_servers(now, "one", list.clone());
     assert_eq!(gw.session_ice_servers("one"), Some(&list));
+    // Its TURN server becomes the gateway's own relay for it: the name is looked up first.
+    let lookups: Vec<(String, u16)> = std::iter::from_fn(|| gw.poll_output().output())
+        .filter_map(|o| match o {
+            Output::Lookup { host, port, .. } => Some((host, port)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lookups, [("t.example".to_string(), 3478)]);
     // For a session that is gone (or never was), nothing is kept.
     gw.handle_session_ice_servers(now, "unknown", list);
     assert_eq!(gw.session_ice_servers("unknown"), None);

@@ -335,7 +335,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
         let r = self.requesters.entry(requester.clone()).or_default();
         if r.queued.len() >= max_queued {
             log::warn!(
-                "http proxy: {requester:?} has {max_queued} requests queued; refusing {:?}",
+                "{requester:?} http proxy: {max_queued} requests queued; refusing {:?}",
                 req.id
             );
             let resp = ProxyResponse::error(
@@ -347,7 +347,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             return;
         }
         log::debug!(
-            "http proxy: {requester:?} {} {} ({:?})",
+            "{requester:?} http proxy: {} {} ({:?})",
             req.method.as_str(),
             req.path,
             req.id
@@ -363,10 +363,10 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     /// dropped.
     pub fn handle_refused(&mut self, now: Instant, requester: R, err: RequestError) {
         let Some(id) = err.id.clone() else {
-            log::info!("http proxy: {requester:?}: {err}; dropped (no id to answer)");
+            log::info!("{requester:?} http proxy: {err}; dropped (no id to answer)");
             return;
         };
-        log::info!("http proxy: {requester:?}: {err}");
+        log::info!("{requester:?} http proxy: {err}");
         let resp = ProxyResponse::error(id, err.status(), &err.to_string());
         self.requesters.entry(requester.clone()).or_default();
         self.push_ready(now, &requester, resp);
@@ -410,7 +410,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
         self.held_bytes = self.held_bytes.saturating_sub(r.held_bytes());
         if !r.queued.is_empty() || r.in_flight > 0 {
             log::debug!(
-                "http proxy: {requester:?} gone: {} queued, {} in flight dropped",
+                "{requester:?} http proxy: gone: {} queued, {} in flight dropped",
                 r.queued.len(),
                 r.in_flight
             );
@@ -573,7 +573,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             .collect();
         for requester in stalled {
             log::warn!(
-                "http proxy: {requester:?} stopped reading its response; dropping its requests"
+                "{requester:?} http proxy: stopped reading its response; dropping its requests"
             );
             self.drop_requester(&requester);
             self.out.push_back(PoolOutput::Stalled { requester });
@@ -686,7 +686,8 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             }
             Outcome::Failed(why) => {
                 log::info!(
-                    "http proxy: {} {}: {why}",
+                    "{:?} http proxy: {} {}: {why}",
+                    fetch.requester,
                     fetch.req.method.as_str(),
                     fetch.req.path
                 );
@@ -694,7 +695,8 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
             }
             Outcome::TimedOut => {
                 log::info!(
-                    "http proxy: {} {}: timed out",
+                    "{:?} http proxy: {} {}: timed out",
+                    fetch.requester,
                     fetch.req.method.as_str(),
                     fetch.req.path
                 );
@@ -714,7 +716,8 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
     /// The 503 for a fetch whose `size` bytes do not fit in [`PoolConfig::max_held_bytes`].
     fn busy(&self, fetch: &Fetch<R>, size: usize) -> ProxyResponse {
         log::warn!(
-            "http proxy: {} {}: {size} bytes would exceed the {} held gateway-wide; answering 503",
+            "{:?} http proxy: {} {}: {size} bytes would exceed the {} held gateway-wide; answering 503",
+            fetch.requester,
             fetch.req.method.as_str(),
             fetch.req.path,
             self.cfg.max_held_bytes
@@ -732,7 +735,7 @@ impl<R: Clone + Eq + Hash + fmt::Debug> ProxyPool<R> {
         };
         if r.ready.len() >= bound {
             log::warn!(
-                "http proxy: {requester:?} does not read its responses; dropping one for {:?}",
+                "{requester:?} http proxy: does not read its responses; dropping one for {:?}",
                 resp.id
             );
             return;

@@ -383,7 +383,7 @@ impl SignalingClient {
                     return without_session_id("client-connected");
                 };
                 if self.pending_ready.len() >= MAX_PENDING_READY {
-                    log::warn!("signaling: too many sessions waiting for session-ready; ignoring {session_id}");
+                    log::warn!("[{session_id}] signaling: too many sessions waiting for session-ready; ignored");
                     return;
                 }
                 self.pending_ready
@@ -398,7 +398,7 @@ impl SignalingClient {
                 match sdp {
                     Some(sdp) => self.event(Event::Offer { session_id, sdp }),
                     None => {
-                        log::warn!("signaling: offer for {session_id} without data.sdp; ignored")
+                        log::warn!("[{session_id}] signaling: offer without data.sdp; ignored")
                     }
                 }
             }
@@ -411,9 +411,9 @@ impl SignalingClient {
                         session_id,
                         candidate,
                     }),
-                    _ => log::warn!(
-                        "signaling: ice-candidate for {session_id} without data; ignored"
-                    ),
+                    _ => {
+                        log::warn!("[{session_id}] signaling: ice-candidate without data; ignored")
+                    }
                 }
             }
             FromServer::ClientDisconnected { session_id } => {
@@ -503,7 +503,7 @@ impl SignalingClient {
             .remove_entry(session_id)
             .ok_or(ReadyError::UnknownSession)?;
         if now >= deadline {
-            log::warn!("signaling: session-ready for {session_id} is too late; not sent");
+            log::warn!("[{session_id}] signaling: session-ready is too late; not sent");
             return Err(ReadyError::TooLate);
         }
         self.send_if_open(ToServer::SessionReady {
@@ -584,7 +584,9 @@ impl Machine for SignalingClient {
         self.pending_ready.retain(|session, deadline| {
             let keep = now < *deadline;
             if !keep {
-                log::warn!("signaling: session {session} got no session-ready within {SESSION_READY_WINDOW:?}");
+                log::warn!(
+                    "[{session}] signaling: no session-ready within {SESSION_READY_WINDOW:?}"
+                );
             }
             keep
         });

@@ -21,7 +21,7 @@ use str0m::change::SdpOffer;
 use str0m::channel::ChannelId;
 use str0m::config::{DtlsCert, Fingerprint};
 use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
+use str0m::{Candidate, CandidateKind, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 
 use crate::machine::{Machine, Next};
 
@@ -299,6 +299,10 @@ pub struct PeerSession {
     min_rtt: Option<(Duration, Instant)>,
     /// The round-trip measurement under way.
     rtt_probe: Option<RttProbe>,
+    /// Each remote candidate added: its address and type (at most `max_remote_candidates`).
+    remote_kinds: Vec<(SocketAddr, CandidateKind)>,
+    /// Where the last datagram went ([`PeerSession::remote_candidate_type`]).
+    last_sent_to: Option<SocketAddr>,
 }
 
 /// A write into an empty window, waiting for the first acknowledgement.
@@ -388,6 +392,8 @@ impl PeerSession {
             undrained: 0,
             min_rtt: None,
             rtt_probe: None,
+            remote_kinds: Vec::new(),
+            last_sent_to: None,
         })
     }
 
@@ -422,6 +428,29 @@ impl PeerSession {
     /// ICE restarts done so far (offers with new remote ICE credentials).
     pub fn ice_restarts(&self) -> u32 {
         self.ice_restarts
+    }
+
+    /// Once connected, the type of the remote candidate the session sends to (the address its
+    /// last datagram went to): `host`, `srflx`, `relay`, or `prflx` for an address the client
+    /// never announced (learnt from its checks). For the operator's status page.
+    pub fn remote_candidate_type(&self) -> Option<&'static str> {
+        let to = self.last_sent_to.filter(|_| self.is_connected())?;
+        let kind = self
+            .remote_kinds
+            .iter()
+            .find(|(a, _)| *a == to)
+            .map(|k| k.1);
+        Some(match kind {
+            Some(CandidateKind::Host) => "host",
+            Some(CandidateKind::ServerReflexive) => "srflx",
+            Some(CandidateKind::Relayed) => "relay",
+            Some(CandidateKind::PeerReflexive) | None => "prflx",
+        })
+    }
+
+    /// The session id its log lines start with (`[id]`).
+    pub fn log_id(&self) -> &str {
+        &self.log_id
     }
 
     /// Datagrams that were not WebRTC (unparseable) and were dropped.
@@ -661,6 +690,7 @@ impl PeerSession {
             return Ok(RemoteCandidateOutcome::IgnoredLimit);
         }
         self.remote_candidates += 1;
+        self.remote_kinds.push((c.addr(), c.kind()));
         self.guard(|rtc| rtc.add_remote_candidate(c))
             .ok_or(SessionError::Closed)?;
         self.drain();
@@ -1030,6 +1060,7 @@ impl PeerSession {
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
+                    self.last_sent_to = Some(t.destination);
                     self.out.push_back(SessionOutput::Transmit(Transmit {
                         source: t.source,
                         destination: t.destination,
