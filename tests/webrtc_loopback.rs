@@ -395,7 +395,8 @@ fn the_send_window_follows_the_measured_round_trip() {
     let config = SessionConfig::default();
     for (one_way, expected) in [
         (Duration::ZERO, config.send_window),
-        (Duration::from_millis(3), config.send_window * 3),
+        (Duration::from_millis(2), config.send_window),
+        (Duration::from_millis(12), config.send_window * 3),
         (Duration::from_millis(40), config.max_send_window),
     ] {
         let (mut net, _) = new_net(&config);

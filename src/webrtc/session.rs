@@ -89,7 +89,7 @@ impl Default for SessionConfig {
             sctp_max_buffered_amount: 512 * 1024,
             send_window: 48 * 1024,
             max_send_window: 256 * 1024,
-            send_window_rtt: Duration::from_millis(2),
+            send_window_rtt: Duration::from_millis(8),
             max_message_size: 256 * 1024,
             buffered_amount_low_threshold: 32 * 1024,
             connect_timeout: Duration::from_secs(30),
@@ -321,7 +321,7 @@ const RTT_SAMPLE_MAX: Duration = Duration::from_secs(1);
 /// How long the smallest round trip stands for the path. The minimum, not an average: a
 /// receiver slow to acknowledge (a busy phone) makes the round trip longer without making
 /// the path hold more, and a larger window would only overflow its receive buffer.
-const MIN_RTT_LIFETIME: Duration = Duration::from_secs(10);
+const MIN_RTT_LIFETIME: Duration = Duration::from_secs(30);
 
 impl fmt::Debug for PeerSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -944,7 +944,16 @@ impl PeerSession {
             .min_rtt
             .is_none_or(|(rtt, at)| sample <= rtt || stale(at))
         {
+            let before = self.send_window();
             self.min_rtt = Some((sample, now));
+            let after = self.send_window();
+            if after != before {
+                log::debug!(
+                    "[{}] data round trip {sample:?}: send window {} KiB",
+                    self.log_id,
+                    after / 1024
+                );
+            }
         }
     }
 
