@@ -301,7 +301,7 @@ fn doctor_fails_when_signaling_is_down() {
 }
 
 #[test]
-fn doctor_fails_when_ma_is_down_and_names_untested_turn() {
+fn doctor_fails_when_ma_is_down_and_when_turn_does_not_answer() {
     let (_signal, port) = stack::start_signal();
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -309,8 +309,13 @@ fn doctor_fails_when_ma_is_down_and_names_untested_turn() {
         .unwrap()
         .port();
     let mut env = doctor_env(port, &format!("ws://127.0.0.1:{closed}/ws"));
+    // A UDP port where nothing answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let turn_port = silent.local_addr().unwrap().port();
     let stun = env.pop().unwrap().1;
-    let turn = r#"{"urls":"turn:127.0.0.1:3478","username":"u","credential":"do-not-print"}"#;
+    let turn = format!(
+        r#"{{"urls":"turn:127.0.0.1:{turn_port}","username":"u","credential":"do-not-print"}}"#
+    );
     env.push((
         "MA_ICE_SERVERS",
         format!("{},{turn}]", stun.trim_end_matches(']')),
@@ -322,7 +327,8 @@ fn doctor_fails_when_ma_is_down_and_names_untested_turn() {
         "{report}"
     );
     assert!(
-        line(&report, "! TURN turn:127.0.0.1:3478").contains("configured, allocation not tested")
+        line(&report, &format!("✗ TURN turn:127.0.0.1:{turn_port}")).contains("allocation failed"),
+        "{report}"
     );
     assert!(!report.contains("do-not-print"));
     line(
@@ -330,6 +336,84 @@ fn doctor_fails_when_ma_is_down_and_names_untested_turn() {
         "✗ verdict: remote access will not work: fix \"MA API",
     );
     assert_eq!(code, 1, "{report}");
+}
+
+/// A real coturn on loopback: `doctor` allocates a relay on it (over UDP and TCP) and gives
+/// it back.
+#[test]
+fn doctor_allocates_on_a_real_turn_server() {
+    let Some(exe) = ["/usr/bin/turnserver", "/usr/sbin/turnserver"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "turnserver (coturn) is missing and CI is set"
+        );
+        println!("SKIPPED doctor_allocates_on_a_real_turn_server: no turnserver (apt-get install coturn)");
+        return;
+    };
+    let dir = common::temp_dir("doctor-coturn");
+    let port = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut turn = std::process::Command::new(exe)
+        .args([
+            "-n",
+            "--listening-ip",
+            "127.0.0.1",
+            "--relay-ip",
+            "127.0.0.1",
+        ])
+        .args(["--listening-port", &port.to_string(), "--lt-cred-mech"])
+        .args(["--user=doc:tor-secret", "--realm", "doctor.example"])
+        .args(["--no-cli", "--no-tls", "--no-dtls", "--simple-log"])
+        .arg(format!("--log-file={}", dir.join("turn.log").display()))
+        .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
+        .arg(format!("--userdb={}", dir.join("turndb").display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start turnserver");
+    let (_signal, signal_port) = stack::start_signal();
+    let ma = common::ma_standin::MaStandin::start();
+    let mut env = doctor_env(signal_port, &ma.url());
+    let stun = env.pop().unwrap().1;
+    let turn_entry = format!(
+        r#"{{"urls":["turn:127.0.0.1:{port}","turn:127.0.0.1:{port}?transport=tcp"],"username":"doc","credential":"tor-secret"}}"#
+    );
+    env.push((
+        "MA_ICE_SERVERS",
+        format!("{},{turn_entry}]", stun.trim_end_matches(']')),
+    ));
+    // coturn takes a moment to listen: the first doctor run may find it not yet there.
+    let deadline = Instant::now() + WAIT;
+    let report = loop {
+        let (_, report) = doctor(&env);
+        let ok = report
+            .lines()
+            .filter(|l| l.starts_with("✓ TURN turn:127.0.0.1"))
+            .count();
+        if ok == 2 || Instant::now() > deadline {
+            break report;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let _ = turn.kill();
+    let _ = turn.wait();
+    for url in [
+        format!("turn:127.0.0.1:{port}"),
+        format!("turn:127.0.0.1:{port}?transport=tcp"),
+    ] {
+        assert!(
+            line(&report, &format!("✓ TURN {url}"))
+                .contains("allocation gave relay address 127.0.0.1:"),
+            "{report}"
+        );
+    }
+    assert!(!report.contains("tor-secret"));
 }
 
 // ---- logs ----------------------------------------------------------------------------------

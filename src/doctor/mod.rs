@@ -7,6 +7,7 @@
 //! report, the NAT comparison, the TURN boundary and the verdict, all without I/O.
 
 pub mod probe;
+pub mod turn_probe;
 
 use std::fmt;
 use std::io::Write;
@@ -159,13 +160,13 @@ pub enum TurnOutcome {
     Untested(String),
 }
 
-/// Tries an allocation on a TURN server. The gateway's TURN client plugs in here; without one
-/// every server is reported as configured but untested ([`NoTurnClient`]).
+/// Tries an allocation on a TURN server: [`turn_probe::LiveTurnProbe`] with the gateway's TURN
+/// client; [`NoTurnClient`] reports it untested.
 pub trait TurnProbe {
     fn allocate(&self, server: &TurnServer, timeout: Duration) -> TurnOutcome;
 }
 
-/// The probe of a build without a TURN client.
+/// A probe that tries nothing (reports and verdicts in tests).
 pub struct NoTurnClient;
 
 impl TurnProbe for NoTurnClient {
@@ -270,7 +271,10 @@ pub fn run(config: &GatewayConfig, args: &DoctorArgs) -> i32 {
     }
     let mut outcomes = Vec::new();
     for server in &servers {
-        let outcome = NoTurnClient.allocate(server, timeout);
+        let probe = turn_probe::LiveTurnProbe {
+            extra_ca: config.signaling_ca_file.clone(),
+        };
+        let outcome = probe.allocate(server, timeout);
         emit(turn_line(server, &outcome), &mut lines);
         outcomes.push(outcome);
     }
