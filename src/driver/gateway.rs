@@ -704,11 +704,94 @@ impl Driver {
 /// Give the heap's free pages back to the kernel. Start-up (flags, logging, the identity's
 /// certificate, the TLS configuration) and the signaling handshake leave freed memory that
 /// glibc keeps; an idle gateway may sit registered for weeks, so once registered is the
-/// moment. A no-op elsewhere than glibc.
+/// moment. A no-op elsewhere than glibc. Then the same for the code start-up ran
+/// ([`release_startup_code`]).
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks and shrinks the allocator's own arenas.
     unsafe {
         libc::malloc_trim(0);
+    }
+    release_startup_code();
+}
+
+/// Most of an idle gateway's resident memory is its own code, mapped from the binary: the
+/// pages start-up ran (flags, logging, the identity, TLS set-up) stay mapped although they
+/// never run again. `MADV_PAGEOUT` on the binary's executable mapping asks the kernel to
+/// reclaim those clean pages now (docs/design.md#where-the-memory-goes); what the loop still
+/// runs comes back on its next use, from the page cache or the file. Only the executable
+/// mapping: the read-only data after relocation (RELRO) holds patched pointers and must stay.
+/// Linux 5.4 and later; elsewhere, or on an older kernel, nothing happens.
+fn release_startup_code() {
+    #[cfg(target_os = "linux")]
+    {
+        let (Ok(maps), Ok(exe)) = (
+            std::fs::read_to_string("/proc/self/maps"),
+            std::env::current_exe(),
+        ) else {
+            return;
+        };
+        for (start, end) in executable_mappings(&maps, &exe.to_string_lossy()) {
+            // SAFETY: the range is a whole mapping of our own binary's code, read-only and
+            // never written: reclaiming its pages changes no content, a later access faults
+            // them back in from the file.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_PAGEOUT);
+            }
+        }
+    }
+}
+
+/// The `r-xp` mappings of `path` in a `/proc/PID/maps` text: (start, end) addresses.
+fn executable_mappings(maps: &str, path: &str) -> Vec<(usize, usize)> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let file = fields.nth(3)?;
+            if perms != "r-xp" || file != path {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            let start = usize::from_str_radix(start, 16).ok()?;
+            let end = usize::from_str_radix(end, 16).ok()?;
+            (end > start).then_some((start, end))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::executable_mappings;
+
+    #[test]
+    fn only_the_binarys_executable_mappings() {
+        let maps = "\
+5580a0000000-5580a0100000 r--p 00000000 fd:01 42 /usr/bin/ma-webrtc-gateway
+5580a0100000-5580a0600000 r-xp 00100000 fd:01 42 /usr/bin/ma-webrtc-gateway
+5580a0600000-5580a0700000 r--p 00600000 fd:01 42 /usr/bin/ma-webrtc-gateway
+7f0000000000-7f0000100000 r-xp 00000000 fd:01 7 /usr/lib/x86_64-linux-gnu/libc.so.6
+7f0000200000-7f0000300000 rw-p 00000000 00:00 0
+garbage line
+";
+        assert_eq!(
+            executable_mappings(maps, "/usr/bin/ma-webrtc-gateway"),
+            [(0x5580a0100000, 0x5580a0600000)]
+        );
+        assert!(executable_mappings(maps, "/other").is_empty());
+    }
+
+    /// On this very process: its test binary has an executable mapping, and reclaiming it
+    /// leaves the process running.
+    #[test]
+    fn releasing_our_own_code_is_harmless() {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let exe = std::env::current_exe().unwrap();
+        assert!(!executable_mappings(&maps, &exe.to_string_lossy()).is_empty());
+        super::release_startup_code();
+        // Code runs on: the pages come back when used.
+        super::release_startup_code();
+        assert!(!executable_mappings(&maps, &exe.to_string_lossy()).is_empty());
     }
 }
