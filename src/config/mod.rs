@@ -165,8 +165,8 @@ pub struct GatewayArgs {
     pub max_sessions: String,
 
     /// Bytes the gateway may hold for clients that read slowly (queues towards them and proxied
-    /// images), all sessions together, e.g. 64MiB, 32MiB, 500KiB; past it MA's sockets pause.
-    #[arg(long, env = "MA_MEMORY_BUDGET", default_value = "64MiB", global = true)]
+    /// images), all sessions together, e.g. 16MiB, 64MiB, 500KiB; past it MA's sockets pause.
+    #[arg(long, env = "MA_MEMORY_BUDGET", default_value = "16MiB", global = true)]
     pub memory_budget: String,
 
     /// First reconnect delay after losing the signaling server (e.g. 10s, 500ms).

@@ -98,7 +98,7 @@ impl CoreConfig {
             max_sessions,
             offer_timeout: Duration::from_secs(10),
             api_timeout: Duration::from_secs(10),
-            memory_budget: 64 * 1024 * 1024,
+            memory_budget: 16 * 1024 * 1024,
             max_pending: 8.min(max_sessions),
             local_connect_timeout: Duration::from_secs(10),
             sendspin_login_grace: Duration::from_secs(5),
