@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::browser::{Browser, BrowserProc, PageServer};
 use common::ma_standin::{self, MaStandin};
-use common::netlab::{self, Coturn, Lab, Nat, GATEWAY_IP, SERVER_IP};
+use common::netlab::{
+    self, Coturn, Lab, Nat, CLIENT_IP6, GATEWAY_IP, GATEWAY_IP6, SERVER_IP, SERVER_IP6,
+};
 use common::{temp_dir, Proc};
 use ma_webrtc_gateway::config::WsUrl;
 use ma_webrtc_gateway::driver::connect::Connection;
@@ -36,6 +38,8 @@ struct World {
     signaling: WsUrl,
     remote_id: String,
     lab: Lab,
+    /// The lab has IPv6 and the mobile network has only IPv6 ([`World::start_v6_only_mobile`]).
+    v6_only_mobile: bool,
 }
 
 /// What the client saw.
@@ -68,12 +72,39 @@ impl World {
         ice_servers: Value,
         before_gateway: impl FnOnce(&Lab),
     ) -> World {
+        World::start_with(home, mobile, ice_servers, before_gateway, false)
+    }
+
+    /// The home network dual-stack and the mobile network IPv6-only
+    /// ([`Lab::add_ipv6`]): the signaling server listens on both IPv4 and IPv6 (the
+    /// client comes over IPv6, the gateway over IPv4) and the gateway binds the wildcard, so
+    /// it offers its global IPv6 address as well as its IPv4 one.
+    fn start_v6_only_mobile(home: Nat, ice_servers: Value) -> World {
+        World::start_with(home, Nat::Easy, ice_servers, |_| {}, true)
+    }
+
+    fn start_with(
+        home: Nat,
+        mobile: Nat,
+        ice_servers: Value,
+        before_gateway: impl FnOnce(&Lab),
+        v6_only_mobile: bool,
+    ) -> World {
         let lab = Lab::new(home, mobile);
+        if v6_only_mobile {
+            lab.add_ipv6(true);
+        }
         let dir = temp_dir("natlab");
         let (ca, cert, key) = netlab::lab_certificates(&dir, SERVER_IP);
         let turn = Coturn::start(&lab, &dir, &cert, &key);
-        let mut signal = Lab::run_in(&lab.inet, || {
-            Proc::start(&["signal", "--listen", &format!("{SERVER_IP}:0")], &[])
+        // `[::]` takes IPv4 too (bindv6only is off in a new namespace).
+        let listen = if v6_only_mobile {
+            "[::]:0".to_string()
+        } else {
+            format!("{SERVER_IP}:0")
+        };
+        let mut signal = Lab::run_in(&lab.inet, move || {
+            Proc::start(&["signal", "--listen", &listen], &[])
         });
         let line = signal.wait_for("listening on ", WAIT);
         let port = line
@@ -89,7 +120,14 @@ impl World {
             ("MA_SIGNALING_URL", format!("ws://{SERVER_IP}:{port}/ws")),
             ("MA_LOCAL_WS_URL", ma.url()),
             ("MA_DATA_DIR", dir.join("gw").display().to_string()),
-            ("MA_UDP_BIND", format!("{GATEWAY_IP}:{GATEWAY_PORT}")),
+            (
+                "MA_UDP_BIND",
+                if v6_only_mobile {
+                    format!("0.0.0.0:{GATEWAY_PORT}")
+                } else {
+                    format!("{GATEWAY_IP}:{GATEWAY_PORT}")
+                },
+            ),
             ("MA_ICE_SERVERS", ice_servers.to_string()),
             ("MA_SIGNALING_CA_FILE", ca.display().to_string()),
             (
@@ -108,6 +146,7 @@ impl World {
             signaling: WsUrl::parse(&format!("ws://{SERVER_IP}:{port}/ws")).unwrap(),
             remote_id,
             lab,
+            v6_only_mobile,
         }
     }
 
@@ -125,14 +164,24 @@ impl World {
 
     /// Connect from the mobile network like the web app (asking the lab's STUN server for a
     /// server-reflexive candidate) and wait for `server_info`.
+    /// In an IPv6-only mobile network, the client reaches the signaling server at its IPv6
+    /// address and asks no STUN server (the lab's has only IPv4).
     fn connect(&self, timeout: Duration) -> Result<Outcome, String> {
-        let (signaling, remote_id) = (self.signaling.clone(), self.remote_id.clone());
+        let remote_id = self.remote_id.clone();
+        let (signaling, stun_server, bind) = if self.v6_only_mobile {
+            let url = format!("ws://[{SERVER_IP6}]:{}/ws", self.signaling.port);
+            let bind = format!("[{CLIENT_IP6}]:0");
+            (WsUrl::parse(&url).unwrap(), None, bind)
+        } else {
+            let bind = format!("{}:0", netlab::CLIENT_IP);
+            (self.signaling.clone(), Some(netlab::stun_addr()), bind)
+        };
         Lab::run_in(&self.lab.cl, move || {
             let options = ClientOptions {
-                stun_server: Some(netlab::stun_addr()),
+                stun_server,
                 ..ClientOptions::default()
             };
-            let bind = format!("{}:0", netlab::CLIENT_IP).parse().unwrap();
+            let bind = bind.parse().unwrap();
             let started = Instant::now();
             let mut c =
                 Connection::open_with(&signaling, None, &remote_id, bind, timeout, options)?;
@@ -221,6 +270,44 @@ fn symmetric_nats_without_turn_fail_with_a_clear_log() {
         "NAT lab (b) both NATs symmetric, no TURN: fails after {:.1} s; the gateway says: {line}",
         started.elapsed().as_secs_f64()
     );
+}
+
+#[test]
+fn an_ipv6_only_client_network_reaches_a_dual_stack_home_over_ipv6() {
+    if !lab_or_skip("ipv6_only_mobile") {
+        return;
+    }
+    // The home NAT only touches IPv4; IPv6 is routed end to end, with a stateful firewall at
+    // the mobile router. The gateway also offers its IPv4 host and server-reflexive
+    // candidates, which the client, with no IPv4 at all, cannot pair with.
+    let mut w = World::start_v6_only_mobile(Nat::Easy, stun_only());
+    let client_v4 = std::process::Command::new("ip")
+        .args(["-n", &w.lab.cl, "-4", "addr", "show", "scope", "global"])
+        .output()
+        .expect("run ip");
+    assert!(
+        client_v4.status.success() && client_v4.stdout.is_empty(),
+        "the client still has IPv4: {}",
+        String::from_utf8_lossy(&client_v4.stdout)
+    );
+    let o = w.connect_or_explain();
+    report("(f) IPv6-only mobile network, dual-stack home", &o);
+    let (addr, kind) = o.path.clone().expect("a selected pair");
+    assert_eq!(kind, "host", "{o:?}");
+    assert_eq!(
+        addr.ip(),
+        GATEWAY_IP6.parse::<std::net::IpAddr>().unwrap(),
+        "{o:?}"
+    );
+    // The gateway offered both families: IPv6 was chosen, not the only thing on offer.
+    let log = w.gateway.log();
+    for host in [format!("[{GATEWAY_IP6}]:"), format!("{GATEWAY_IP}:")] {
+        let offered = format!("WebRTC host candidate {host}");
+        assert!(
+            log.iter().any(|l| l.contains(&offered)),
+            "{offered}: {log:#?}"
+        );
+    }
 }
 
 /// The home router drops every UDP packet from the home network.

@@ -14,6 +14,17 @@
 //! routers do (and so no conntrack entry of such a packet takes a port a later mapping
 //! wants). Code runs inside a namespace through [`Lab::run_in`]: a thread that joins the
 //! namespace with `setns`, so sockets it opens and processes it starts live there.
+//!
+//! [`Lab::add_ipv6`] adds IPv6 (2001:db8::/32, routed, no NAT) to the same namespaces:
+//!
+//! ```text
+//!  gw 2001:db8:10::10 ─ [home] 2001:db8:1::2 ─┐
+//!                                              ├─ br0 2001:db8:1::1 (signal)
+//!  cl 2001:db8:20::10 ─ [mobile] 2001:db8:1::3 ─┘
+//! ```
+//!
+//! and may leave the mobile network IPv6-only (no IPv4 address left in `cl`), behind a
+//! stateful firewall at the mobile router that lets in only replies.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -26,6 +37,9 @@ use std::time::{Duration, Instant};
 pub const SERVER_IP: &str = "203.0.113.1";
 pub const GATEWAY_IP: &str = "192.0.2.10";
 pub const CLIENT_IP: &str = "198.51.100.10";
+pub const SERVER_IP6: &str = "2001:db8:1::1";
+pub const GATEWAY_IP6: &str = "2001:db8:10::10";
+pub const CLIENT_IP6: &str = "2001:db8:20::10";
 pub const TURN_USER: &str = "lab";
 pub const TURN_PASS: &str = "lab-secret";
 
@@ -241,6 +255,81 @@ impl Lab {
         lab.router(&lab.home, home_nat);
         lab.router(&lab.mobile, mobile_nat);
         lab
+    }
+
+    /// Give every namespace IPv6 addresses and routes (see the module's picture); with
+    /// `mobile_v6_only`, take the client's IPv4 address and route away and let only replies in
+    /// through the mobile router (a stateful IPv6 firewall, as mobile networks have).
+    /// Addresses are added with `nodad`: duplicate address detection would leave them
+    /// tentative for a while, and the gateway does not offer tentative addresses.
+    pub fn add_ipv6(&self, mobile_v6_only: bool) {
+        let addr = |ns: &str, cidr: &str, dev: &str| {
+            sh(&[
+                "ip", "-n", ns, "-6", "addr", "add", cidr, "dev", dev, "nodad",
+            ])
+        };
+        let route = |ns: &str, to: &str, via: &str| {
+            sh(&["ip", "-n", ns, "-6", "route", "add", to, "via", via])
+        };
+        addr(&self.inet, "2001:db8:1::1/64", "br0");
+        addr(&self.home, "2001:db8:1::2/64", "wan0");
+        addr(&self.home, "2001:db8:10::1/64", "lan0");
+        addr(&self.mobile, "2001:db8:1::3/64", "wan0");
+        addr(&self.mobile, "2001:db8:20::1/64", "lan0");
+        addr(&self.gw, "2001:db8:10::10/64", "eth0");
+        addr(&self.cl, "2001:db8:20::10/64", "eth0");
+        // The two routers share the internet's link: each reaches the other's network
+        // directly, and the internet reaches both.
+        route(&self.inet, "2001:db8:10::/64", "2001:db8:1::2");
+        route(&self.inet, "2001:db8:20::/64", "2001:db8:1::3");
+        route(&self.home, "2001:db8:20::/64", "2001:db8:1::3");
+        route(&self.mobile, "2001:db8:10::/64", "2001:db8:1::2");
+        route(&self.gw, "default", "2001:db8:10::1");
+        route(&self.cl, "default", "2001:db8:20::1");
+        for ns in [&self.home, &self.mobile] {
+            sh_in_with_input(
+                ns,
+                &["sh", "-c", "cat > /proc/sys/net/ipv6/conf/all/forwarding"],
+                "1\n",
+            );
+        }
+        self.wait_for_link_local_addresses();
+        if mobile_v6_only {
+            sh(&["ip", "-n", &self.cl, "-4", "addr", "flush", "dev", "eth0"]);
+            self.nft(
+                &self.mobile,
+                "table ip6 firewall {
+                    chain forward { type filter hook forward priority 0; policy accept;
+                        iifname \"wan0\" ct state established,related accept;
+                        iifname \"wan0\" drop; }
+                 }\n",
+            );
+        }
+    }
+
+    /// Wait until no address is tentative any more: the kernel gives each link a link-local
+    /// address on its own, with duplicate address detection, and neighbour discovery does not
+    /// answer for the link until it is done (a first TCP connection would wait for a SYN
+    /// retransmission, a second or more).
+    fn wait_for_link_local_addresses(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for ns in self.all() {
+            loop {
+                let out = Command::new(find("ip").unwrap())
+                    .args(["-n", ns, "-6", "addr", "show", "tentative"])
+                    .output()
+                    .expect("run ip");
+                if out.status.success() && out.stdout.is_empty() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "addresses still tentative in {ns}: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     fn all(&self) -> [&String; 5] {
