@@ -10,10 +10,11 @@ mod ice_standins;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::fake_signaling::{self, read_json, send_json};
 use common::{temp_dir, Proc};
 use ice_standins::{Ha, HaStandin, IceUrlStandin};
 use serde_json::{json, Value};
-use tungstenite::{Message, WebSocket};
+use tungstenite::WebSocket;
 
 const WAIT: Duration = Duration::from_secs(15);
 /// The signaling server's window for `session-ready` (docs/protocol.md#gateway-messages).
@@ -28,37 +29,8 @@ fn ha_list() -> Value {
     ])
 }
 
-/// The gateway's next connection, waiting up to a generous deadline (never forever).
 fn accept(listener: &TcpListener) -> WebSocket<TcpStream> {
-    listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + 2 * WAIT;
-    let stream = loop {
-        match listener.accept() {
-            Ok((stream, _)) => break stream,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(Instant::now() < deadline, "the gateway did not connect");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    };
-    stream.set_nonblocking(false).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    tungstenite::accept(stream).unwrap()
-}
-
-fn read_json(ws: &mut WebSocket<TcpStream>) -> Value {
-    loop {
-        match ws.read().expect("read from the gateway") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
-            Message::Close(_) => panic!("gateway closed the socket"),
-            _ => {}
-        }
-    }
-}
-
-fn send_json(ws: &mut WebSocket<TcpStream>, v: Value) {
-    ws.send(Message::text(v.to_string())).unwrap();
+    fake_signaling::accept(listener, 2 * WAIT)
 }
 
 /// A gateway registered with a signaling server run here.

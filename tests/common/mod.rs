@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod fake_signaling;
 pub mod ma_standin;
 pub mod netlab;
 pub mod stack;
