@@ -134,6 +134,11 @@ fn hello() {
 }
 
 #[test]
+fn turn() {
+    run("turn", 2000);
+}
+
+#[test]
 fn every_surface_has_a_test_and_seeds() {
     let tested = [
         "http_response",
@@ -146,6 +151,7 @@ fn every_surface_has_a_test_and_seeds() {
         "session",
         "identity",
         "hello",
+        "turn",
     ];
     for s in SURFACES {
         assert!(tested.contains(&s.name), "{} has no property test", s.name);

@@ -22,6 +22,7 @@ pub mod server_http;
 pub mod session;
 pub mod signal_server;
 pub mod signaling_client;
+pub mod turn;
 pub mod udp;
 
 /// Every surface: its name (the fuzz target's and the corpus folder's), its check, its seeds.
@@ -40,6 +41,7 @@ pub const SURFACES: &[Surface] = &[
     Surface::new("session", session::check, session::seeds),
     Surface::new("identity", identity::check, identity::seeds),
     Surface::new("hello", hello::check, hello::seeds),
+    Surface::new("turn", turn::check, turn::seeds),
 ];
 
 /// One input surface.
