@@ -759,8 +759,7 @@ impl PeerSession {
     pub fn drain_pending(&mut self) {
         if self.undrained > 0 {
             self.drain();
-            self.finish_probe();
-            self.check_writable();
+            self.after_drain();
         }
     }
 
@@ -789,8 +788,7 @@ impl PeerSession {
             Some(Ok(())) => {}
         }
         self.drain();
-        self.finish_probe();
-        self.check_writable();
+        self.after_drain();
     }
 
     /// The instant [`Machine::handle_timeout`] is next wanted (given the queue is drained).
@@ -926,11 +924,11 @@ impl PeerSession {
 
     /// After a drain: the probe's round trip is over once fewer bytes are in flight than it
     /// counted (the peer acknowledged some).
-    fn finish_probe(&mut self) {
+    fn finish_probe(&mut self, buffered: usize) {
         let Some(probe) = self.rtt_probe else {
             return;
         };
-        if self.total_buffered() >= probe.buffered {
+        if buffered >= probe.buffered {
             return;
         }
         self.rtt_probe = None;
@@ -1170,14 +1168,22 @@ impl PeerSession {
         total.unwrap_or(0)
     }
 
-    fn check_writable(&mut self) {
-        let Some(need) = self.blocked else {
-            return;
-        };
-        if self.dead {
+    /// After a drain that may have brought acknowledgements: end the round-trip measurement
+    /// and say whether a refused write fits now, from one sum of the bytes in flight (and none
+    /// when neither is waiting).
+    fn after_drain(&mut self) {
+        if self.dead || (self.rtt_probe.is_none() && self.blocked.is_none()) {
             return;
         }
         let buffered = self.total_buffered();
+        self.finish_probe(buffered);
+        self.check_writable(buffered);
+    }
+
+    fn check_writable(&mut self, buffered: usize) {
+        let Some(need) = self.blocked else {
+            return;
+        };
         if self.window_fits(buffered, need) {
             self.blocked = None;
             self.out
