@@ -6,8 +6,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use super::{TurnOutcome, TurnProbe, TurnServer};
 use crate::machine::{Machine, Next};
 use crate::turn::framing::StreamFramer;
@@ -99,11 +97,7 @@ impl TurnProbe for LiveTurnProbe {
         let (Some(user), Some(credential)) = (&server.username, &server.credential) else {
             return TurnOutcome::Failed("no username and credential for it".into());
         };
-        let entry = json!([{"urls": server.url, "username": user, "credential": credential}]);
-        let Some(turn) = crate::turn::turn_servers_from_ice_servers(&entry)
-            .into_iter()
-            .next()
-        else {
+        let Some(turn) = crate::turn::parse_turn_url(&server.url, user, credential) else {
             return TurnOutcome::Failed("not a TURN URL the gateway can use".into());
         };
         match self.run(&turn, timeout) {
