@@ -14,6 +14,20 @@ use tungstenite::{Message, WebSocket};
 const WAIT: Duration = Duration::from_secs(15);
 
 /// Accept one WebSocket connection from the gateway.
+/// Answer the gateway's `register-server`, then close as the public server does when another
+/// gateway takes the Remote ID (4000).
+fn register_then_replace(ws: &mut WebSocket<TcpStream>, reg: &serde_json::Value) {
+    send_json(
+        ws,
+        json!({"type": "registered", "remoteId": reg["remoteId"]}),
+    );
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: 4000.into(),
+        reason: "Replaced by new connection".into(),
+    }))
+    .unwrap();
+}
+
 fn accept(listener: &TcpListener) -> WebSocket<TcpStream> {
     fake_signaling::accept(listener, 2 * WAIT)
 }
@@ -127,15 +141,7 @@ fn replaced_gateway_backs_off_instead_of_storming() {
     let mut gw = Proc::start(&[], &env);
     let mut ws = accept(&listener);
     let reg = read_json(&mut ws);
-    send_json(
-        &mut ws,
-        json!({"type": "registered", "remoteId": reg["remoteId"]}),
-    );
-    ws.close(Some(tungstenite::protocol::CloseFrame {
-        code: 4000.into(),
-        reason: "Replaced by new connection".into(),
-    }))
-    .unwrap();
+    register_then_replace(&mut ws, &reg);
     let line = gw.wait_for("replaced this one (close 4000)", WAIT);
     assert!(line.contains("WARN"), "{line}");
     listener.set_nonblocking(true).unwrap();
@@ -288,15 +294,7 @@ fn replaced_again_and_again_it_never_gives_up_and_never_storms() {
     for round in 0..3u32 {
         let reg = read_json(&mut ws);
         assert_eq!(reg["type"], "register-server", "round {round}");
-        send_json(
-            &mut ws,
-            json!({"type": "registered", "remoteId": reg["remoteId"]}),
-        );
-        ws.close(Some(tungstenite::protocol::CloseFrame {
-            code: 4000.into(),
-            reason: "Replaced by new connection".into(),
-        }))
-        .unwrap();
+        register_then_replace(&mut ws, &reg);
         let closed_at = std::time::Instant::now();
         ws = accept(&listener);
         let gap = closed_at.elapsed();
