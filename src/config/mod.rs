@@ -164,8 +164,9 @@ pub struct GatewayArgs {
     #[arg(long, env = "MA_MAX_SESSIONS", default_value = "32", global = true)]
     pub max_sessions: String,
 
-    /// Bytes the gateway may hold for clients that read slowly (queues towards them and proxied
-    /// images), all sessions together, e.g. 16MiB, 64MiB, 500KiB; past it MA's sockets pause.
+    /// Bytes the gateway may hold for clients, all sessions together (data in flight, queues
+    /// towards slow readers, proxied images), e.g. 16MiB, 64MiB, 500KiB; past it MA's sockets
+    /// pause.
     #[arg(long, env = "MA_MEMORY_BUDGET", default_value = "16MiB", global = true)]
     pub memory_budget: String,
 

@@ -155,6 +155,29 @@ impl Bridge {
         self.enqueue(out)
     }
 
+    /// The newest message waits for the client: if it is small, give it an allocation of its
+    /// own. A message read from a local WebSocket is a slice of the read buffer it arrived in
+    /// (a buffer of at least `net::link::WS_READ_BUFFER`), and while it waits it keeps that
+    /// whole buffer alive, which the memory budget (counting message bytes) does not see. A
+    /// large message was read into a buffer of its own size and stays as it is; messages that
+    /// go straight through are never copied. docs/design.md#backpressure
+    pub fn compact_newest(&mut self) {
+        if let Some(Outgoing::Frame(f)) = self.to_peer.back_mut() {
+            if f.data.len() < COMPACT_BELOW {
+                f.data = tungstenite::Bytes::copy_from_slice(&f.data);
+            }
+        }
+    }
+
+    /// The newest message waiting for the client, if it is a single frame.
+    #[cfg(test)]
+    pub fn newest_waiting(&mut self) -> Option<&Frame> {
+        match self.to_peer.back_mut() {
+            Some(Outgoing::Frame(f)) => Some(f),
+            _ => None,
+        }
+    }
+
     /// Queue a message the gateway itself produced (an HTTP proxy response on `ma-api`): text,
     /// chunked like MA's own messages when large, under the same rule as MA's messages.
     pub fn push_text(
@@ -328,6 +351,10 @@ fn write(
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// Waiting messages smaller than this get their own allocation ([`Bridge::compact_newest`]):
+/// twice the local WebSockets' read buffer.
+pub const COMPACT_BELOW: usize = 32 * 1024;
 
 /// Largest message accepted from a local service (MA's player and library lists can be large;
 /// they are chunked towards the client).

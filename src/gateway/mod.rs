@@ -60,11 +60,12 @@ pub struct CoreConfig {
     pub offer_timeout: Duration,
     /// A connected session that has not opened `ma-api` this long after connecting is closed.
     pub api_timeout: Duration,
-    /// Bytes the whole gateway may hold in its queues towards clients and in proxy bodies
-    /// (fetched or still arriving); past it, every local socket that adds to it is paused
-    /// until it drains to 3/4 (a Pi has 1 GB, and 32 sessions × 1 MiB queues plus proxy bodies
-    /// must fit). Proxy bodies alone may take at most half of it: a fetch beyond is answered
-    /// 503.
+    /// Bytes the whole gateway may hold for its clients (a Pi has 1 GB). A quarter is the
+    /// allowance for data in flight: every session's send window is capped at an equal share
+    /// of it (never below the base window). The rest is for the queues towards clients and
+    /// proxy bodies (fetched or still arriving); past it, every local socket that adds to them
+    /// is paused until they drain to 3/4 of it. Proxy bodies alone may take at most half of
+    /// the budget: a fetch beyond is answered 503. docs/design.md#backpressure
     pub memory_budget: usize,
     /// Sessions not connected yet (no offer, or ICE/DTLS not up) held at most; a newcomer
     /// beyond it evicts the oldest of them, so strangers cannot squat the slots
@@ -402,9 +403,34 @@ impl Gateway {
         list.into_iter().map(|(_, info)| info).collect()
     }
 
-    /// Bytes held for clients (queues and proxy bodies) against the memory budget.
+    /// Bytes held for clients (queues and proxy bodies) against their part of the memory
+    /// budget.
     pub fn memory_used(&self) -> (usize, usize) {
-        (self.queued_bytes(), self.cfg.memory_budget)
+        (self.queued_bytes(), self.queue_budget())
+    }
+
+    /// The memory budget less the allowance for data in flight: what queues and proxy bodies
+    /// may hold before MA's sockets are paused.
+    fn queue_budget(&self) -> usize {
+        self.cfg.memory_budget - self.flight_allowance()
+    }
+
+    /// The part of the memory budget for data in flight, shared by every session's send
+    /// window.
+    fn flight_allowance(&self) -> usize {
+        self.cfg.memory_budget / 4
+    }
+
+    /// Cap every session's send window at an equal share of the allowance for data in flight
+    /// (never below the base window): with many sessions what SCTP holds unacknowledged stays
+    /// bounded, with few each keeps the window its round trip asks for. Called whenever the
+    /// number of sessions changes.
+    fn share_send_windows(&mut self) {
+        let n = self.sessions.len().max(1);
+        let cap = self.flight_allowance() / n;
+        for s in self.sessions.values_mut() {
+            s.peer.set_window_cap(cap);
+        }
     }
 
     /// Datagrams from sources no session knows, dropped since the start.
@@ -608,6 +634,7 @@ impl Gateway {
         );
         self.counters.sessions_created += 1;
         self.by_id.insert(session_id.to_string(), key);
+        self.share_send_windows();
         log::info!("[{session_id}] new session ({} open)", self.sessions.len());
         self.out.push_back(Output::SessionReady {
             session_id: session_id.to_string(),
@@ -969,6 +996,9 @@ impl Gateway {
         // Only a message left waiting adds to the gateway's memory: most go straight through,
         // and then the budget (a sum over every bridge) need not be looked at.
         let queued = b.has_queued_for_peer();
+        if queued {
+            b.compact_newest();
+        }
         if b.peer_queue_high() && !b.read_paused {
             log::debug!(
                 "[{}] {} backed up: pausing the local socket",
@@ -978,7 +1008,7 @@ impl Gateway {
             b.read_paused = true;
         }
         self.auth_changed(key, change);
-        if queued && self.queued_bytes() >= self.cfg.memory_budget {
+        if queued && self.queued_bytes() >= self.queue_budget() {
             self.pause_for_budget(key, ch);
         }
         self.drain_session(key, now);
@@ -997,7 +1027,7 @@ impl Gateway {
                 "the gateway holds {} KiB for clients that read slowly (budget {} KiB): \
                  pausing MA's sockets until it drains",
                 self.queued_bytes() / 1024,
-                self.cfg.memory_budget / 1024
+                self.queue_budget() / 1024
             );
         }
         self.over_budget = true;
@@ -1012,7 +1042,7 @@ impl Gateway {
 
     /// Back under 3/4 of the budget: resume every socket only the budget held.
     fn check_budget(&mut self) {
-        if !self.over_budget || self.queued_bytes() > self.cfg.memory_budget / 4 * 3 {
+        if !self.over_budget || self.queued_bytes() > self.queue_budget() / 4 * 3 {
             return;
         }
         self.over_budget = false;
@@ -1614,6 +1644,7 @@ impl Gateway {
             self.send_transmit(t);
         }
         self.relays_session_gone(key);
+        self.share_send_windows();
         // What it held is free: sockets the budget paused may read again.
         self.check_budget();
     }

@@ -87,6 +87,11 @@ impl<T: ByteSize> ByteQueue<T> {
         self.items.len()
     }
 
+    /// The newest item, to change in ways that keep its size.
+    pub fn back_mut(&mut self) -> Option<&mut T> {
+        self.items.back_mut()
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use tungstenite::Message;
+use tungstenite::{Bytes, Message};
 
-use super::bridge::BridgeId;
+use super::bridge::{BridgeId, COMPACT_BELOW};
 use super::Output;
 use crate::identity::Identity;
 use crate::machine::Machine;
@@ -828,4 +828,93 @@ fn xor_mapped_v6_response(txid: &[u8], mapped: SocketAddr) -> Vec<u8> {
     let key: Vec<u8> = COOKIE.iter().chain(txid).copied().collect();
     r.extend(m.ip().octets().iter().zip(&key).map(|(a, k)| a ^ k));
     r
+}
+
+#[test]
+fn the_sessions_share_the_allowance_for_data_in_flight() {
+    // A quarter of the budget (1 MiB of 4 MiB) is for data in flight: one session may use it
+    // all (up to its own maximum), four get a quarter each, and a closed one gives its share
+    // back. Never below the base window.
+    let identity = Identity::generate().unwrap();
+    let clock = Clock::simulated();
+    let now = clock.now();
+    let mut cfg = GatewayEnd::config(8);
+    cfg.memory_budget = 4 * 1024 * 1024;
+    let base = cfg.session.send_window;
+    let gw = GatewayEnd::new(now, cfg, &identity, addr("127.0.0.1:40000"));
+    let mut sim = Pair::new(clock, ClientsEnd::new(&identity.remote_id), gw);
+    let caps = |sim: &Pair<ClientsEnd, GatewayEnd>| -> Vec<usize> {
+        sim.b
+            .gw
+            .sessions
+            .values()
+            .map(|s| s.peer.window_cap())
+            .collect()
+    };
+    let now = sim.now();
+    sim.a.add(now, addr("127.0.0.1:50000"), "sessionOne");
+    sim.run_until("one session", Duration::from_secs(10), |s| {
+        s.b.gw.sessions.len() == 1
+    });
+    assert_eq!(caps(&sim), vec![1024 * 1024]);
+    for (i, id) in ["sessionTwo", "sessionThree", "sessionFour"]
+        .iter()
+        .enumerate()
+    {
+        let now = sim.now();
+        sim.a
+            .add(now, addr(&format!("127.0.0.1:{}", 50001 + i)), id);
+    }
+    sim.run_until("four sessions", Duration::from_secs(10), |s| {
+        s.b.gw.sessions.len() == 4
+    });
+    assert_eq!(caps(&sim), vec![256 * 1024; 4]);
+    let now = sim.now();
+    sim.b.gw.handle_client_disconnected(now, "sessionFour");
+    sim.run_until("three sessions", Duration::from_secs(10), |s| {
+        s.b.gw.sessions.len() == 3
+    });
+    assert_eq!(caps(&sim), vec![1024 * 1024 / 3; 3]);
+    // Many sessions: each keeps at least the base window.
+    for s in sim.b.gw.sessions.values_mut() {
+        s.peer.set_window_cap(1000);
+        assert_eq!(s.peer.send_window(), base);
+    }
+}
+
+#[test]
+fn a_small_waiting_message_no_longer_holds_its_read_buffer() {
+    let mut sim = sim(4);
+    let bridge = connect(&mut sim);
+    let now = sim.now();
+    sim.b.open_ws(now, bridge);
+    // The client does not read: MA's messages wait. They are slices of one larger read
+    // buffer, as tungstenite hands them out.
+    let buffer = Bytes::from(vec![b'x'; 4 * COMPACT_BELOW]);
+    let newest = |sim: &mut Sim, data: Bytes| {
+        sim.b
+            .gw
+            .handle_ws_message(now, bridge, Message::Binary(data));
+        let s = sim.b.gw.sessions.values_mut().next().unwrap();
+        let b = s.bridges.values_mut().next().unwrap();
+        b.newest_waiting().map(|f| f.data.as_ptr())
+    };
+    // Fill the send window first.
+    let mut filler = 0;
+    while newest(&mut sim, buffer.slice(0..COMPACT_BELOW)).is_none() {
+        filler += 1;
+        assert!(filler < 100, "the window never filled");
+    }
+    let small = buffer.slice(0..1000);
+    assert_ne!(
+        newest(&mut sim, small.clone()),
+        Some(small.as_ptr()),
+        "copied"
+    );
+    let large = buffer.slice(COMPACT_BELOW..2 * COMPACT_BELOW);
+    assert_eq!(
+        newest(&mut sim, large.clone()),
+        Some(large.as_ptr()),
+        "left as it is"
+    );
 }

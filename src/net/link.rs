@@ -17,9 +17,24 @@ use super::ws_client::WsClient;
 use super::{would_block, Progress};
 use crate::config::WsUrl;
 
-/// A WebSocket configuration with bounded messages, frames and write buffer.
+/// Bytes one read of a WebSocket may take from its socket. tungstenite's default (128 KiB)
+/// is allocated and zero-filled on the first read, and a message still queued keeps the whole
+/// buffer it was read into alive: per bridge, that was most of an idle session's memory and
+/// a 128 KiB allocation behind every message waiting for a slow client. A larger message
+/// still arrives whole (the buffer grows to its length), in reads of this size.
+/// See docs/design.md#where-the-memory-goes.
+pub const WS_READ_BUFFER: usize = 16 * 1024;
+/// Bytes a WebSocket gathers before it writes to its socket (the driver flushes once per
+/// turn anyway). tungstenite's default, 128 KiB, left each bridge's write buffer that large
+/// for good once a client had sent a burst.
+pub const WS_WRITE_BUFFER: usize = 16 * 1024;
+
+/// A WebSocket configuration with small read and write buffers and bounded messages, frames
+/// and write buffer.
 pub fn ws_config(max_message: usize, max_write_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
         .max_write_buffer_size(max_write_buffer)

@@ -297,6 +297,9 @@ pub struct PeerSession {
     /// acknowledgement) and when it was measured; a sample replaces it when smaller, or when
     /// it is older than [`MIN_RTT_LIFETIME`].
     min_rtt: Option<(Duration, Instant)>,
+    /// The most the send window may grow to, set by the gateway from its memory budget and
+    /// the number of sessions ([`PeerSession::set_window_cap`]).
+    window_cap: usize,
     /// The round-trip measurement under way.
     rtt_probe: Option<RttProbe>,
     /// Each remote candidate added: its address and type (at most `max_remote_candidates`).
@@ -391,6 +394,7 @@ impl PeerSession {
             ignored_datagrams: 0,
             undrained: 0,
             min_rtt: None,
+            window_cap: usize::MAX,
             rtt_probe: None,
             remote_kinds: Vec::new(),
             last_sent_to: None,
@@ -889,10 +893,11 @@ impl PeerSession {
 
     /// The send window for the measured round trip (docs/design.md#the-send-window):
     /// [`SessionConfig::send_window`] until a round trip is known or on a short path, growing
-    /// with the round trip up to [`SessionConfig::max_send_window`].
+    /// with the round trip up to [`SessionConfig::max_send_window`] or the gateway's cap,
+    /// whichever is smaller.
     pub fn send_window(&self) -> usize {
         let base = self.cfg.send_window;
-        let max = self.cfg.max_send_window.max(base);
+        let max = self.cfg.max_send_window.min(self.window_cap).max(base);
         match self.min_rtt {
             Some((rtt, _)) if !self.cfg.send_window_rtt.is_zero() => {
                 let steps = rtt.as_secs_f64() / self.cfg.send_window_rtt.as_secs_f64();
@@ -900,6 +905,18 @@ impl PeerSession {
             }
             _ => base,
         }
+    }
+
+    /// Cap the send window (never below [`SessionConfig::send_window`]): the gateway shares
+    /// its memory budget's allowance for data in flight among its sessions. A smaller cap
+    /// takes effect as acknowledgements come in; nothing written is taken back.
+    pub fn set_window_cap(&mut self, cap: usize) {
+        self.window_cap = cap;
+    }
+
+    /// The cap [`PeerSession::set_window_cap`] set (`usize::MAX` when none).
+    pub fn window_cap(&self) -> usize {
+        self.window_cap
     }
 
     /// The smallest recent round trip of our data, once measured.
