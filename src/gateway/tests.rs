@@ -918,3 +918,34 @@ fn a_small_waiting_message_no_longer_holds_its_read_buffer() {
         "left as it is"
     );
 }
+
+#[test]
+fn messages_larger_than_the_window_do_not_wait_for_delayed_acknowledgements() {
+    // 60 KB replies, each larger than the 48 KiB window, back to back: each may go once the
+    // previous one is acknowledged but for its last packet, whose acknowledgement the client
+    // delays (200 ms) when it is odd. Waiting for that made each reply take 200 ms half the
+    // time; on a simulated clock with no delay on the path they now go at once.
+    let mut sim = sim(4);
+    let bridge = connect(&mut sim);
+    let now = sim.now();
+    sim.b.open_ws(now, bridge);
+    sim.settle();
+    let start = sim.now();
+    // Below the bridge's high-water mark (512 KiB): the driver would read them all at once.
+    let n = 8;
+    for i in 0..n {
+        let text = format!("{i:02}{}", "z".repeat(60_000));
+        sim.b
+            .gw
+            .handle_ws_message(start, bridge, Message::text(text));
+    }
+    sim.run_until("every reply at the client", Duration::from_secs(60), |s| {
+        s.a.clients[0].text_count() >= n
+    });
+    let took = sim.now().saturating_duration_since(start);
+    // Simulated time: 0 ms now, 200 ms (one delayed acknowledgement) before.
+    assert!(
+        took < Duration::from_millis(100),
+        "{n} replies took {took:?}"
+    );
+}

@@ -319,6 +319,12 @@ struct RttProbe {
 /// A probe needs at least this many bytes: a receiver acknowledges every second packet at
 /// once, but a lone packet only after its delayed-ack timer (up to 200 ms).
 const RTT_PROBE_MIN: usize = 4 * 1024;
+/// In flight, and still an empty window for a message larger than the window. Not zero: the
+/// receiver acknowledges every second packet at once, but an odd last packet only when its
+/// delayed-ack timer fires (200 ms in sctp-proto and in browsers), so "nothing in flight"
+/// made every message larger than the window wait that long half the time (a 64 KiB echo
+/// managed 320 KiB/s). Two packets' worth, with room to spare.
+pub const WINDOW_RESIDUE: usize = 4 * 1024;
 /// Samples are capped here (a retransmission timeout is not a round trip).
 const RTT_SAMPLE_MAX: Duration = Duration::from_secs(1);
 /// How long the smallest round trip stands for the path. The minimum, not an average: a
@@ -886,9 +892,11 @@ impl PeerSession {
     }
 
     /// Whether a message of `len` bytes may be written with `buffered` bytes in flight: it
-    /// fits the send window, or nothing is in flight (str0m's hard budget is checked by str0m).
+    /// fits the send window, or the window is as good as empty (at most [`WINDOW_RESIDUE`] in
+    /// flight), so a message larger than the window still goes (str0m's hard budget is
+    /// checked by str0m).
     fn window_fits(&self, buffered: usize, len: usize) -> bool {
-        buffered == 0 || buffered + len <= self.send_window()
+        buffered <= WINDOW_RESIDUE || buffered + len <= self.send_window()
     }
 
     /// The send window for the measured round trip (docs/design.md#the-send-window):
