@@ -8,7 +8,7 @@ use serde_json::json;
 use tungstenite::{Bytes, Message};
 
 use super::bridge::{BridgeId, COMPACT_BELOW};
-use super::Output;
+use super::{CoreConfig, Output};
 use crate::identity::Identity;
 use crate::machine::Machine;
 use crate::remote_client::ClientEvent;
@@ -23,15 +23,17 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn sim(max_sessions: usize) -> Sim {
+    sim_with(max_sessions, |_| {})
+}
+
+/// [`sim`] with a gateway configuration that `tune` changed first.
+fn sim_with(max_sessions: usize, tune: impl FnOnce(&mut CoreConfig)) -> Sim {
     let identity = Identity::generate().unwrap();
     let clock = Clock::simulated();
     let now = clock.now();
-    let gw = GatewayEnd::new(
-        now,
-        GatewayEnd::config(max_sessions),
-        &identity,
-        addr("127.0.0.1:40000"),
-    );
+    let mut cfg = GatewayEnd::config(max_sessions);
+    tune(&mut cfg);
+    let gw = GatewayEnd::new(now, cfg, &identity, addr("127.0.0.1:40000"));
     Pair::new(clock, ClientsEnd::new(&identity.remote_id), gw)
 }
 
@@ -143,13 +145,7 @@ fn backpressure_pauses_the_local_socket_and_resumes_it() {
 fn a_gateway_wide_budget_pauses_every_socket_that_adds_to_it_until_it_drains() {
     // Two sessions, a budget (300 KB) below one bridge's own high-water mark (512 KiB): only
     // the budget can pause them.
-    let identity = Identity::generate().unwrap();
-    let clock = Clock::simulated();
-    let now = clock.now();
-    let mut cfg = GatewayEnd::config(4);
-    cfg.memory_budget = 300_000;
-    let gw = GatewayEnd::new(now, cfg, &identity, addr("127.0.0.1:40000"));
-    let mut sim = Pair::new(clock, ClientsEnd::new(&identity.remote_id), gw);
+    let mut sim = sim_with(4, |cfg| cfg.memory_budget = 300_000);
     let now = sim.now();
     sim.a.add(now, addr("127.0.0.1:50000"), "sessionOne");
     sim.a.add(now, addr("127.0.0.1:50001"), "sessionTwo");
@@ -835,15 +831,9 @@ fn the_sessions_share_the_allowance_for_data_in_flight() {
     // A quarter of the budget (1 MiB of 4 MiB) is for data in flight: one session may use it
     // all (up to its own maximum), four get a quarter each, and a closed one gives its share
     // back. Never below the base window.
-    let identity = Identity::generate().unwrap();
-    let clock = Clock::simulated();
-    let now = clock.now();
-    let mut cfg = GatewayEnd::config(8);
-    cfg.memory_budget = 4 * 1024 * 1024;
-    let base = cfg.session.send_window;
-    let gw = GatewayEnd::new(now, cfg, &identity, addr("127.0.0.1:40000"));
-    let mut sim = Pair::new(clock, ClientsEnd::new(&identity.remote_id), gw);
-    let caps = |sim: &Pair<ClientsEnd, GatewayEnd>| -> Vec<usize> {
+    let mut sim = sim_with(8, |cfg| cfg.memory_budget = 4 * 1024 * 1024);
+    let base = GatewayEnd::config(8).session.send_window;
+    let caps = |sim: &Sim| -> Vec<usize> {
         sim.b
             .gw
             .sessions
