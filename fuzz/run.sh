@@ -15,7 +15,7 @@ RUNS=${RUNS:-10000000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR_FUZZ:-$PWD/target}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(http_response proxy_request chunk hello server_http udp identity signaling_client session signal_server turn)
+  targets=(http_response proxy_request chunk hello server_http udp identity signaling_client session signal_server turn ice_source)
 fi
 mkdir -p logs
 for t in "${targets[@]}"; do

@@ -139,6 +139,11 @@ fn turn() {
 }
 
 #[test]
+fn ice_source() {
+    run("ice_source", 2000);
+}
+
+#[test]
 fn every_surface_has_a_test_and_seeds() {
     let tested = [
         "http_response",
@@ -152,6 +157,7 @@ fn every_surface_has_a_test_and_seeds() {
         "identity",
         "hello",
         "turn",
+        "ice_source",
     ];
     for s in SURFACES {
         assert!(tested.contains(&s.name), "{} has no property test", s.name);

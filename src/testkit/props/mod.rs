@@ -16,6 +16,7 @@
 pub mod chunk;
 pub mod hello;
 pub mod http_response;
+pub mod ice_source;
 pub mod identity;
 pub mod proxy_request;
 pub mod server_http;
@@ -42,6 +43,7 @@ pub const SURFACES: &[Surface] = &[
     Surface::new("identity", identity::check, identity::seeds),
     Surface::new("hello", hello::check, hello::seeds),
     Surface::new("turn", turn::check, turn::seeds),
+    Surface::new("ice_source", ice_source::check, ice_source::seeds),
 ];
 
 /// One input surface.
