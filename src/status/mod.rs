@@ -239,7 +239,7 @@ pub fn metrics_text(s: &Snapshot) -> String {
     t.single(
         "magw_queued_bytes_budget",
         Kind::Gauge,
-        "MA_MEMORY_BUDGET: past it MA's sockets pause.",
+        "The queues' part of MA_MEMORY_BUDGET (three quarters; the rest is for data in flight): past it MA's sockets pause.",
         s.memory_budget as f64,
     );
     if let Some(rss) = s.rss_bytes {
