@@ -13,8 +13,9 @@
 //! - `forward/echo`: one session, messages of 1, 16 and 64 KiB echoed, pipelined (at most
 //!   [`WINDOW`] bytes in flight). Throughput counts each message once (each byte crosses the
 //!   gateway twice: client → MA and back). `bare_str0m` is the same client against a str0m peer
-//!   that echoes itself (same MTU and send budget as the gateway): the gateway's forwarding
-//!   overhead is the difference.
+//!   that echoes itself (same MTU and hard send budget as the gateway, but no send window and a
+//!   drain after every write): naive use of str0m, which the gateway's send path now outruns
+//!   (docs/design.md#the-send-window).
 //! - `forward/sessions`: 1 KiB echo on one session while 0, 10 or 100 other sessions are
 //!   connected and idle (routing and per-turn cost per session count).
 //! - `forward/setup`: connect-request → first MA message for one new session (CPU cost of a
