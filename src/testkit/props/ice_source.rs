@@ -245,8 +245,37 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let url = vec![0u8, 0, 1, 3, 0, 0, 2, 1, 0, 0, 0, 1, 0x00, 0x20];
     // The same without a length, cut at 16, then the server closes; another session.
     let closed = vec![0u8, 0, 1, 3, 0, 0, 2, 1, 0, 0, 0, 0, 0x00, 0x10, 4, 0, 0];
-    vec![ha, not_logged_in, url, closed]
+    let mut seeds = vec![ha, not_logged_in, url, closed];
+    // Near misses, each given to both providers as a message and as response bytes: a
+    // session, opened, the piece as text, the piece as bytes cut at 8, the server closes,
+    // three seconds pass.
+    for (k, piece) in NEAR_MISSES.iter().enumerate() {
+        let mut seed = vec![(k % 2) as u8, 0, 1, 2, 0, 0];
+        chunk_bytes(&mut seed, piece.as_bytes());
+        seed.extend_from_slice(&[3, 1]);
+        chunk_bytes(&mut seed, piece.as_bytes());
+        seed.extend_from_slice(&[0x00, 0x08, 4, 0, 6, 0x0b, 0xb8]);
+        seeds.push(seed);
+    }
+    seeds
 }
+
+/// Messages and responses that are almost right: the wrong type for a field, an id out of
+/// range, an empty or odd list, a broken body.
+const NEAR_MISSES: &[&str] = &[
+    r#"{"type":"result","id":2,"success":true,"result":[{"urls":"turn:x","username":7}]}"#,
+    r#"{"type":"result","id":2,"success":true,"result":[{"urls":[]}]}"#,
+    r#"{"type":"result","id":"1","success":"yes"}"#,
+    r#"{"type":"result","id":1,"success":true,"result":null}"#,
+    r#"{"type":"result","id":18446744073709551616}"#,
+    r#"{"type":["auth_ok"]}"#,
+    "[]",
+    "null",
+    "\u{0}\u{ffff}",
+    "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n[{}]x",
+    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "HTTP/1.1 999999999999 Nope\r\n\r\n",
+];
 
 #[cfg(test)]
 mod tests {
