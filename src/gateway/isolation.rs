@@ -144,7 +144,6 @@ impl Gateway {
             }
             Err(_) => log::error!("[{}] the WebRTC session could not be closed cleanly", s.id),
         }
-        self.relays_session_gone(key);
-        self.share_send_windows();
+        self.session_removed(key);
     }
 }

@@ -36,7 +36,9 @@ use crate::http_proxy::{request as proxy_request, ConnId, PoolConfig, PoolOutput
 use crate::machine::{earliest, Machine, Next};
 use crate::turn::{RelayId, Relays, TurnServer};
 use crate::webrtc::router::{Route, Router};
-use crate::webrtc::session::{PeerSession, SessionConfig, SessionEvent, SessionOutput, Transmit};
+use crate::webrtc::session::{
+    PeerSession, RemoteCandidateOutcome, SessionConfig, SessionEvent, SessionOutput, Transmit,
+};
 use crate::webrtc::stun_gather::{GatherConfig, GatherEvent, GatherOutput, StunGatherer, StunUrl};
 
 /// Identifies a session inside the gateway (the signaling session id is a string).
@@ -777,11 +779,23 @@ impl Gateway {
         let Some(s) = self.sessions.get_mut(&key) else {
             return;
         };
-        match s.peer.handle_remote_candidate(now, candidate) {
-            Ok(outcome) => log::debug!("[{session_id}] remote candidate: {outcome:?}"),
-            Err(e) => log::warn!("[{session_id}] remote candidate refused: {e}"),
+        let added = match s.peer.handle_remote_candidate(now, candidate) {
+            Ok(RemoteCandidateOutcome::Added) => s.peer.newest_remote_candidate(),
+            Ok(outcome) => {
+                log::debug!("[{session_id}] remote candidate: {outcome:?}");
+                None
+            }
+            Err(e) => {
+                log::warn!("[{session_id}] remote candidate refused: {e}");
+                None
+            }
+        };
+        // Only a candidate ICE took gets a TURN permission: junk, mDNS names and candidates
+        // over the limit must not use up the relays' peer slots.
+        if let Some(addr) = added {
+            log::debug!("[{session_id}] remote candidate {addr} added");
+            self.permit_candidate(now, key, addr.ip());
         }
-        self.permit_candidate(now, key, candidate);
         self.drain_session(key, now);
     }
 
@@ -1643,9 +1657,15 @@ impl Gateway {
         for t in say_goodbye(&mut s.peer, self.now) {
             self.send_transmit(t);
         }
+        self.session_removed(key);
+    }
+
+    /// A session was forgotten (closed, or dropped after a panic): relays it alone used
+    /// linger, the others share the send windows again, and what it held is free, so sockets
+    /// the budget paused may read again.
+    fn session_removed(&mut self, key: SessionKey) {
         self.relays_session_gone(key);
         self.share_send_windows();
-        // What it held is free: sockets the budget paused may read again.
         self.check_budget();
     }
 }

@@ -6,8 +6,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use serde_json::Value;
-
 use super::{Gateway, LookupKey, Output, SessionKey};
 use crate::machine::{Machine, Next};
 use crate::turn::{RelayId, RelayOutput, TurnServer};
@@ -112,11 +110,8 @@ impl Gateway {
         }
     }
 
-    /// A remote candidate of the session: let its IP in on the session's relays.
-    pub(super) fn permit_candidate(&mut self, now: Instant, key: SessionKey, candidate: &Value) {
-        let Some(ip) = candidate_ip(candidate) else {
-            return;
-        };
+    /// A remote candidate ICE took: let its IP in on the session's relays.
+    pub(super) fn permit_candidate(&mut self, now: Instant, key: SessionKey, ip: IpAddr) {
         self.relays.handle_permit(now, key, ip);
         self.drain_relays();
     }
@@ -248,10 +243,4 @@ fn feed(
         }
         _ => None,
     }
-}
-
-/// The IP of a trickled candidate (`{"candidate": "candidate:… udp prio IP port typ …"}`).
-fn candidate_ip(candidate: &Value) -> Option<IpAddr> {
-    let text = candidate.get("candidate")?.as_str()?;
-    text.split_whitespace().nth(4)?.parse().ok()
 }

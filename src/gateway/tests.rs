@@ -12,6 +12,8 @@ use super::{CoreConfig, Output};
 use crate::identity::Identity;
 use crate::machine::Machine;
 use crate::remote_client::ClientEvent;
+use crate::signaling::client::Event;
+use crate::signaling::protocol::SessionId;
 use crate::testkit::{ClientsEnd, Clock, GatewayEnd, Pair};
 
 const SID: &str = "AbCdEfGh12345678";
@@ -937,5 +939,61 @@ fn messages_larger_than_the_window_do_not_wait_for_delayed_acknowledgements() {
     assert!(
         took < Duration::from_millis(100),
         "{n} replies took {took:?}"
+    );
+}
+
+#[test]
+fn a_session_dropped_after_a_panic_frees_its_part_of_the_budget() {
+    // Two sessions paused by the budget (300 KB, below a bridge's own high-water mark); a
+    // panic in one drops it, and what it held no longer keeps the other's socket paused.
+    let mut sim = sim_with(4, |cfg| cfg.memory_budget = 300_000);
+    let now = sim.now();
+    sim.a.add(now, addr("127.0.0.1:50000"), "sessionOne");
+    sim.a.add(now, addr("127.0.0.1:50001"), "sessionTwo");
+    sim.run_until("both connected", Duration::from_secs(10), |s| {
+        s.a.clients.iter().all(|c| c.rc.is_open()) && s.b.ws.len() == 2
+    });
+    let now = sim.now();
+    let bridges: Vec<BridgeId> = sim.b.ws.keys().copied().collect();
+    for b in &bridges {
+        sim.b.open_ws(now, *b);
+    }
+    // MA floods both at one instant: the clients get no turn to read.
+    let chunk = "y".repeat(50_000);
+    for _ in 0..20 {
+        for b in &bridges {
+            if sim.b.gw.ws_read_allowed(*b) {
+                let msg = Message::text(chunk.clone());
+                sim.b.gw.handle_ws_message(now, *b, msg);
+            }
+        }
+    }
+    assert!(bridges.iter().all(|b| !sim.b.gw.ws_read_allowed(*b)));
+    // The session holding the most panics and is dropped.
+    let held = |sim: &mut Sim, id: &str| {
+        let key = sim.b.gw.by_id[id];
+        let s = &sim.b.gw.sessions[&key];
+        s.bridges.values().map(|b| b.queued_bytes()).sum::<usize>()
+    };
+    let (culprit, other) = match held(&mut sim, "sessionOne") >= held(&mut sim, "sessionTwo") {
+        true => ("sessionOne", "sessionTwo"),
+        false => ("sessionTwo", "sessionOne"),
+    };
+    let other_key = sim.b.gw.by_id[other];
+    let event = Event::RemoteCandidate {
+        session_id: SessionId::parse(culprit).unwrap(),
+        candidate: json!({"candidate": super::isolation::PANIC_FOR_TESTS}),
+    };
+    sim.b.gw.handle_session_event(now, event);
+    assert!(!sim.b.gw.by_id.contains_key(culprit), "dropped");
+    let other_bridge = sim.b.gw.sessions[&other_key]
+        .bridges
+        .values()
+        .next()
+        .unwrap();
+    let other_bridge = other_bridge.local.unwrap();
+    assert!(
+        sim.b.gw.ws_read_allowed(other_bridge),
+        "the other session's socket reads again"
     );
 }

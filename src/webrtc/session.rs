@@ -286,7 +286,6 @@ pub struct PeerSession {
     app_mline_index: u32,
     remote_max_message_size: Option<usize>,
     channels: HashMap<ChannelId, String>,
-    remote_candidates: usize,
     /// Smallest write refused for lack of budget since the last [`SessionEvent::Writable`].
     blocked: Option<usize>,
     ignored_datagrams: u64,
@@ -302,7 +301,8 @@ pub struct PeerSession {
     window_cap: usize,
     /// The round-trip measurement under way.
     rtt_probe: Option<RttProbe>,
-    /// Each remote candidate added: its address and type (at most `max_remote_candidates`).
+    /// Each remote candidate added: its address and type (at most `max_remote_candidates`,
+    /// which this list's length counts).
     remote_kinds: Vec<(SocketAddr, CandidateKind)>,
     /// Where the last datagram went ([`PeerSession::remote_candidate_type`]).
     last_sent_to: Option<SocketAddr>,
@@ -395,7 +395,6 @@ impl PeerSession {
             app_mline_index: 0,
             remote_max_message_size: None,
             channels: HashMap::new(),
-            remote_candidates: 0,
             blocked: None,
             ignored_datagrams: 0,
             undrained: 0,
@@ -695,11 +694,10 @@ impl PeerSession {
                 c.set_ufrag(u);
             }
         }
-        if self.remote_candidates >= self.cfg.max_remote_candidates {
+        if self.remote_kinds.len() >= self.cfg.max_remote_candidates {
             log::debug!("[{}] remote candidate limit reached", self.log_id);
             return Ok(RemoteCandidateOutcome::IgnoredLimit);
         }
-        self.remote_candidates += 1;
         self.remote_kinds.push((c.addr(), c.kind()));
         self.guard(|rtc| rtc.add_remote_candidate(c))
             .ok_or(SessionError::Closed)?;
@@ -920,6 +918,12 @@ impl PeerSession {
     /// takes effect as acknowledgements come in; nothing written is taken back.
     pub fn set_window_cap(&mut self, cap: usize) {
         self.window_cap = cap;
+    }
+
+    /// The address of the remote candidate added last (the one a
+    /// [`RemoteCandidateOutcome::Added`] was about).
+    pub fn newest_remote_candidate(&self) -> Option<SocketAddr> {
+        self.remote_kinds.last().map(|(addr, _)| *addr)
     }
 
     /// The cap [`PeerSession::set_window_cap`] set (`usize::MAX` when none).
