@@ -140,14 +140,15 @@ impl<O: Copy + Eq + Hash> Connections<O> {
     }
 
     /// Queue a datagram-like message on `owner`'s byte stream only if its write buffer takes
-    /// it whole: a stream that does not keep up loses messages (as UDP would), not the
-    /// connection. `false` if it was dropped or there is no connection.
-    pub fn write_or_drop(&mut self, owner: O, bytes: &[u8]) -> bool {
+    /// it whole and still has `reserve` bytes left for messages that must not be lost: a
+    /// stream that does not keep up loses these messages (as UDP would), not the connection.
+    /// `false` if it was dropped or there is no connection.
+    pub fn write_or_drop(&mut self, owner: O, bytes: &[u8], reserve: usize) -> bool {
         let room = self
             .by_owner
             .get(&owner)
             .and_then(|t| self.table.get(*t))
-            .is_some_and(|(_, l)| l.has_room(bytes.len()));
+            .is_some_and(|(_, l)| l.has_room(bytes.len() + reserve));
         room && self.write(owner, bytes)
     }
 

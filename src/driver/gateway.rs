@@ -35,6 +35,9 @@ use crate::signaling::client::{self, Event, Output, SignalingClient};
 use crate::status::{self, SignalingState, Snapshot};
 use crate::turn::RelayId;
 
+/// Bytes of a TURN stream's write buffer that relayed data leaves free for TURN requests
+/// (Refresh, CreatePermission, ChannelBind: each well under 1 KiB).
+const TURN_REQUEST_ROOM: usize = 8 * 1024;
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 /// The UDP sockets' tokens: `UDP` and the next one (an IPv4 and an IPv6 socket at most).
@@ -684,8 +687,14 @@ impl Driver {
                 }
             }
             CoreOutput::TurnWrite { relay, bytes } => {
-                if !self.conns.write_or_drop(Owner::Turn(relay), &bytes) {
-                    log::trace!("TURN relay {relay}: stream busy, message dropped");
+                // Over a stream a TURN request (STUN) is sent once, so it is never dropped;
+                // relayed data (ChannelData) is, while the stream is busy, and leaves room
+                // for the requests (docs/design.md#turn-relays).
+                let owner = Owner::Turn(relay);
+                if crate::webrtc::is_stun(&bytes) {
+                    self.conns.write(owner, &bytes);
+                } else if !self.conns.write_or_drop(owner, &bytes, TURN_REQUEST_ROOM) {
+                    log::trace!("TURN relay {relay}: stream busy, data dropped");
                 }
             }
             CoreOutput::TurnClose { relay } => self.conns.close(Owner::Turn(relay), None),
