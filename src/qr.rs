@@ -1,45 +1,26 @@
 //! The app link as a QR code for a terminal (`id --qr`): two rows of modules per line of text
 //! with the half-block characters, so the code is square on a usual terminal font.
 //!
-//! The encoding (version, error correction, masking) is the `qrcode` crate's; the drawing is
-//! ours. Light modules are drawn, dark ones left blank: on the usual light-on-dark terminal
-//! that shows dark modules dark, as a camera expects, with the 4-module quiet zone the
-//! standard asks for around them.
+//! Encoding and drawing are the `qrcode` crate's (its `Dense1x2` renderer). Light modules are
+//! drawn, dark ones left blank: on the usual light-on-dark terminal that shows dark modules
+//! dark, as a camera expects, with the 4-module quiet zone the standard asks for around them.
 
-use qrcode::{Color, EcLevel, QrCode};
+use qrcode::render::unicode::Dense1x2;
+use qrcode::{EcLevel, QrCode};
 
-/// Light modules around the code.
-const QUIET_ZONE: usize = 4;
-
-/// `text` as lines of `' '`, `'▀'`, `'▄'` and `'█'` (a drawn half is a light module).
+/// `text` as lines of `' '`, `'▀'`, `'▄'` and `'█'` (a drawn half is a light module), each
+/// ending in a line feed.
 pub fn terminal_qr(text: &str) -> Result<String, String> {
     // Medium error correction: survives a smudged screen and keeps the code small.
     let code = QrCode::with_error_correction_level(text.as_bytes(), EcLevel::M)
         .map_err(|e| format!("cannot encode {text:?} as a QR code: {e}"))?;
-    let width = code.width();
-    let colors = code.to_colors();
-    let size = width + 2 * QUIET_ZONE;
-    let light = |x: usize, y: usize| -> bool {
-        if x < QUIET_ZONE || y < QUIET_ZONE || x >= QUIET_ZONE + width || y >= QUIET_ZONE + width {
-            return true;
-        }
-        colors[(y - QUIET_ZONE) * width + (x - QUIET_ZONE)] == Color::Light
-    };
-    let mut out = String::with_capacity(size * size * 2);
-    for y in (0..size).step_by(2) {
-        for x in 0..size {
-            let top = light(x, y);
-            // An odd size leaves the last line's lower half outside the zone: drawn light.
-            let bottom = y + 1 >= size || light(x, y + 1);
-            out.push(match (top, bottom) {
-                (true, true) => '█',
-                (true, false) => '▀',
-                (false, true) => '▄',
-                (false, false) => ' ',
-            });
-        }
-        out.push('\n');
-    }
+    let mut out = code
+        .render::<Dense1x2>()
+        .dark_color(Dense1x2::Light)
+        .light_color(Dense1x2::Dark)
+        .quiet_zone(true)
+        .build();
+    out.push('\n');
     Ok(out)
 }
 
