@@ -504,13 +504,10 @@ fn ask_stun(
     targets: &[(String, SocketAddr)],
     timeout: Duration,
 ) -> Vec<(String, SocketAddr)> {
+    // Without randomness (it does not fail on Linux) a zero id still asks the question.
     let txids: Vec<TransactionId> = targets
         .iter()
-        .map(|_| {
-            let mut id = [0u8; 12];
-            let _ = aws_lc_rs::rand::fill(&mut id);
-            id
-        })
+        .map(|_| crate::turn::stun::random_txid().unwrap_or_default())
         .collect();
     let mut mapped: Vec<Option<SocketAddr>> = vec![None; targets.len()];
     let deadline = Instant::now() + timeout;

@@ -25,8 +25,6 @@ pub type RelayId = u64;
 pub const LINGER: Duration = Duration::from_secs(30);
 /// Allocations at most (one per server and credentials; lists are cut at four servers).
 pub const MAX_RELAYS: usize = 16;
-/// Bytes a stream may hold unframed (a full frame plus one read) before it is dropped.
-const MAX_STREAM_BUFFER: usize = 256 * 1024;
 
 /// What the relays need done.
 #[derive(Debug, PartialEq, Eq)]
@@ -324,9 +322,8 @@ impl<K: Copy + Eq + Hash> Relays<K> {
                 }
             }
         }
-        if broken.is_none() && r.framer.buffered() > MAX_STREAM_BUFFER {
-            broken = Some("too much unframed data".into());
-        }
+        // What stays unframed is less than one frame: a length field of 16 bits bounds it
+        // (turn::framing::MAX_FRAME).
         if let Some(why) = broken {
             r.client
                 .handle_transport_lost(now, &format!("stream out of step: {why}"));

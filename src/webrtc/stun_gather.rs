@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::machine::{Machine, Next};
 pub use crate::turn::stun::TransactionId;
 use crate::turn::stun::{
-    parse_address, parse_error_code, Message, ATTR_ERROR_CODE, ATTR_MAPPED_ADDRESS,
+    parse_address, parse_error_code, random_txid, Message, ATTR_ERROR_CODE, ATTR_MAPPED_ADDRESS,
     ATTR_XOR_MAPPED_ADDRESS, ATTR_XOR_MAPPED_ADDRESS_OLD,
 };
 
@@ -278,13 +278,12 @@ impl StunGatherer {
         if self.pending.len() >= self.cfg.max_outstanding {
             return Err(GatherError::TooManyOutstanding);
         }
-        let mut txid = [0u8; 12];
-        loop {
-            aws_lc_rs::rand::fill(&mut txid).map_err(|_| GatherError::Random)?;
+        let txid = loop {
+            let txid = random_txid().ok_or(GatherError::Random)?;
             if !self.pending.contains_key(&txid) {
-                break;
+                break txid;
             }
-        }
+        };
         let request = binding_request(&txid);
         self.out.push_back(GatherOutput::Transmit {
             destination: server,

@@ -24,8 +24,7 @@ use serde_json::{json, Value};
 use super::{chunk_bytes, Input};
 use crate::config::{check_ice_servers, WsUrl};
 use crate::ice_source::{
-    has_turn, IceMode, IceSource, Output, Provider, Secret, FETCH_DEADLINE, FETCH_TIMEOUT,
-    MAX_SERVERS,
+    IceMode, IceSource, Output, Provider, Secret, FETCH_DEADLINE, FETCH_TIMEOUT, MAX_SERVERS,
 };
 use crate::machine::{Machine, Next};
 
@@ -166,13 +165,10 @@ fn play(data: &[u8]) -> HashMap<String, IceMode> {
         },
     };
     let mut now = Instant::now();
-    let static_mode = match has_turn(&static_list()) {
-        true => IceMode::StaticTurn,
-        false => IceMode::Basic,
-    };
     let mut run = Run {
         source: IceSource::new(now, UNIX, Some(provider), static_list()),
-        static_mode,
+        // The static list has no TURN server.
+        static_mode: IceMode::Basic,
         got: HashMap::new(),
         modes: HashMap::new(),
         open: false,
