@@ -248,6 +248,11 @@ impl TurnClient {
         self.state == State::Done
     }
 
+    /// Neither giving the allocation back nor finished: a new session may still use it.
+    pub fn is_usable(&self) -> bool {
+        !matches!(self.state, State::Releasing | State::Done)
+    }
+
     /// The transport to the server is ready: allocate.
     pub fn handle_start(&mut self, now: Instant) {
         self.now = now;

@@ -119,7 +119,8 @@ impl<K: Copy + Eq + Hash> Relays<K> {
             let existing = self
                 .relays
                 .iter_mut()
-                .find(|(_, r)| &r.server == server && !r.client.is_done());
+                // Not one being released: its allocation is about to go.
+                .find(|(_, r)| &r.server == server && r.client.is_usable());
             if let Some((_, r)) = existing {
                 r.users.insert(session);
                 r.linger_until = None;

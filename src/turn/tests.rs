@@ -419,9 +419,9 @@ fn stream_channel_data_is_padded_and_framed() {
     );
 }
 
-#[test]
-fn relays_share_allocations_and_release_after_linger() {
-    let t0 = Instant::now();
+/// One UDP relay allocated for session 1 from a fake server: the relays, the server, its
+/// configuration and its address.
+fn one_allocated_relay(t0: Instant) -> (Relays<u32>, FakeServer, TurnServer, SocketAddr) {
     let server = TurnServer {
         host: "203.0.113.1".into(),
         port: 3478,
@@ -458,6 +458,13 @@ fn relays_share_allocations_and_release_after_linger() {
         }
     }
     assert_eq!(allocated, Some(fake.relay));
+    (relays, fake, server, server_addr)
+}
+
+#[test]
+fn relays_share_allocations_and_release_after_linger() {
+    let t0 = Instant::now();
+    let (mut relays, mut fake, server, server_addr) = one_allocated_relay(t0);
     assert!(relays.is_relay_address(fake.relay));
     // A second session shares it, at once.
     assert_eq!(relays.handle_allocate(t0, 2, &[server]), vec![fake.relay]);
@@ -540,4 +547,21 @@ fn junk_and_mangled_messages_are_ignored_without_panic() {
     // Still allocated and working.
     assert_eq!(c.relay(), Some(s.relay));
     c.handle_send(t0, peer, b"still").unwrap();
+}
+
+#[test]
+fn a_session_that_comes_while_a_relay_is_released_gets_a_new_one() {
+    let t0 = Instant::now();
+    let (mut relays, _fake, server, _) = one_allocated_relay(t0);
+    relays.handle_session_gone(t0, 1);
+    let t1 = t0 + LINGER;
+    relays.handle_timeout(t1);
+    let Next::Output(RelayOutput::Transmit { .. }) = relays.poll_output() else {
+        panic!("refresh 0")
+    };
+    // Released, not answered yet: a newcomer does not join it.
+    assert!(relays
+        .handle_allocate(t1, 2, std::slice::from_ref(&server))
+        .is_empty());
+    assert_eq!(relays.len(), 2);
 }
