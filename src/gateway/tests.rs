@@ -143,11 +143,11 @@ fn backpressure_pauses_the_local_socket_and_resumes_it() {
     assert_eq!(sim.a.clients[0].texts().len(), n);
 }
 
-#[test]
-fn a_gateway_wide_budget_pauses_every_socket_that_adds_to_it_until_it_drains() {
-    // Two sessions, a budget (300 KB) below one bridge's own high-water mark (512 KiB): only
-    // the budget can pause them.
-    let mut sim = sim_with(4, |cfg| cfg.memory_budget = 300_000);
+/// Sessions One and Two connected with a `budget`, MA's sockets open, then MA floods both
+/// bridges with 50 KB texts at one instant (the clients get no turn to read) for as long as
+/// the gateway reads them: the simulation, the bridges and how many messages it read.
+fn two_sessions_flooded(budget: usize) -> (Sim, Vec<BridgeId>, usize) {
+    let mut sim = sim_with(4, |cfg| cfg.memory_budget = budget);
     let now = sim.now();
     sim.a.add(now, addr("127.0.0.1:50000"), "sessionOne");
     sim.a.add(now, addr("127.0.0.1:50001"), "sessionTwo");
@@ -159,7 +159,6 @@ fn a_gateway_wide_budget_pauses_every_socket_that_adds_to_it_until_it_drains() {
     for b in &bridges {
         sim.b.open_ws(now, *b);
     }
-    // MA floods both bridges at one instant: the clients get no turn to read meanwhile.
     let chunk = "y".repeat(50_000);
     let mut sent = 0;
     for _ in 0..200 {
@@ -172,6 +171,14 @@ fn a_gateway_wide_budget_pauses_every_socket_that_adds_to_it_until_it_drains() {
             }
         }
     }
+    (sim, bridges, sent)
+}
+
+#[test]
+fn a_gateway_wide_budget_pauses_every_socket_that_adds_to_it_until_it_drains() {
+    // Two sessions, a budget (300 KB) below one bridge's own high-water mark (512 KiB): only
+    // the budget can pause them.
+    let (mut sim, bridges, sent) = two_sessions_flooded(300_000);
     assert!(
         bridges.iter().all(|b| !sim.b.gw.ws_read_allowed(*b)),
         "both paused"
@@ -946,28 +953,8 @@ fn messages_larger_than_the_window_do_not_wait_for_delayed_acknowledgements() {
 fn a_session_dropped_after_a_panic_frees_its_part_of_the_budget() {
     // Two sessions paused by the budget (300 KB, below a bridge's own high-water mark); a
     // panic in one drops it, and what it held no longer keeps the other's socket paused.
-    let mut sim = sim_with(4, |cfg| cfg.memory_budget = 300_000);
+    let (mut sim, bridges, _) = two_sessions_flooded(300_000);
     let now = sim.now();
-    sim.a.add(now, addr("127.0.0.1:50000"), "sessionOne");
-    sim.a.add(now, addr("127.0.0.1:50001"), "sessionTwo");
-    sim.run_until("both connected", Duration::from_secs(10), |s| {
-        s.a.clients.iter().all(|c| c.rc.is_open()) && s.b.ws.len() == 2
-    });
-    let now = sim.now();
-    let bridges: Vec<BridgeId> = sim.b.ws.keys().copied().collect();
-    for b in &bridges {
-        sim.b.open_ws(now, *b);
-    }
-    // MA floods both at one instant: the clients get no turn to read.
-    let chunk = "y".repeat(50_000);
-    for _ in 0..20 {
-        for b in &bridges {
-            if sim.b.gw.ws_read_allowed(*b) {
-                let msg = Message::text(chunk.clone());
-                sim.b.gw.handle_ws_message(now, *b, msg);
-            }
-        }
-    }
     assert!(bridges.iter().all(|b| !sim.b.gw.ws_read_allowed(*b)));
     // The session holding the most panics and is dropped.
     let held = |sim: &mut Sim, id: &str| {
